@@ -1,0 +1,19 @@
+"""ResNets whose BN layers can be switched to NBN with `norm='nbn'`."""
+
+from nbn_jax.models.blocks import BasicBlock, BottleneckBlock
+from nbn_jax.models.cifar_resnet import LAST_STAGE_NBN, CifarResNet, ResNet32
+from nbn_jax.models.common import NBNPlacement
+from nbn_jax.models.resnet import LAYER4_NBN, ResNet, ResNet50, ResNeXt50
+
+__all__ = [
+    'BasicBlock',
+    'BottleneckBlock',
+    'CifarResNet',
+    'LAST_STAGE_NBN',
+    'LAYER4_NBN',
+    'NBNPlacement',
+    'ResNet',
+    'ResNet32',
+    'ResNet50',
+    'ResNeXt50',
+]

@@ -1,0 +1,217 @@
+"""Normalized Batch Normalization (NBN), a drop-in for `flax.linen.BatchNorm`.
+
+NBN (Bao et al., "Normalizing Batch Normalization for Long-Tailed
+Recognition", IEEE TIP 2025) keeps everything of batch normalisation except the
+affine parameters. A layer's whole scale vector and its whole bias vector are
+each normalised to unit L2 length and multiplied by one learnable scalar
+``alpha``::
+
+    scale_eff = alpha * scale / (||scale||_2 + norm_epsilon)
+    bias_eff  = alpha * bias  / (||bias||_2  + norm_epsilon)
+    y = scale_eff * (x - mean) / sqrt(var + epsilon) + bias_eff
+
+so the per-channel balance (the direction) and the overall magnitude (alpha)
+are learned separately. Batch statistics, running statistics and evaluation are
+those of `nn.BatchNorm`; at evaluation an NBN layer is a plain BN with
+``(scale_eff, bias_eff)``, which `effective_affine` returns for folding.
+
+This module imports only jax and flax so it can be lifted into any model.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax.linen import dtypes, initializers, module
+from flax.linen.module import Module, compact
+# Flax's own statistics code: the same mean/variance (float32 promotion, fast
+# variance, negative-variance clipping, one fused pmean) as nn.BatchNorm.
+from flax.linen.normalization import _canonicalize_axes, _compute_stats
+
+Array = jax.Array
+Dtype = Any
+
+
+def safe_l2_norm(x: Array) -> Array:
+  """L2 norm of all entries of `x`, with value and gradient 0 at the zero vector.
+
+  `jnp.linalg.norm` has a NaN gradient at 0. Here, as with `torch.norm`, the
+  gradient at 0 is 0, which matters for NBN because the bias starts at exactly
+  zero (see `normalized_to_alpha`).
+
+  Args:
+    x: any shape.
+
+  Returns:
+    A scalar of `x`'s dtype.
+  """
+  squared = jnp.sum(jnp.square(x))
+  positive = squared > 0
+  # The inner `where` keeps sqrt's derivative away from 0 on the unused branch.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), 0)
+
+
+def normalized_to_alpha(v: Array, alpha: Array, norm_epsilon: float) -> Array:
+  """Returns ``alpha * v / (||v||_2 + norm_epsilon)``, the norm over all of `v`.
+
+  At ``v = 0`` the value is 0 and the gradient with respect to `v` is
+  ``alpha / norm_epsilon`` times the upstream gradient (1e6 times larger than
+  usual with the default epsilon), exactly as in the PyTorch reference: after
+  the first update the direction of a zero-initialised bias is essentially
+  fixed by that update.
+
+  Args:
+    v: a parameter vector (any shape; the norm runs over every entry).
+    alpha: a scalar (or anything that broadcasts against `v`).
+    norm_epsilon: added to the norm, outside the square root.
+  """
+  return alpha * v / (safe_l2_norm(v) + norm_epsilon)
+
+
+def effective_affine(
+    scale: Array, bias: Array, alpha: Array, norm_epsilon: float = 1e-6
+) -> tuple[Array, Array]:
+  """The plain-BN ``(scale, bias)`` an NBN layer applies, shapes as the inputs.
+
+  Use it to fold a trained NBN layer into `nn.BatchNorm` or to inspect the
+  per-channel balance the layer has learned.
+  """
+  return (
+      normalized_to_alpha(scale, alpha, norm_epsilon),
+      normalized_to_alpha(bias, alpha, norm_epsilon),
+  )
+
+
+class NormalizedBatchNorm(Module):
+  """Batch normalisation whose affine vectors are unit-normalised and scaled.
+
+  Fields, defaults and variables follow `flax.linen.BatchNorm`: parameters
+  ``scale`` (init 1) and ``bias`` (init 0), one per feature, plus a scalar
+  ``alpha`` (init 1) unless `alpha` is passed to `__call__`; running
+  statistics ``mean`` and ``var`` in the ``batch_stats`` collection. Unlike
+  `nn.BatchNorm` there is no `use_scale`/`use_bias` and no scale or bias
+  initialiser: both vectors are needed, and a zero scale would make the
+  normalised direction undefined (NBN layers keep scale = 1 at init).
+
+  Scope of the batch statistics (the set of examples each mean/var is over):
+
+  * Under `jax.jit` with the batch sharded over a `Mesh` (leave `axis_name`
+    None): the global batch. XLA inserts the cross-device reductions.
+  * Under `shard_map` or `pmap` with ``axis_name='data'`` (the mapped axis):
+    the global batch too, via one `lax.pmean` over that axis.
+  * Under `shard_map`/`pmap` with `axis_name` None: each device's own shard
+    (the reference's DDP setting, SyncBN off).
+  * Groups of k devices: under `shard_map`, use a 2-D mesh such as
+    ``('replica', 'bn_group')`` with the inner axis of size k and set
+    ``axis_name='bn_group'``; under `pmap`, `axis_index_groups` (which
+    `shard_map` does not support).
+
+  Like `nn.BatchNorm`, the running variance is the biased batch variance;
+  PyTorch keeps the unbiased one (a factor n / (n - 1), negligible at usual
+  batch sizes).
+
+  Attributes:
+    use_running_average: if True, use the stored running statistics instead of
+      the batch's.
+    axis: the feature axis (or axes) of the input.
+    momentum: decay of the running averages; PyTorch's momentum 0.1 is 0.9.
+    epsilon: added to the variance.
+    dtype: the dtype of the result (default: inferred from input and params).
+    param_dtype: the dtype of `scale`, `bias` and `alpha`.
+    axis_name: mapped axis to average statistics over (see above).
+    axis_index_groups: groups of indices along `axis_name` (`pmap` only).
+    use_fast_variance: compute the variance as E[x^2] - E[x]^2.
+    force_float32_reductions: compute statistics in at least float32.
+    norm_epsilon: added to the L2 norms of scale and bias (not squared).
+  """
+
+  use_running_average: bool | None = None
+  axis: int = -1
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+  force_float32_reductions: bool = True
+  norm_epsilon: float = 1e-6
+
+  @compact
+  def __call__(
+      self,
+      x: Array,
+      use_running_average: bool | None = None,
+      *,
+      alpha: Array | None = None,
+      mask: Array | None = None,
+  ) -> Array:
+    """Normalises `x` with batch (or running) statistics and the NBN affine.
+
+    Args:
+      x: input of any rank, features along `axis`.
+      use_running_average: overrides the field of the same name.
+      alpha: a scalar shared with other layers. When given, this layer creates
+        no ``alpha`` parameter of its own and uses this one; gradients flow
+        back to whoever owns it.
+      mask: as in `nn.BatchNorm`: which positions count towards the
+        statistics (broadcastable to `x`).
+
+    Returns:
+      An array shaped like `x`.
+    """
+    use_running_average = module.merge_param(
+        'use_running_average', self.use_running_average, use_running_average
+    )
+    feature_axes = _canonicalize_axes(x.ndim, self.axis)
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    feature_shape = tuple(x.shape[ax] for ax in feature_axes)
+    stats_dtype = (
+        jnp.float32 if self.force_float32_reductions else self.param_dtype
+    )
+
+    ra_mean = self.variable(
+        'batch_stats', 'mean', jnp.zeros, feature_shape, stats_dtype
+    )
+    ra_var = self.variable(
+        'batch_stats', 'var', jnp.ones, feature_shape, stats_dtype
+    )
+    scale = self.param(
+        'scale', initializers.ones, feature_shape, self.param_dtype
+    )
+    bias = self.param(
+        'bias', initializers.zeros, feature_shape, self.param_dtype
+    )
+    if alpha is None:
+      alpha = self.param('alpha', initializers.ones, (), self.param_dtype)
+
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      mean, var = _compute_stats(
+          x,
+          reduction_axes,
+          dtype=self.dtype,
+          axis_name=None if self.is_initializing() else self.axis_name,
+          axis_index_groups=self.axis_index_groups,
+          use_fast_variance=self.use_fast_variance,
+          mask=mask,
+          force_float32_reductions=self.force_float32_reductions,
+      )
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+
+    scale_eff, bias_eff = effective_affine(scale, bias, alpha, self.norm_epsilon)
+    broadcast_shape = [1] * x.ndim
+    for ax in feature_axes:
+      broadcast_shape[ax] = x.shape[ax]
+
+    def broadcast(v: Array) -> Array:  # feature_shape -> rank of x
+      return v.reshape(broadcast_shape)
+
+    # Same order of operations as nn.BatchNorm, with the effective affine.
+    multiplier = jax.lax.rsqrt(var + self.epsilon) * scale_eff
+    y = (x - broadcast(mean)) * broadcast(multiplier) + broadcast(bias_eff)
+    dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+    return jnp.asarray(y, dtype)

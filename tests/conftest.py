@@ -1,0 +1,18 @@
+"""Test-wide JAX set-up, done before any test module imports jax.
+
+Every test runs on 8 host CPU devices, so sharded and single-device behaviour
+are compared in one process, and with most XLA optimisations off, which makes
+compilation several times faster on the small programs tests build.
+"""
+
+import os
+
+_DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
+if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}"
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402  (after the environment above)
+
+jax.config.update('jax_disable_most_optimizations', True)
