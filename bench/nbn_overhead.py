@@ -41,7 +41,9 @@ def make_step(model, learning_rate=0.1, weight_decay=5e-4):
   def step(params, batch_stats, opt_state, images, labels):
     def loss_fn(params):
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats}, images, train=True,
+          {'params': params, 'batch_stats': batch_stats},
+          images,
+          train=True,
           mutable=['batch_stats'],
       )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -58,7 +60,9 @@ class Trainer:
   """Holds one model's state and times its steps."""
 
   def __init__(self, model, images, labels):
-    variables = jax.jit(lambda: model.init(jax.random.key(0), images, train=False))()
+    variables = jax.jit(
+        lambda: model.init(jax.random.key(0), images, train=False)
+    )()
     self.step, tx = make_step(model)
     self.state = (variables['params'], variables['batch_stats'])
     self.state += (tx.init(self.state[0]),)
@@ -84,7 +88,9 @@ def measure(name, batch, rounds, steps_per_round):
   images = jax.random.normal(key_images, (batch, size, size, 3))
   labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
   trainers = {
-      norm: Trainer(model_def(num_classes=num_classes, norm=norm), images, labels)
+      norm: Trainer(
+          model_def(num_classes=num_classes, norm=norm), images, labels
+      )
       for norm in ('bn', 'nbn')
   }
   flops = {norm: trainer.flops() for norm, trainer in trainers.items()}
@@ -115,16 +121,22 @@ def main():
   parser.add_argument('--steps-per-round', type=int, default=3)
   args = parser.parse_args()
 
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-        f'({jax.default_backend()}), {jax.device_count()} device(s)')
-  print(f'{"model":10} {"batch":>5} {"BN ms":>9} {"NBN ms":>9} '
-        f'{"NBN/BN":>7} {"flops":>7}  (NBN/BN min..max over {args.rounds} rounds)')
+  print(
+      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
+      f'({jax.default_backend()}), {jax.device_count()} device(s)'
+  )
+  print(
+      f'{"model":10} {"batch":>5} {"BN ms":>9} {"NBN ms":>9} '
+      f'{"NBN/BN":>7} {"flops":>7}  (NBN/BN min..max over {args.rounds} rounds)'
+  )
   for name in args.models.split(','):
     batch = getattr(args, f'{name}_batch')
     r = measure(name, batch, args.rounds, args.steps_per_round)
-    print(f'{name:10} {batch:5d} {r["bn_ms"]:9.1f} {r["nbn_ms"]:9.1f} '
-          f'{r["ratio"]:7.3f} {r["flops_ratio"]:7.4f}  '
-          f'({r["ratio_min"]:.3f}..{r["ratio_max"]:.3f})')
+    print(
+        f'{name:10} {batch:5d} {r["bn_ms"]:9.1f} {r["nbn_ms"]:9.1f} '
+        f'{r["ratio"]:7.3f} {r["flops_ratio"]:7.4f}  '
+        f'({r["ratio_min"]:.3f}..{r["ratio_max"]:.3f})'
+    )
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""nbn-jax: Normalized Batch Normalization for long-tailed recognition in JAX."""
+"""nbn-jax: Normalizing Batch Normalization for long-tailed recognition."""
 
 from nbn_jax.normalization import (
     NormalizedBatchNorm,

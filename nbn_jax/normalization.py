@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen import dtypes, initializers, module
 from flax.linen.module import Module, compact
+
 # Flax's own statistics code: the same mean/variance (float32 promotion, fast
 # variance, negative-variance clipping, one fused pmean) as nn.BatchNorm.
 from flax.linen.normalization import _canonicalize_axes, _compute_stats
@@ -33,7 +34,7 @@ Dtype = Any
 
 
 def safe_l2_norm(x: Array) -> Array:
-  """L2 norm of all entries of `x`, with value and gradient 0 at the zero vector.
+  """L2 norm of all entries of `x`; value and gradient are 0 at x = 0.
 
   `jnp.linalg.norm` has a NaN gradient at 0. Here, as with `torch.norm`, the
   gradient at 0 is 0, which matters for NBN because the bias starts at exactly
@@ -199,10 +200,14 @@ class NormalizedBatchNorm(Module):
           force_float32_reductions=self.force_float32_reductions,
       )
       if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_mean.value = (
+            self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        )
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
 
-    scale_eff, bias_eff = effective_affine(scale, bias, alpha, self.norm_epsilon)
+    scale_eff, bias_eff = effective_affine(
+        scale, bias, alpha, self.norm_epsilon
+    )
     broadcast_shape = [1] * x.ndim
     for ax in feature_axes:
       broadcast_shape[ax] = x.shape[ax]

@@ -2,7 +2,11 @@
 
 from nbn_jax.models.blocks import BasicBlock, BottleneckBlock
 from nbn_jax.models.cifar_resnet import LAST_STAGE_NBN, CifarResNet, ResNet32
-from nbn_jax.models.common import NBNPlacement
+from nbn_jax.models.common import (
+    NBNPlacement,
+    NormSwitchedResNet,
+    ResidualBlock,
+)
 from nbn_jax.models.resnet import LAYER4_NBN, ResNet, ResNet50, ResNeXt50
 
 __all__ = [
@@ -12,8 +16,10 @@ __all__ = [
     'LAST_STAGE_NBN',
     'LAYER4_NBN',
     'NBNPlacement',
+    'NormSwitchedResNet',
     'ResNet',
     'ResNet32',
     'ResNet50',
     'ResNeXt50',
+    'ResidualBlock',
 ]

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nbn_jax.models.common import SHORTCUT_NORM, ModuleDef, ResidualBlock
+from nbn_jax.models.common import SHORTCUT_NORM, ResidualBlock
 
 Array = jax.Array
 
@@ -12,30 +12,23 @@ Array = jax.Array
 class BasicBlock(ResidualBlock):
   """Two 3x3 convolutions (He et al. 2016); norm sites 'bn1', 'bn2'.
 
+  `filters` is the number of output channels and `strides` that of the first
+  convolution (see `ResidualBlock` for the other fields).
+
   Attributes:
-    filters: output channels.
-    conv: convolution partial (no bias).
-    norm: plain BN partial.
-    nbn: NBN partial, used at the sites named in `nbn_sites`.
-    nbn_sites: norm sites of this block that are NBN.
-    strides: stride of the first convolution.
     shortcut: when the shape changes, 'A' subsamples and zero-pads channels
       (parameter-free, the CIFAR/LDAM protocol) and 'B' projects with a 1x1
       convolution and the BN 'downsample_bn'.
   """
 
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  nbn: ModuleDef
-  nbn_sites: frozenset[str] = frozenset()
-  strides: int = 1
   shortcut: str = 'A'
 
   @nn.compact
   def __call__(self, x: Array, alpha: Array | None = None) -> Array:
     """(batch, h, w, c) -> (batch, h / strides, w / strides, filters)."""
-    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name='conv1')(x)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name='conv1')(
+        x
+    )
     y = nn.relu(self.norm_at('bn1', y, alpha))
     y = self.conv(self.filters, (3, 3), padding=1, name='conv2')(y)
     y = self.norm_at('bn2', y, alpha)
@@ -59,12 +52,6 @@ class BottleneckBlock(ResidualBlock):
   output channels = 4 * filters.
   """
 
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  nbn: ModuleDef
-  nbn_sites: frozenset[str] = frozenset()
-  strides: int = 1
   groups: int = 1
   width_per_group: int = 64
 
@@ -105,4 +92,3 @@ def option_a_shortcut(x: Array, strides: int, filters: int) -> Array:
   missing = filters - x.shape[-1]
   channel_pad = (missing // 2, missing - missing // 2)
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), channel_pad))
-

@@ -1,61 +1,44 @@
 """ResNet-32 for 32x32 inputs, as in the LDAM protocol (NHWC)."""
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nbn_jax.models import common
 from nbn_jax.models.blocks import BasicBlock
+from nbn_jax.models.common import NBNPlacement, NormSwitchedResNet
 
 Array = jax.Array
 
 # By analogy with the reference's ResNet-50 placement (it ships no CIFAR
 # model): the last BN of every last-stage block, and the shortcut BN when
 # option-B shortcuts are used, all reading one shared alpha.
-LAST_STAGE_NBN = common.NBNPlacement(stages=(2,), block_norms=('bn2',))
+LAST_STAGE_NBN = NBNPlacement(stages=(2,), block_norms=('bn2',))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(NormSwitchedResNet):
   """The CIFAR ResNet of He et al. (2016, Sec. 4.2) as the LDAM code builds it.
 
   3x3 stem with 16 filters, stages of basic blocks at 16/32/64 filters (stride
   2 at the first block of stages 2 and 3), global average pool, linear
   classifier; He-normal (fan-in) init of convolutions and the classifier
-  weight, PyTorch's default classifier bias; BN momentum 0.9 (PyTorch's 0.1)
-  and epsilon 1e-5.
+  weight, PyTorch's default classifier bias. Shared fields (`num_classes`,
+  `norm`, BN settings, `dtype`, ...) are documented in `NormSwitchedResNet`.
 
   Attributes:
     stage_sizes: basic blocks per stage (ResNet-32: 5, 5, 5).
-    num_classes: number of logits.
-    norm: 'nbn' (NBN where `nbn_placement` says, plain BN elsewhere) or 'bn'.
     nbn_placement: where NBN goes; default the last BN of each block of the
       last stage (and its projection-shortcut BN), one shared alpha.
     widths: filters per stage.
     shortcut: 'A' (zero-padding, the LDAM protocol) or 'B' (1x1 projection
       with BN).
-    logit_norm: add the reference's logit-rectification head.
-    bn_momentum: decay of the BN running averages.
-    bn_epsilon: BN variance epsilon.
-    bn_axis_name: BN statistics scope (see `NormalizedBatchNorm`).
-    bn_axis_index_groups: BN statistics groups under `pmap`.
-    dtype: computation dtype (parameters and statistics stay float32).
   """
 
   stage_sizes: tuple[int, ...]
-  num_classes: int = 10
-  norm: str = 'nbn'
-  nbn_placement: common.NBNPlacement = LAST_STAGE_NBN
+  nbn_placement: NBNPlacement = LAST_STAGE_NBN
   widths: tuple[int, ...] = (16, 32, 64)
   shortcut: str = 'A'
-  logit_norm: bool = False
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  bn_axis_index_groups: Any = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True) -> Array:
@@ -67,47 +50,31 @@ class CifarResNet(nn.Module):
           f'widths={self.widths} and stage_sizes={self.stage_sizes} must have '
           'one entry per stage.'
       )
-    self.nbn_placement.validate(len(self.stage_sizes), ('bn1', 'bn2'))
-    norm, nbn = common.norm_partials(
-        self.norm,
-        train,
-        self.dtype,
-        self.bn_axis_name,
-        self.bn_axis_index_groups,
-        self.bn_momentum,
-        self.bn_epsilon,
+    norm, nbn, alpha = self.norm_layers(
+        train, len(self.stage_sizes), ('bn1', 'bn2')
     )
     he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal
     )
-    alpha = common.shared_alpha(self, self.norm, self.nbn_placement)
-
     x = jnp.asarray(x, self.dtype)
     x = conv(self.widths[0], (3, 3), padding=1, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
     for stage, (num_blocks, filters) in enumerate(
         zip(self.stage_sizes, self.widths)
     ):
-      nbn_sites = common.nbn_sites(self.norm, self.nbn_placement, stage)
       for block in range(num_blocks):
         x = BasicBlock(
             filters=filters,
             conv=conv,
             norm=norm,
             nbn=nbn,
-            nbn_sites=nbn_sites,
+            nbn_sites=self.nbn_sites(stage),
             strides=2 if stage > 0 and block == 0 else 1,
             shortcut=self.shortcut,
             name=f'layer{stage + 1}_{block}',
         )(x, alpha)
-    return common.classifier_head(
-        x,
-        self.num_classes,
-        kernel_init=he_normal,
-        dtype=self.dtype,
-        logit_norm=norm if self.logit_norm else None,
-    )
+    return self.classifier_head(x, he_normal, norm)
 
 
 ResNet32 = functools.partial(CifarResNet, stage_sizes=(5, 5, 5))

@@ -1,4 +1,5 @@
-"""What the ResNet families share: NBN placement, norm partials and the head."""
+"""What the ResNet families share: NBN placement, norm set-up, blocks' and
+models' common fields, and the classifier head."""
 
 import dataclasses
 import functools
@@ -40,9 +41,8 @@ class NBNPlacement:
     """Names of the norm layers of a block in `stage` that are NBN."""
     if stage not in self.stages:
       return frozenset()
-    return frozenset(self.block_norms) | (
-        {SHORTCUT_NORM} if self.shortcut else frozenset()
-    )
+    shortcut = {SHORTCUT_NORM} if self.shortcut else set()
+    return frozenset(self.block_norms) | shortcut
 
   def validate(self, num_stages: int, block_norm_names: tuple[str, ...]):
     """Raises ValueError if the placement names a stage or BN the net lacks."""
@@ -56,16 +56,28 @@ class NBNPlacement:
     if bad_norms:
       raise ValueError(
           f'nbn_placement.block_norms={self.block_norms}: {bad_norms} are not '
-          f'BNs of this network\'s blocks; choose from {block_norm_names}.'
+          f"BNs of this network's blocks; choose from {block_norm_names}."
       )
 
 
-class ResidualBlock(nn.Module):
-  """Base of the residual blocks: builds BN or NBN for a named norm site.
+class ResidualBlock(nn.Module, kw_only=True):
+  """Fields of every residual block, and BN-or-NBN at a named norm site.
 
-  Subclasses define the fields `norm` (plain BN partial), `nbn` (NBN partial)
-  and `nbn_sites` (names of the sites that are NBN).
+  Attributes:
+    filters: the block's base number of filters.
+    conv: convolution partial (no bias).
+    norm: plain BN partial.
+    nbn: NBN partial, used at the sites named in `nbn_sites`.
+    nbn_sites: names of this block's norm layers that are NBN.
+    strides: stride of the block's strided convolution.
   """
+
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  nbn: ModuleDef
+  nbn_sites: frozenset[str] = frozenset()
+  strides: int = 1
 
   def norm_at(self, site: str, x: Array, alpha: Array | None) -> Array:
     """Applies the norm layer named `site` to `x` (NBN reads `alpha`)."""
@@ -74,88 +86,101 @@ class ResidualBlock(nn.Module):
     return self.norm(name=site)(x)
 
 
-def norm_partials(
-    norm: str,
-    train: bool,
-    dtype: Any,
-    axis_name: str | None,
-    axis_index_groups: Any,
-    momentum: float,
-    epsilon: float,
-) -> tuple[ModuleDef, ModuleDef]:
-  """Returns the (plain BN, NBN) partials shared by all norm sites of a model.
+class NormSwitchedResNet(nn.Module, kw_only=True):
+  """Fields and helpers of a ResNet whose BNs switch to NBN with one field.
 
-  The statistics scope (`axis_name`, `axis_index_groups`) is explained in
-  `NormalizedBatchNorm`. PyTorch's BN momentum 0.1 is `momentum=0.9` here.
+  Subclasses define `nbn_placement` (their reference placement by default).
+
+  Attributes:
+    num_classes: number of logits.
+    norm: 'nbn' (NBN where `nbn_placement` says, plain BN elsewhere) or 'bn'.
+    logit_norm: add the reference's logit-rectification head (BN without
+      affine over the logits).
+    bn_momentum: decay of the BN running averages (PyTorch's 0.1 is 0.9).
+    bn_epsilon: BN variance epsilon.
+    bn_axis_name: BN statistics scope (see `NormalizedBatchNorm`).
+    bn_axis_index_groups: BN statistics groups under `pmap`.
+    dtype: computation dtype (parameters and statistics stay float32).
   """
-  if norm not in NORMS:
-    raise ValueError(f'norm={norm!r} is not one of {NORMS}.')
-  common = dict(
-      use_running_average=not train,
-      momentum=momentum,
-      epsilon=epsilon,
-      dtype=dtype,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-  )
-  return (
-      functools.partial(nn.BatchNorm, **common),
-      functools.partial(NormalizedBatchNorm, **common),
-  )
 
+  num_classes: int
+  norm: str = 'nbn'
+  logit_norm: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: str | None = None
+  bn_axis_index_groups: Any = None
+  dtype: Any = jnp.float32
 
-def shared_alpha(
-    model: nn.Module, norm: str, placement: NBNPlacement
-) -> Array | None:
-  """Creates the model's one ``nbn_alpha`` parameter, if NBN layers share it."""
-  if norm == 'nbn' and placement.shared_alpha and placement.stages:
-    return model.param('nbn_alpha', nn.initializers.ones, (), jnp.float32)
-  return None
+  def norm_layers(
+      self, train: bool, num_stages: int, block_norm_names: tuple[str, ...]
+  ) -> tuple[ModuleDef, ModuleDef, Array | None]:
+    """Checks the settings; returns (BN partial, NBN partial, shared alpha).
 
+    The shared alpha is the model's ``nbn_alpha`` parameter, created here
+    when NBN layers share one, else None.
+    """
+    if self.norm not in NORMS:
+      raise ValueError(f'norm={self.norm!r} is not one of {NORMS}.')
+    self.nbn_placement.validate(num_stages, block_norm_names)
+    common = dict(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        axis_name=self.bn_axis_name,
+        axis_index_groups=self.bn_axis_index_groups,
+    )
+    alpha = None
+    placement = self.nbn_placement
+    if self.norm == 'nbn' and placement.shared_alpha and placement.stages:
+      alpha = self.param('nbn_alpha', nn.initializers.ones, (), jnp.float32)
+    return (
+        functools.partial(nn.BatchNorm, **common),
+        functools.partial(NormalizedBatchNorm, **common),
+        alpha,
+    )
 
-def nbn_sites(norm: str, placement: NBNPlacement, stage: int) -> frozenset[str]:
-  """Names of the NBN norm sites of a block in `stage` (none when norm='bn')."""
-  return placement.block_sites(stage) if norm == 'nbn' else frozenset()
+  def nbn_sites(self, stage: int) -> frozenset[str]:
+    """Names of the NBN norm sites of a block in `stage`."""
+    if self.norm != 'nbn':
+      return frozenset()
+    return self.nbn_placement.block_sites(stage)
+
+  def classifier_head(
+      self,
+      features: Array,
+      kernel_init: nn.initializers.Initializer,
+      norm: ModuleDef,
+  ) -> Array:
+    """Global average pool, linear classifier `fc`, optional logit BN.
+
+    Args:
+      features: (batch, height, width, channels) activations.
+      kernel_init: init of the fc weight (the bias uses PyTorch's default).
+      norm: the model's plain BN partial, for the logit-rectification head.
+
+    Returns:
+      (batch, num_classes) float32 logits.
+    """
+    x = jnp.mean(features, axis=(1, 2))
+    x = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        kernel_init=kernel_init,
+        bias_init=torch_linear_bias_init(features.shape[-1]),
+        name='fc',
+    )(x)
+    if self.logit_norm:
+      x = norm(use_scale=False, use_bias=False, name='logit_norm')(x)
+    return jnp.asarray(x, jnp.float32)
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:
-  """PyTorch's default `nn.Linear` bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  """PyTorch's default `nn.Linear` bias init: U(+-1 / sqrt(fan_in))."""
   bound = fan_in**-0.5
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
-
-
-def classifier_head(
-    features: Array,
-    num_classes: int,
-    kernel_init: nn.initializers.Initializer,
-    dtype: Any,
-    logit_norm: ModuleDef | None,
-) -> Array:
-  """Global average pool, linear classifier `fc`, optional logit BN.
-
-  Args:
-    features: (batch, height, width, channels) activations.
-    num_classes: number of logits.
-    kernel_init: init of the fc weight (the bias uses PyTorch's default).
-    dtype: computation dtype of the fc layer.
-    logit_norm: a BN partial without affine (the reference's "logit
-      rectification" head), or None.
-
-  Returns:
-    (batch, num_classes) float32 logits.
-  """
-  x = jnp.mean(features, axis=(1, 2))
-  x = nn.Dense(
-      num_classes,
-      dtype=dtype,
-      kernel_init=kernel_init,
-      bias_init=torch_linear_bias_init(features.shape[-1]),
-      name='fc',
-  )(x)
-  if logit_norm is not None:
-    x = logit_norm(use_scale=False, use_bias=False, name='logit_norm')(x)
-  return jnp.asarray(x, jnp.float32)

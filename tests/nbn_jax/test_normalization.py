@@ -63,7 +63,9 @@ class TestSafeNorm:
 
   def test_value_is_the_l2_norm(self):
     assert safe_l2_norm(jnp.array([3.0, 4.0])) == pytest.approx(5.0)
-    assert safe_l2_norm(jnp.array([[1.0, 2.0], [2.0, 4.0]])) == pytest.approx(5.0)
+    assert safe_l2_norm(jnp.array([[1.0, 2.0], [2.0, 4.0]])) == pytest.approx(
+        5.0
+    )
 
   def test_value_and_gradient_are_zero_at_zero(self):
     value, grad = jax.value_and_grad(safe_l2_norm)(jnp.zeros(4))
@@ -95,8 +97,15 @@ class TestVariables:
 
   def test_defaults_are_those_of_nn_batchnorm(self):
     shared = [
-        'use_running_average', 'axis', 'momentum', 'epsilon', 'dtype',
-        'param_dtype', 'axis_name', 'axis_index_groups', 'use_fast_variance',
+        'use_running_average',
+        'axis',
+        'momentum',
+        'epsilon',
+        'dtype',
+        'param_dtype',
+        'axis_name',
+        'axis_index_groups',
+        'use_fast_variance',
         'force_float32_reductions',
     ]
     nbn, bn = NormalizedBatchNorm(), nn.BatchNorm()
@@ -132,7 +141,8 @@ class TestVariables:
 
     variables = TwoLayers().init(jax.random.key(0), _batch())
     alphas = [
-        path for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]
+        path
+        for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]
         if 'alpha' in jax.tree_util.keystr(path)
     ]
     assert len(alphas) == 1
@@ -146,7 +156,9 @@ class TestContract:
     w_eff, b_eff = effective_affine(w, b, jnp.array(2.0))
     # Hand-computed: ||w|| = 5, ||b|| = 0.5.
     assert float(jnp.linalg.norm(w_eff)) == pytest.approx(2 * 5 / (5 + 1e-6))
-    assert float(jnp.linalg.norm(b_eff)) == pytest.approx(2 * 0.5 / (0.5 + 1e-6))
+    assert float(jnp.linalg.norm(b_eff)) == pytest.approx(
+        2 * 0.5 / (0.5 + 1e-6)
+    )
     np.testing.assert_allclose(w_eff, [1.2, 1.6], rtol=1e-6)
 
   @pytest.mark.parametrize('train', [True, False])
@@ -168,15 +180,19 @@ class TestContract:
     mean, var = _random_running_stats()
     x = _batch()
     y, nbn_stats = _apply(
-        NormalizedBatchNorm(**BN_KWARGS), _nbn_variables(params, mean, var),
-        x, train,
+        NormalizedBatchNorm(**BN_KWARGS),
+        _nbn_variables(params, mean, var),
+        x,
+        train,
     )
     w_eff, b_eff = effective_affine(
         params['scale'], params['bias'], params['alpha']
     )
     y_bn, bn_stats = _apply(
         nn.BatchNorm(**BN_KWARGS),
-        _bn_variables(w_eff, b_eff, {'mean': mean, 'var': var}), x, train,
+        _bn_variables(w_eff, b_eff, {'mean': mean, 'var': var}),
+        x,
+        train,
     )
     np.testing.assert_allclose(y, y_bn, rtol=1e-6, atol=1e-6)
     if train:
@@ -222,9 +238,13 @@ class TestContract:
 
     def nbn_loss(alpha, p1, p2):
       layer = NormalizedBatchNorm(use_running_average=False)
-      y = layer.apply({'params': p1}, x, alpha=alpha, mutable=['batch_stats'])[0]
+      y = layer.apply({'params': p1}, x, alpha=alpha, mutable=['batch_stats'])[
+          0
+      ]
       y = jnp.tanh(y)
-      y = layer.apply({'params': p2}, y, alpha=alpha, mutable=['batch_stats'])[0]
+      y = layer.apply({'params': p2}, y, alpha=alpha, mutable=['batch_stats'])[
+          0
+      ]
       return jnp.mean((y - target) ** 2)
 
     def bn_loss(eff1, eff2):
@@ -239,7 +259,9 @@ class TestContract:
       return {'scale': w, 'bias': b}
 
     g_alpha = jax.grad(nbn_loss)(alpha, p1, p2)
-    g_eff1, g_eff2 = jax.grad(bn_loss, argnums=(0, 1))(effective(p1), effective(p2))
+    g_eff1, g_eff2 = jax.grad(bn_loss, argnums=(0, 1))(
+        effective(p1), effective(p2)
+    )
     expected = sum(
         jnp.dot(p[n] / (jnp.linalg.norm(p[n]) + NORM_EPS), g[n])
         for p, g in ((p1, g_eff1), (p2, g_eff2))
@@ -252,7 +274,9 @@ class TestContract:
     with jax.enable_x64(True):
       x = _batch().astype(jnp.float64)
       params = jax.tree.map(lambda p: p.astype(jnp.float64), _raw_params())
-      layer = NormalizedBatchNorm(use_running_average=False, param_dtype=jnp.float64)
+      layer = NormalizedBatchNorm(
+          use_running_average=False, param_dtype=jnp.float64
+      )
 
       def loss(alpha):
         y = layer.apply(
@@ -262,7 +286,9 @@ class TestContract:
 
       alpha, h = jnp.float64(1.3), 1e-6
       numeric = (loss(alpha + h) - loss(alpha - h)) / (2 * h)
-      assert float(jax.grad(loss)(alpha)) == pytest.approx(float(numeric), rel=1e-7)
+      assert float(jax.grad(loss)(alpha)) == pytest.approx(
+          float(numeric), rel=1e-7
+      )
 
   @pytest.mark.parametrize('alpha', [1.0, 0.25])
   def test_5_zero_bias_gets_one_over_eps_times_effective_gradient(self, alpha):
@@ -279,7 +305,8 @@ class TestContract:
     def bn_loss(bias_eff):
       w_eff, _ = effective_affine(params['scale'], params['bias'], alpha)
       y = nn.BatchNorm(use_running_average=False).apply(
-          {'params': {'scale': w_eff, 'bias': bias_eff}}, x,
+          {'params': {'scale': w_eff, 'bias': bias_eff}},
+          x,
           mutable=['batch_stats'],
       )[0]
       return jnp.mean((y - target) ** 2)
@@ -321,13 +348,16 @@ class TestOptions:
         NormalizedBatchNorm(), _nbn_variables(params), x, True
     )
     y_first, stats_first = _apply(
-        NormalizedBatchNorm(axis=1), _nbn_variables(params),
-        jnp.moveaxis(x, -1, 1), True,
+        NormalizedBatchNorm(axis=1),
+        _nbn_variables(params),
+        jnp.moveaxis(x, -1, 1),
+        True,
     )
     np.testing.assert_allclose(jnp.moveaxis(y_first, 1, -1), y_last, atol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
-        stats_first, stats_last,
+        stats_first,
+        stats_last,
     )
 
   def test_mask_restricts_statistics_like_batchnorm(self):
@@ -340,7 +370,9 @@ class TestOptions:
     )
     y_bn, bn_updates = nn.BatchNorm(use_running_average=False).apply(
         _bn_variables(w_eff, b_eff, _nbn_variables(params)['batch_stats']),
-        x, mask=mask, mutable=['batch_stats'],
+        x,
+        mask=mask,
+        mutable=['batch_stats'],
     )
     np.testing.assert_allclose(y, y_bn, atol=1e-6)
     jax.tree.map(np.testing.assert_array_equal, updates, bn_updates)
@@ -351,7 +383,11 @@ class TestOptions:
     variables = layer.init(jax.random.key(0), x, use_running_average=False)
     y, stats = _apply(layer, variables, x, True)
     assert y.dtype == jnp.bfloat16
-    assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+    assert {v.dtype for v in jax.tree.leaves(variables)} == {
+        jnp.dtype('float32')
+    }
     assert {v.dtype for v in jax.tree.leaves(stats)} == {jnp.dtype('float32')}
-    y32, _ = _apply(NormalizedBatchNorm(), variables, x.astype(jnp.float32), True)
+    y32, _ = _apply(
+        NormalizedBatchNorm(), variables, x.astype(jnp.float32), True
+    )
     np.testing.assert_allclose(y.astype(jnp.float32), y32, atol=0.02)

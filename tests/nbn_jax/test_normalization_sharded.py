@@ -32,7 +32,9 @@ class TinyNet(nn.Module):
   def __call__(self, x):
     alpha = self.param('alpha', nn.initializers.ones, ())
     norm = lambda: NormalizedBatchNorm(
-        use_running_average=False, momentum=0.9, axis_name=self.axis_name,
+        use_running_average=False,
+        momentum=0.9,
+        axis_name=self.axis_name,
         axis_index_groups=self.axis_index_groups,
     )
     x = nn.relu(norm()(nn.Conv(6, (3, 3))(x), alpha=alpha))
@@ -57,7 +59,8 @@ def _variables():
 def _loss_sum(net, params, batch_stats, images, labels):
   """Sum of per-example losses / GLOBAL_BATCH (so shards add up)."""
   logits, updates = net.apply(
-      {'params': params, 'batch_stats': batch_stats}, images,
+      {'params': params, 'batch_stats': batch_stats},
+      images,
       mutable=['batch_stats'],
   )
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -88,7 +91,8 @@ def _assert_trees_close(actual, expected, rtol=2e-5, atol=2e-6):
       lambda a, e: np.testing.assert_allclose(
           np.asarray(a), np.asarray(e), rtol=rtol, atol=atol
       ),
-      actual, expected,
+      actual,
+      expected,
   )
 
 
@@ -108,7 +112,8 @@ def test_sharded_jit_equals_one_device_with_the_whole_batch(axis_type):
       jax.device_put(labels, batch),
   )
   step = jax.jit(
-      _step(TinyNet()), out_shardings=(replicated, batch, replicated, replicated)
+      _step(TinyNet()),
+      out_shardings=(replicated, batch, replicated, replicated),
   )
   with jax.set_mesh(mesh):
     result = step(*args)
@@ -128,15 +133,20 @@ def test_shard_map_with_axis_name_equals_one_device_with_the_whole_batch():
     # over devices; only the loss needs an explicit sum.
     return jax.lax.psum(loss, 'data'), logits, grads, stats
 
-  step = jax.jit(jax.shard_map(
-      local_step, mesh=mesh,
-      in_specs=(P(), P(), P('data'), P('data')),
-      out_specs=(P(), P('data'), P(), P()),
-  ))
+  step = jax.jit(
+      jax.shard_map(
+          local_step,
+          mesh=mesh,
+          in_specs=(P(), P(), P('data'), P('data')),
+          out_specs=(P(), P('data'), P(), P()),
+      )
+  )
   batch = NamedSharding(mesh, P('data'))
   result = step(
-      variables['params'], variables['batch_stats'],
-      jax.device_put(images, batch), jax.device_put(labels, batch),
+      variables['params'],
+      variables['batch_stats'],
+      jax.device_put(images, batch),
+      jax.device_put(labels, batch),
   )
   _assert_trees_close(result, _single_device_reference())
 
@@ -170,15 +180,20 @@ def test_per_device_statistics_are_those_of_each_shard():
     )
     return logits, _stacked(stats)
 
-  step = jax.jit(jax.shard_map(
-      local_step, mesh=mesh,
-      in_specs=(P(), P(), P('data'), P('data')),
-      out_specs=(P('data'), P('data')),
-  ))
+  step = jax.jit(
+      jax.shard_map(
+          local_step,
+          mesh=mesh,
+          in_specs=(P(), P(), P('data'), P('data')),
+          out_specs=(P('data'), P('data')),
+      )
+  )
   batch = NamedSharding(mesh, P('data'))
   logits, stats = step(
-      variables['params'], variables['batch_stats'],
-      jax.device_put(images, batch), jax.device_put(labels, batch),
+      variables['params'],
+      variables['batch_stats'],
+      jax.device_put(images, batch),
+      jax.device_put(labels, batch),
   )
   expected_logits, expected_stats = _stats_of_example_groups(PER_DEVICE)
   _assert_trees_close((logits, stats), (expected_logits, expected_stats))
@@ -199,17 +214,24 @@ def test_groups_of_four_devices_under_shard_map_use_a_two_axis_mesh():
     )
     return logits, _stacked(stats)
 
-  step = jax.jit(jax.shard_map(
-      local_step, mesh=mesh,
-      in_specs=(P(), P(), P(data_axes), P(data_axes)),
-      out_specs=(P(data_axes), P('replica')),
-  ))
+  step = jax.jit(
+      jax.shard_map(
+          local_step,
+          mesh=mesh,
+          in_specs=(P(), P(), P(data_axes), P(data_axes)),
+          out_specs=(P(data_axes), P('replica')),
+      )
+  )
   batch = NamedSharding(mesh, P(data_axes))
   logits, stats = step(
-      variables['params'], variables['batch_stats'],
-      jax.device_put(images, batch), jax.device_put(labels, batch),
+      variables['params'],
+      variables['batch_stats'],
+      jax.device_put(images, batch),
+      jax.device_put(labels, batch),
   )
-  _assert_trees_close((logits, stats), _stats_of_example_groups(group * PER_DEVICE))
+  _assert_trees_close(
+      (logits, stats), _stats_of_example_groups(group * PER_DEVICE)
+  )
 
 
 def test_groups_of_two_devices_under_pmap_use_axis_index_groups():
@@ -226,8 +248,10 @@ def test_groups_of_two_devices_under_pmap_use_axis_index_groups():
   )
   split = lambda v: v.reshape(NUM_DEVICES, PER_DEVICE, *v.shape[1:])
   logits, stats = jax.pmap(local_step, axis_name='data')(
-      replicate(variables['params']), replicate(variables['batch_stats']),
-      split(images), split(labels),
+      replicate(variables['params']),
+      replicate(variables['batch_stats']),
+      split(images),
+      split(labels),
   )
   expected_logits, expected_stats = _stats_of_example_groups(2 * PER_DEVICE)
   # Both devices of a group hold the group's statistics.
@@ -235,6 +259,4 @@ def test_groups_of_two_devices_under_pmap_use_axis_index_groups():
       (logits.reshape(GLOBAL_BATCH, -1), jax.tree.map(lambda s: s[::2], stats)),
       (expected_logits, expected_stats),
   )
-  _assert_trees_close(
-      jax.tree.map(lambda s: s[1::2], stats), expected_stats
-  )
+  _assert_trees_close(jax.tree.map(lambda s: s[1::2], stats), expected_stats)

@@ -9,7 +9,9 @@ from nbn_jax import NormalizedBatchNorm
 
 
 def param_count(variables) -> int:
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))
+  return sum(
+      int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params'])
+  )
 
 
 def abstract_variables(model, image_shape):
@@ -60,3 +62,27 @@ def outputs_in_return_order(model, variables, x, **kwargs):
   with nn.intercept_methods(record):
     model.apply(variables, x, mutable=['batch_stats'], **kwargs)
   return outputs
+
+
+def assert_alpha_changes_only_from(model, x, first_nbn: str):
+  """Changing the shared alpha changes no output computed before `first_nbn`.
+
+  Also checks that the outputs of `first_nbn` and of the whole model change.
+  """
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def outputs(alpha):
+    params = {**variables['params'], 'nbn_alpha': jnp.asarray(alpha)}
+    return outputs_in_return_order(
+        model, {**variables, 'params': params}, x, train=True
+    )
+
+  before, after = outputs(1.0), outputs(2.5)
+  cut = [path for path, _ in before].index(first_nbn)
+  for (path, y_before), (_, y_after) in zip(before[:cut], after[:cut]):
+    np.testing.assert_array_equal(y_before, y_after, err_msg=path)
+  for (path, y_before), (_, y_after) in (before[cut], after[cut]), (
+      before[-1],
+      after[-1],
+  ):
+    assert not np.allclose(y_before, y_after), path

@@ -39,7 +39,8 @@ def test_identity_block_adds_its_input():
     variables = block.init(jax.random.key(1), x)
     params = jax.tree_util.tree_map_with_path(
         lambda path, p: jnp.zeros_like(p)
-        if 'kernel' in jax.tree_util.keystr(path) else p,
+        if 'kernel' in jax.tree_util.keystr(path)
+        else p,
         variables['params'],
     )
     # Zero convolutions feed constant zeros to the BNs: their output is bias.
@@ -55,7 +56,11 @@ def test_nbn_sites_choose_the_layer_type():
       filters=4, nbn_sites=frozenset({'bn1', 'bn3'}), **_block_kwargs()
   )
   params = block.init(jax.random.key(0), x, jnp.asarray(1.0))['params']
-  assert {name for name in params if name.startswith('bn')} == {'bn1', 'bn2', 'bn3'}
+  assert {name for name in params if name.startswith('bn')} == {
+      'bn1',
+      'bn2',
+      'bn3',
+  }
   # NBN layers given a shared alpha own none; plain BN never has one.
   assert all('alpha' not in params[name] for name in ('bn1', 'bn2', 'bn3'))
   own = block.init(jax.random.key(0), x)['params']

@@ -1,4 +1,4 @@
-"""ResNet-50 and ResNeXt-50 32x4d: torchvision layout, reference NBN placement."""
+"""ResNet-50 and ResNeXt-50 32x4d: torchvision layout, the reference's NBN."""
 
 import functools
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tests.nbn_jax.models.inspection import (
     abstract_variables,
+    assert_alpha_changes_only_from,
     nbn_calls,
     outputs_in_return_order,
     param_count,
@@ -18,7 +19,10 @@ from nbn_jax import models
 
 IMAGENET = (1, 224, 224, 3)
 LAYER4_NBN_LAYERS = {
-    'layer4_0/bn3', 'layer4_0/downsample_bn', 'layer4_1/bn3', 'layer4_2/bn3'
+    'layer4_0/bn3',
+    'layer4_0/downsample_bn',
+    'layer4_1/bn3',
+    'layer4_2/bn3',
 }
 
 
@@ -26,14 +30,18 @@ class TestParameterCounts:
   """torchvision's figures at 1000 classes; NBN adds one shared alpha."""
 
   def test_resnet50(self):
-    bn = abstract_variables(models.ResNet50(num_classes=1000, norm='bn'), IMAGENET)
+    bn = abstract_variables(
+        models.ResNet50(num_classes=1000, norm='bn'), IMAGENET
+    )
     nbn = abstract_variables(models.ResNet50(num_classes=1000), IMAGENET)
     assert param_count(bn) == 25_557_032
     assert param_count(nbn) == 25_557_032 + 1
     assert nbn['params']['nbn_alpha'].shape == ()
 
   def test_resnext50_32x4d(self):
-    bn = abstract_variables(models.ResNeXt50(num_classes=1000, norm='bn'), IMAGENET)
+    bn = abstract_variables(
+        models.ResNeXt50(num_classes=1000, norm='bn'), IMAGENET
+    )
     nbn = abstract_variables(models.ResNeXt50(num_classes=1000), IMAGENET)
     assert param_count(bn) == 25_028_904
     assert param_count(nbn) == 25_028_904 + 1
@@ -60,7 +68,9 @@ class TestNBNPlacement:
   def test_plain_bn_has_no_nbn_layer_and_no_alpha(self):
     model = models.ResNet50(num_classes=10, norm='bn')
     assert nbn_calls(model, (2, 64, 64, 3)) == (set(), set())
-    assert 'nbn_alpha' not in abstract_variables(model, (2, 64, 64, 3))['params']
+    assert (
+        'nbn_alpha' not in abstract_variables(model, (2, 64, 64, 3))['params']
+    )
 
   def test_placement_is_configurable(self):
     placement = models.NBNPlacement(
@@ -71,29 +81,16 @@ class TestNBNPlacement:
     )
     expected = {
         f'layer{s}_{b}/bn{i}'
-        for s, blocks in ((3, 6), (4, 3)) for b in range(blocks) for i in (1, 2)
+        for s, blocks in ((3, 6), (4, 3))
+        for b in range(blocks)
+        for i in (1, 2)
     }
     assert every == with_alpha == expected
 
   def test_changing_alpha_changes_only_what_follows_the_first_nbn(self, images):
-    model = models.ResNet50(num_classes=10)
-    x = images((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
-
-    def outputs(alpha):
-      params = {**variables['params'], 'nbn_alpha': jnp.asarray(alpha)}
-      return outputs_in_return_order(
-          model, {**variables, 'params': params}, x, train=True
-      )
-
-    before, after = outputs(1.0), outputs(2.5)
-    paths = [path for path, _ in before]
-    cut = paths.index('layer4_0/bn3')  # the first NBN layer to run
-    for (path, y_before), (_, y_after) in zip(before[:cut], after[:cut]):
-      np.testing.assert_array_equal(y_before, y_after, err_msg=path)
-    for (path, y_before), (_, y_after) in (before[cut], after[cut]), (before[-1], after[-1]):
-      assert not np.allclose(y_before, y_after), path
-    assert paths[-1] == 'fc'
+    assert_alpha_changes_only_from(
+        models.ResNet50(num_classes=10), images((2, 32, 32, 3)), 'layer4_0/bn3'
+    )
 
   def test_nbn_scales_start_at_one(self, images):
     variables = models.ResNet50(num_classes=10).init(
@@ -101,7 +98,9 @@ class TestNBNPlacement:
     )
     for name in LAYER4_NBN_LAYERS:
       block, layer = name.split('/')
-      np.testing.assert_array_equal(variables['params'][block][layer]['scale'], 1.0)
+      np.testing.assert_array_equal(
+          variables['params'][block][layer]['scale'], 1.0
+      )
 
 
 class TestLayout:
@@ -110,11 +109,15 @@ class TestLayout:
     model = models.ResNet50(num_classes=10, norm='bn')
     _, state = model.apply(
         model.init(jax.random.key(0), images((1, 64, 64, 3)), train=False),
-        images((1, 64, 64, 3)), train=False,
-        capture_intermediates=True, mutable=['intermediates'],
+        images((1, 64, 64, 3)),
+        train=False,
+        capture_intermediates=True,
+        mutable=['intermediates'],
     )
     out = state['intermediates']
-    spatial = lambda *path: functools.reduce(dict.get, path, out)['__call__'][0].shape[1]
+    spatial = lambda *path: functools.reduce(dict.get, path, out)['__call__'][
+        0
+    ].shape[1]
     assert spatial('conv1') == 32  # 7x7/2 stem, then 3x3/2 max pool -> 16
     assert spatial('layer2_0', 'conv1') == 16
     assert spatial('layer2_0', 'conv2') == 8
@@ -122,7 +125,9 @@ class TestLayout:
     assert out['__call__'][0].shape == (1, 10)
 
   def test_resnext_grouped_convolution_widths(self):
-    params = abstract_variables(models.ResNeXt50(num_classes=10), (1, 64, 64, 3))['params']
+    params = abstract_variables(
+        models.ResNeXt50(num_classes=10), (1, 64, 64, 3)
+    )['params']
     # width = int(filters * 4 / 64) * 32: 128 in layer1, 1024 in layer4.
     assert params['layer1_0']['conv2']['kernel'].shape == (3, 3, 4, 128)
     assert params['layer4_0']['conv2']['kernel'].shape == (3, 3, 32, 1024)
@@ -135,7 +140,9 @@ class TestLayout:
         )
     )()
     kernel = variables['params']['layer4_0']['conv2']['kernel']  # 3x3, 512->512
-    assert float(jnp.std(kernel)) == pytest.approx((2 / (9 * 512)) ** 0.5, rel=0.02)
+    assert float(jnp.std(kernel)) == pytest.approx(
+        (2 / (9 * 512)) ** 0.5, rel=0.02
+    )
     fc_bias = variables['params']['fc']['bias']
     assert float(jnp.abs(fc_bias).max()) <= 2048**-0.5
 
@@ -144,14 +151,20 @@ class TestOptions:
 
   def test_unknown_norm_is_a_clear_error(self):
     with pytest.raises(ValueError, match="norm='batchnorm'"):
-      abstract_variables(models.ResNet50(num_classes=10, norm='batchnorm'), (1, 32, 32, 3))
+      abstract_variables(
+          models.ResNet50(num_classes=10, norm='batchnorm'), (1, 32, 32, 3)
+      )
 
   def test_placement_outside_the_network_is_a_clear_error(self):
     bad = models.NBNPlacement(stages=(4,), block_norms=('bn3',))
     with pytest.raises(ValueError, match=r'stages \[4\] do not exist'):
-      abstract_variables(models.ResNet50(num_classes=10, nbn_placement=bad), (1, 32, 32, 3))
+      abstract_variables(
+          models.ResNet50(num_classes=10, nbn_placement=bad), (1, 32, 32, 3)
+      )
 
-  def test_logit_rectification_standardises_each_logit_over_the_batch(self, images):
+  def test_logit_rectification_standardises_each_logit_over_the_batch(
+      self, images
+  ):
     x = images((8, 32, 32, 3))
     model = models.ResNet50(num_classes=10, logit_norm=True)
     variables = model.init(jax.random.key(0), x, train=False)
@@ -161,10 +174,17 @@ class TestOptions:
 
     plain = models.ResNet50(num_classes=10)  # same parameters, no head BN
     raw, _ = plain.apply(
-        {'params': variables['params'],
-         'batch_stats': {k: v for k, v in variables['batch_stats'].items()
-                         if k != 'logit_norm'}},
-        x, train=True, mutable=['batch_stats'],
+        {
+            'params': variables['params'],
+            'batch_stats': {
+                k: v
+                for k, v in variables['batch_stats'].items()
+                if k != 'logit_norm'
+            },
+        },
+        x,
+        train=True,
+        mutable=['batch_stats'],
     )
     expected = (raw - raw.mean(0)) / jnp.sqrt(raw.var(0) + 1e-5)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
@@ -173,5 +193,7 @@ class TestOptions:
     model = models.ResNet50(num_classes=10, dtype=jnp.bfloat16)
     x = images((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x, train=False)
-    assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+    assert {p.dtype for p in jax.tree.leaves(variables)} == {
+        jnp.dtype('float32')
+    }
     assert model.apply(variables, x, train=False).dtype == jnp.float32
