@@ -1,0 +1,79 @@
+"""Assembling a benchmark's splits, and clear errors for bad settings."""
+
+import pytest
+
+import input_pipeline as ip
+
+
+def test_places_lt_from_list_files(jpeg_dataset):
+  counts = [3] + [1] * 364  # all 365 classes present
+  train_list, root = jpeg_dataset(counts, size=(8, 8), name='train')
+  test_list, _ = jpeg_dataset([1] * 365, size=(8, 8), name='test')
+  benchmark = ip.load_benchmark(
+      'places_lt',
+      source='lists',
+      image_root=root,
+      train_list=train_list,
+      val_list=test_list,
+      test_list=test_list,
+  )
+  assert (len(benchmark.train), len(benchmark.val), len(benchmark.test)) == (
+      367,
+      365,
+      365,
+  )
+  assert benchmark.spec.preprocessing.color_jitter == 0.4
+  no_val = ip.load_benchmark(
+      'places_lt',
+      source='lists',
+      image_root=root,
+      train_list=train_list,
+      test_list=test_list,
+  )
+  assert no_val.val is None
+
+
+def test_training_list_missing_classes_is_a_clear_error(jpeg_dataset):
+  train_list, root = jpeg_dataset([3, 2, 1], size=(8, 8))
+  with pytest.raises(
+      ip.DataError,
+      match=r'classes \[3, 4, 5, 6, 7, 8, 9, 10, 11, 12\]\.\.\. \(362 in all\)',
+  ):
+    ip.load_benchmark(
+        'places_lt',
+        source='lists',
+        image_root=root,
+        train_list=train_list,
+        test_list=train_list,
+    )
+
+
+def test_digits_benchmark():
+  benchmark = ip.load_benchmark('digits', source='digits', imbalance_factor=10)
+  assert benchmark.val is None
+  assert benchmark.train_counts().tolist()[0] == 124
+  assert benchmark.spec.preprocessing.kind == 'none'
+
+
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (
+            dict(dataset='cifar1000', source='tfds'),
+            "dataset='cifar1000' is not one of",
+        ),
+        (
+            dict(dataset='cifar100', source='jpeg'),
+            "source='jpeg' does not provide cifar100",
+        ),
+        (dict(dataset='cifar10', source='jpeg'), "'jpeg' needs data_dir"),
+        (
+            dict(dataset='imagenet_lt', source='lists', train_list='t.txt'),
+            'needs test_list, image_root',
+        ),
+    ],
+)
+def test_bad_settings_name_what_to_fix(kwargs, message):
+  dataset = kwargs.pop('dataset')
+  with pytest.raises(ip.DataError, match=message):
+    ip.load_benchmark(dataset, **kwargs)
