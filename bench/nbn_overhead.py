@@ -4,7 +4,8 @@
     python bench/nbn_overhead.py --models=resnet32 --rounds=9
 
 Each model is built twice, identical but for `norm` ('bn' or 'nbn'), and
-trained with the same jitted SGD step (softmax cross-entropy, momentum 0.9,
+trained with the trainer's own jitted step (`nbn_jax.training.steps`:
+uint8 input normalisation, softmax cross-entropy, SGD with momentum 0.9 and
 coupled weight decay, donated state) on the same synthetic batch. Timings
 alternate BN and NBN round by round so drift on the machine hits both; the
 ratio printed is the median over rounds of (NBN time / BN time). Absolute
@@ -21,9 +22,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 from nbn_jax import models
+from nbn_jax.training import losses, optim, steps
 
 MODELS = {
     'resnet32': (models.ResNet32, 10, 32),
@@ -31,65 +33,60 @@ MODELS = {
 }
 
 
-def make_step(model, learning_rate=0.1, weight_decay=5e-4):
-  """A jitted (params, batch_stats, opt_state, images, labels) -> same step."""
-  tx = optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=0.9),
-  )
-
-  def step(params, batch_stats, opt_state, images, labels):
-    def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
-          images,
-          train=True,
-          mutable=['batch_stats'],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return loss.mean(), updates['batch_stats']
-
-    grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state
-
-  return jax.jit(step, donate_argnums=(0, 1, 2)), tx
-
-
 class Trainer:
-  """Holds one model's state and times its steps."""
+  """One model's replicated train state and the trainer's jitted step."""
 
-  def __init__(self, model, images, labels):
-    variables = jax.jit(
-        lambda: model.init(jax.random.key(0), images, train=False)
-    )()
-    self.step, tx = make_step(model)
-    self.state = (variables['params'], variables['batch_stats'])
-    self.state += (tx.init(self.state[0]),)
-    self.images, self.labels = images, labels
+  def __init__(self, model, images, labels, num_classes):
+    mesh = steps.create_mesh('global')
+    self.step = steps.make_train_step(
+        steps.StepConfig(
+            model=model,
+            loss_fn=losses.make_loss('cross_entropy', np.ones(num_classes)),
+            mesh=mesh,
+            bn_scope='global',
+            global_batch_size=images.shape[0],
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            dtype=jnp.float32,
+            num_classes=num_classes,
+        )
+    )
+    self.state = steps.create_train_state(
+        model,
+        optim.sgd(lambda step: 0.1, 5e-4),
+        jax.random.key(0),
+        images.shape[1:],
+        mesh,
+    )
+    sharding = steps.batch_sharding(mesh)
+    self.images = jax.device_put(images, sharding)
+    self.labels = jax.device_put(labels, sharding)
 
   def flops(self):
     """FLOPs of one compiled step, from XLA's cost analysis."""
-    compiled = self.step.lower(*self.state, self.images, self.labels).compile()
+    compiled = self.step.lower(self.state, self.images, self.labels).compile()
     return compiled.cost_analysis()['flops']
 
-  def run(self, steps):
-    """Seconds per step over `steps` steps."""
+  def run(self, num_steps):
+    """Seconds per step over `num_steps` steps."""
     start = time.perf_counter()
-    for _ in range(steps):
-      self.state = self.step(*self.state, self.images, self.labels)
-    jax.block_until_ready(self.state)
-    return (time.perf_counter() - start) / steps
+    for _ in range(num_steps):
+      self.state, metrics = self.step(self.state, self.images, self.labels)
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - start) / num_steps
 
 
 def measure(name, batch, rounds, steps_per_round):
   model_def, num_classes, size = MODELS[name]
-  key_images, key_labels = jax.random.split(jax.random.key(1))
-  images = jax.random.normal(key_images, (batch, size, size, 3))
-  labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, batch).astype(np.int32)
   trainers = {
       norm: Trainer(
-          model_def(num_classes=num_classes, norm=norm), images, labels
+          model_def(num_classes=num_classes, norm=norm),
+          images,
+          labels,
+          num_classes,
       )
       for norm in ('bn', 'nbn')
   }

@@ -1,4 +1,10 @@
-"""Long-tail evaluation metrics that ignore padded examples.
+"""Exact evaluation: padded, host-sharded batches and long-tail metrics.
+
+`padded_eval_indices` lays a split out in whole global batches, each host
+reading its own slice, padding marked by a False mask: every example is
+counted exactly once over all hosts, and all hosts run the same number of
+batches. `eval_batches` yields those batches (NumPy for in-memory splits, so
+no TensorFlow is needed; tf.data for image files).
 
 The eval step counts, per class, correct predictions and examples with
 `class_hits` (JAX, inside the jitted step, so multi-host counts come out
@@ -8,10 +14,77 @@ accuracy is the mean over its test examples, as in the literature.
 """
 
 import dataclasses
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from input_pipeline.datasets import Preprocessing
+from input_pipeline.samplers import host_positions
+from input_pipeline.sources import DataError, Split
+
+
+def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Global batch / hosts, or a DataError saying how to fix it."""
+  if global_batch_size % process_count:
+    raise DataError(
+        f'batch_size={global_batch_size} is not divisible by the '
+        f'{process_count} processes (hosts); choose a multiple of '
+        f'{process_count}.'
+    )
+  return global_batch_size // process_count
+
+
+def padded_eval_indices(
+    num_examples: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """This host's example indices and mask, (num_batches, per_host) each.
+
+  The split is padded to ceil(N / B) global batches; padded slots point at
+  example 0 and have mask False.
+  """
+  per_host_batch_size(global_batch_size, process_count)
+  num_batches = -(-num_examples // global_batch_size)
+  positions = host_positions(
+      0, num_batches, global_batch_size, process_index, process_count
+  )
+  mask = positions < num_examples
+  return np.where(mask, positions, 0), mask
+
+
+def eval_batches(
+    split: Split,
+    preprocessing: Preprocessing,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This host's padded eval batches: 'image' uint8, 'label', 'mask'."""
+  if not split.in_memory:
+    from input_pipeline import tf_pipeline  # imports TensorFlow
+
+    dataset, _ = tf_pipeline.eval_dataset(
+        split,
+        preprocessing,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    yield from tf_pipeline.as_numpy(dataset)
+    return
+  indices, mask = padded_eval_indices(
+      len(split), global_batch_size, process_index, process_count
+  )
+  for batch_indices, batch_mask in zip(indices, mask):
+    yield {
+        'image': split.images[batch_indices],
+        'label': split.labels[batch_indices],
+        'mask': batch_mask,
+    }
 
 
 def class_hits(

@@ -24,21 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import preprocess
+from input_pipeline.evaluation import padded_eval_indices, per_host_batch_size
 from input_pipeline.samplers import IndexStream, SamplerSpec, host_positions
 from input_pipeline.sources import DataError, Split, join_path
 
+# JAX owns the accelerators; tf.data only needs the CPU.
+tf.config.set_visible_devices([], 'GPU')
+
 EXAMPLES_PER_CHUNK = 4096  # sampler look-ups are vectorised over a chunk
-
-
-def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Global batch / hosts, or a DataError saying how to fix it."""
-  if global_batch_size % process_count:
-    raise DataError(
-        f'batch_size={global_batch_size} is not divisible by the '
-        f'{process_count} processes (hosts); choose a multiple of '
-        f'{process_count}.'
-    )
-  return global_batch_size // process_count
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -182,12 +175,10 @@ def eval_dataset(
   """
   process_index, process_count = _process(process_index, process_count)
   per_host = per_host_batch_size(global_batch_size, process_count)
-  num_batches = -(-len(split) // global_batch_size)
-  positions = host_positions(
-      0, num_batches, global_batch_size, process_index, process_count
+  indices, mask = padded_eval_indices(
+      len(split), global_batch_size, process_index, process_count
   )
-  mask = positions < len(split)
-  indices = np.where(mask, positions, 0)
+  num_batches = len(indices)
 
   def index_batches():
     for batch_indices, batch_mask in zip(indices, mask):

@@ -1,13 +1,24 @@
 """ResNets whose BN layers can be switched to NBN with `norm='nbn'`."""
 
 from nbn_jax.models.blocks import BasicBlock, BottleneckBlock
-from nbn_jax.models.cifar_resnet import LAST_STAGE_NBN, CifarResNet, ResNet32
+from nbn_jax.models.cifar_resnet import (
+    LAST_STAGE_NBN,
+    CifarResNet,
+    ResNet8,
+    ResNet32,
+)
 from nbn_jax.models.common import (
     NBNPlacement,
     NormSwitchedResNet,
     ResidualBlock,
 )
-from nbn_jax.models.resnet import LAYER4_NBN, ResNet, ResNet50, ResNeXt50
+from nbn_jax.models.resnet import (
+    LAYER4_NBN,
+    ResNet,
+    ResNet14,
+    ResNet50,
+    ResNeXt50,
+)
 
 __all__ = [
     'BasicBlock',
@@ -18,6 +29,8 @@ __all__ = [
     'NBNPlacement',
     'NormSwitchedResNet',
     'ResNet',
+    'ResNet8',
+    'ResNet14',
     'ResNet32',
     'ResNet50',
     'ResNeXt50',

@@ -75,3 +75,6 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
 ResNeXt50 = functools.partial(
     ResNet, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4
 )
+# One bottleneck block per stage: ResNet-50's layout at a fraction of the
+# cost, for quick tests of the ImageNet-style configs.
+ResNet14 = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1))

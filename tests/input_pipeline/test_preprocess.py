@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from input_pipeline import preprocess
 from input_pipeline.datasets import Preprocessing
-from tests.input_pipeline.conftest import jpeg_bytes
+from tests.fake_data import jpeg_bytes
 
 
 def _seed(i):

@@ -8,7 +8,7 @@ import pytest
 
 import input_pipeline as ip
 from input_pipeline import sources
-from tests.input_pipeline.conftest import jpeg_bytes, random_image
+from tests.fake_data import jpeg_bytes, random_image
 
 
 class TestRealListFiles:

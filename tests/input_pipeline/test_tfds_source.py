@@ -3,35 +3,10 @@ JPEG copy's lists."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import input_pipeline as ip
 from input_pipeline.tfds_source import load_tfds_cifar, official_order
-
-
-def _mock_cifar(labels, ids, order):
-  """A mock TFDS cifar10 whose examples come in `order`; each image encodes
-  its official index in its first two pixels."""
-
-  def as_dataset(builder, *args, **kwargs):
-    del builder, args, kwargs
-    order_t, ids_t = tf.constant(order), tf.constant(ids)
-    labels_t = tf.constant(labels, tf.int64)
-
-    def example(position):
-      i = order_t[position]
-      pixels = tf.cast(tf.stack([i % 256, i // 256, 0]), tf.uint8)
-      image = tf.pad(pixels[None, None, :], [[0, 31], [0, 31], [0, 0]])
-      return {'id': ids_t[i], 'image': image, 'label': labels_t[i]}
-
-    return tf.data.Dataset.range(len(order)).map(example)
-
-  return tfds.testing.mock_data(as_dataset_fn=as_dataset)
-
-
-def _official_index(images):
-  return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+from tests.fake_data import mock_tfds_cifar, official_index
 
 
 def test_lt_subset_from_jpeg_lists_equals_subset_from_tfds(shared_data):
@@ -40,16 +15,15 @@ def test_lt_subset_from_jpeg_lists_equals_subset_from_tfds(shared_data):
   )
   from_lists = ip.long_tail_indices(labels, 100)
 
-  ids = np.array([f'train_{i:05d}' for i in range(len(labels))])
   tfds_order = np.random.default_rng(1).permutation(len(labels))
-  with _mock_cifar(labels, ids, tfds_order):
+  with mock_tfds_cifar({'train': (labels, tfds_order)}):
     train = load_tfds_cifar('cifar10', 'train', data_dir='/unused')
   np.testing.assert_array_equal(
-      _official_index(train.images), np.arange(len(labels))
+      official_index(train.images), np.arange(len(labels))
   )
   np.testing.assert_array_equal(train.labels, labels)
   subset = train.subset(ip.long_tail_indices(train.labels, 100))
-  np.testing.assert_array_equal(_official_index(subset.images), from_lists)
+  np.testing.assert_array_equal(official_index(subset.images), from_lists)
   assert (
       subset.class_counts().tolist()
       == ip.long_tail_counts(5000, 10, 100).tolist()

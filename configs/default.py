@@ -1,0 +1,84 @@
+"""Every configuration field, with the CIFAR-10-LT recipe as defaults.
+
+The other configs start from this one and change what differs. Any field
+can be overridden on the command line, e.g. `--config.norm=bn`; a field not
+defined here is an error.
+
+    python train.py --config=configs/default.py --workdir=/tmp/nbn-default
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # --- Data -----------------------------------------------------------------
+  config.dataset = 'cifar10'  # cifar10, cifar100, imagenet_lt, inat2018,
+  #                             places_lt, digits (input_pipeline.DATASETS)
+  config.data_source = 'tfds'  # tfds, jpeg (CIFAR-10 JPEG copy), lists, digits
+  config.data_dir = ''  # TFDS data_dir, or the CIFAR-10 JPEG folder
+  config.imbalance_factor = 100.0  # CIFAR / digits long tail, n_max / n_min
+  config.image_root = ''  # list-file datasets: folder the listed paths are in
+  config.train_list = ''
+  config.val_list = ''  # empty: no validation split (select nothing)
+  config.test_list = ''
+  config.cache_dir = ''  # where decoded CIFAR JPEG arrays are kept
+  config.input_path = 'on_device'  # on_device (in-memory data) or tf_data
+  # ImageNet-style augmentation (0: the dataset's 224 / 256); antialiased
+  # resizing as PIL does (off: 2-4x faster tf.data, as in flax/big_vision).
+  config.image_size = 0
+  config.resize_size = 0
+  config.antialias = False
+  config.sampler = 'instance'  # instance, class, sqrt, progressive,
+  #                              class_aware
+  config.samples_per_class = 4  # class_aware
+  config.many_threshold = 100  # Many: more training images than this
+  config.few_threshold = 20  # Few: fewer training images than this
+
+  # --- Model ----------------------------------------------------------------
+  config.model = 'ResNet32'  # a name in nbn_jax.models
+  config.norm = 'nbn'  # nbn or bn (the baseline)
+  # Where NBN goes (0-based stages; block BN names; projection-shortcut BN;
+  # one alpha shared by all NBN layers). ResNet-32: last stage, bn2.
+  config.nbn_stages = (2,)
+  config.nbn_block_norms = ('bn2',)
+  config.nbn_shortcut = True
+  config.nbn_shared_alpha = True
+  config.shortcut = 'A'  # CIFAR ResNets: A (zero-padding, LDAM) or B
+  config.logit_norm = False  # the reference's logit-rectification head
+  config.half_precision = False  # bfloat16 compute, float32 parameters
+  # BN statistics over: global (the whole batch), device (each device's
+  # shard, as the reference's DDP), group (bn_group_size devices).
+  config.bn_scope = 'global'
+  config.bn_group_size = 1
+
+  # --- Optimisation ---------------------------------------------------------
+  config.batch_size = 128  # global, over all devices and hosts
+  # Linear scaling rule: the base rate is learning_rate * batch_size /
+  # lr_batch_size. The LDAM protocol: 0.1 at batch 128.
+  config.learning_rate = 0.1
+  config.lr_batch_size = 128
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 2e-4  # 5e-4 is the other common CIFAR-LT choice
+  config.decay_alpha = True  # decay NBN's alpha too (the reference default)
+  config.schedule = 'step'  # step (warm-up + steps) or cosine
+  config.warmup_epochs = 5.0
+  config.lr_decay_epochs = (160.0, 180.0)
+  config.lr_decay_factor = 0.01
+  config.num_epochs = 200.0
+  config.loss = 'cross_entropy'  # cross_entropy, balanced_softmax,
+  #                                logit_adjusted
+  config.logit_adjust_tau = 1.0
+
+  # --- Run ------------------------------------------------------------------
+  config.seed = 0
+  config.log_every_steps = 50
+  config.steps_per_dispatch = 25  # on-device path: steps per jitted call
+  config.eval_every_epochs = 10.0
+  config.eval_batch_size = 512
+  config.checkpoint_every_epochs = 10.0
+  config.keep_checkpoints = 2
+  config.eval_only = False  # evaluate the workdir's latest checkpoint
+  return config

@@ -1,0 +1,103 @@
+"""SGD with PyTorch's coupled weight decay, and the recipes' LR schedules.
+
+PyTorch's SGD (the reference) adds the decay to the gradient before the
+momentum buffer: d = g + wd * p; v = momentum * v + d; p -= lr * v. That is
+`add_decayed_weights` followed by `sgd` in optax. By default every parameter
+is decayed, NBN's alpha included, as in the reference (its `-w` flag exempts
+alpha: `decay_alpha=False` here).
+
+Schedules are per step (the reference steps them per epoch):
+* 'step' (CIFAR, LDAM): linear warm-up to the base rate over
+  `warmup_epochs`, then the rate times `lr_decay_factor` at each epoch of
+  `lr_decay_epochs` (0.1 -> 0.001 at 160 -> 0.00001 at 180).
+* 'cosine' (ImageNet-LT, iNaturalist): optional warm-up, then cosine decay
+  to 0 at the last step.
+The base rate follows the linear scaling rule:
+learning_rate * batch_size / lr_batch_size.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ('step', 'cosine')
+
+
+def base_learning_rate(
+    learning_rate: float, batch_size: int, lr_batch_size: int
+):
+  """The linear scaling rule: `learning_rate` is the rate at `lr_batch_size`."""
+  return learning_rate * batch_size / lr_batch_size
+
+
+def learning_rate_schedule(
+    schedule: str,
+    base_rate: float,
+    steps_per_epoch: float,
+    total_steps: int,
+    warmup_epochs: float = 0.0,
+    lr_decay_epochs: tuple[float, ...] = (),
+    lr_decay_factor: float = 0.1,
+) -> optax.Schedule:
+  """Step -> learning rate.
+
+  Args:
+    schedule: 'step' or 'cosine'.
+    base_rate: the peak rate.
+    steps_per_epoch: steps in one epoch (fractional: epochs do not end on
+      batch boundaries in a continuous stream).
+    total_steps: length of the run.
+    warmup_epochs: linear warm-up length; step s of it uses
+      base_rate * (s + 1) / warmup_steps.
+    lr_decay_epochs: 'step' only: epochs at which the rate is multiplied by
+      `lr_decay_factor`.
+    lr_decay_factor: 'step' only.
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f'schedule={schedule!r} is not one of {SCHEDULES}.')
+  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  boundaries = jnp.array(
+      [int(round(e * steps_per_epoch)) for e in lr_decay_epochs], jnp.int32
+  )
+  decay_steps = max(1, total_steps - warmup_steps)
+
+  def rate(step):
+    step = jnp.asarray(step, jnp.int32)
+    if schedule == 'step':
+      decays = jnp.sum(step >= boundaries)
+      main = base_rate * lr_decay_factor**decays
+    else:
+      progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+      main = 0.5 * base_rate * (1 + jnp.cos(jnp.pi * progress))
+    if warmup_steps:
+      warm = base_rate * (step + 1) / warmup_steps
+      return jnp.where(step < warmup_steps, warm, main)
+    return main
+
+  return rate
+
+
+def weight_decay_mask(params, decay_alpha: bool):
+  """True for decayed leaves: all of them, or all but NBN's alpha(s)."""
+
+  def decayed(path, _):
+    name = getattr(path[-1], 'key', '')
+    return decay_alpha or name not in ('alpha', 'nbn_alpha')
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def sgd(
+    schedule: optax.Schedule,
+    weight_decay: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    decay_alpha: bool = True,
+) -> optax.GradientTransformation:
+  """PyTorch-style SGD: coupled L2 decay, then momentum (no dampening)."""
+  return optax.chain(
+      optax.add_decayed_weights(
+          weight_decay, mask=lambda p: weight_decay_mask(p, decay_alpha)
+      ),
+      optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
+  )

@@ -1,0 +1,251 @@
+"""What a run writes for people: progress lines, TensorBoard scalars, a JSON
+file of results, a summary table and PNG plots.
+
+TensorBoard events are written with the `tensorboard` package alone (no
+TensorFlow), so runs on machines without TensorFlow still produce them. Every
+scalar also goes to ``metrics.jsonl`` in the workdir, one JSON object per
+line, for plotting without TensorBoard.
+"""
+
+import json
+import math
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from nbn_jax.normalization import effective_affine
+
+
+class MetricWriter:
+  """Scalars to TensorBoard events and metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    os.makedirs(workdir, exist_ok=True)
+    self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def write(self, step: int, scalars: dict[str, float]):
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    values = [
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in scalars.items()
+    ]
+    self._events.add_event(
+        event_pb2.Event(
+            wall_time=time.time(),
+            step=step,
+            summary=summary_pb2.Summary(value=values),
+        )
+    )
+    record = {
+        'step': step,
+        **{k: _finite_or_none(v) for k, v in scalars.items()},
+    }
+    self._jsonl.write(json.dumps(record) + '\n')
+
+  def flush(self):
+    if self.enabled:
+      self._events.flush()
+      self._jsonl.flush()
+
+  def close(self):
+    if self.enabled:
+      self._events.close()
+      self._jsonl.close()
+
+
+def _finite_or_none(value):
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+class Progress:
+  """Formats 'step / total, epoch, loss, lr, images/s, ETA' lines."""
+
+  def __init__(self, total_steps: int, steps_per_epoch: float, batch_size: int):
+    self.total_steps = total_steps
+    self.steps_per_epoch = steps_per_epoch
+    self.batch_size = batch_size
+    self._last = None  # (step, time) of the last line
+
+  def start(self, step: int):
+    """Starts the clock at `step` (the first step of this run)."""
+    self._last = (step, time.perf_counter())
+
+  def line(
+      self, step: int, loss: float, accuracy: float, learning_rate: float
+  ) -> tuple[str, float]:
+    """The progress line at `step` and the images/s since the last one."""
+    now = time.perf_counter()
+    images_per_second = float('nan')
+    if step > self._last[0]:
+      images_per_second = (
+          (step - self._last[0]) * self.batch_size / (now - self._last[1])
+      )
+    self._last = (step, now)
+    eta = 'ETA --'
+    if math.isfinite(images_per_second):
+      seconds = (self.total_steps - step) * self.batch_size / images_per_second
+      eta = f'ETA {format_duration(seconds)}'
+    return (
+        (
+            f'step {step}/{self.total_steps} '
+            f'(epoch {step / self.steps_per_epoch:.1f}) loss {loss:.4f} '
+            f'train acc {accuracy:.3f} lr {learning_rate:.4g} '
+            f'{images_per_second:,.0f} img/s {eta}'
+        ),
+        images_per_second,
+    )
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}:{rest // 60:02d}:{rest % 60:02d}'
+
+
+def _json_safe(value):
+  """NumPy values as Python ones, NaN and infinities as None (null)."""
+  if isinstance(value, dict):
+    return {key: _json_safe(v) for key, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return _finite_or_none(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def write_json(path: str, data: Any):
+  """Writes JSON atomically (a temporary file renamed into place)."""
+  partial = f'{path}.partial'
+  with open(partial, 'w') as f:
+    json.dump(_json_safe(data), f, indent=2)
+  os.replace(partial, path)
+
+
+def summary_table(rows: dict[str, dict[str, float]]) -> str:
+  """A text table: one row per result, columns top-1 and the shot groups."""
+  columns = ('top1', 'many', 'medium', 'few')
+  width = max(len(name) for name in rows) + 2
+  lines = [f'{"":{width}}' + ''.join(f'{c:>9}' for c in columns)]
+  for name, metrics in rows.items():
+    cells = ''.join(f'{100 * metrics[c]:9.2f}' for c in columns)
+    lines.append(f'{name:{width}}' + cells)
+  return '\n'.join(lines) + '\n(accuracy in %)'
+
+
+# --- The BN scale spread of the NBN sites ----------------------------------
+
+_BLOCK = re.compile(r'^layer(\d+)_(\d+)$')
+
+
+def site_scales(params, stages, block_norms, shortcut) -> dict[str, np.ndarray]:
+  """Effective scale vectors of the layers at the NBN sites.
+
+  In an NBN model these are NBN layers (scale_eff = alpha * w / ||w||); in a
+  BN model the same sites are plain BNs (their scale). Comparing the two is
+  the paper's motivation.
+
+  Args:
+    params: the model's parameters.
+    stages, block_norms, shortcut: the NBN placement (0-based stages).
+
+  Returns:
+    {'layer4_0/bn3': (C,) vector, ...} in block order.
+  """
+  shared_alpha = params.get('nbn_alpha')
+  result = {}
+  for block in sorted(params, key=_block_order):
+    match = _BLOCK.match(block)
+    if not match or int(match.group(1)) - 1 not in stages:
+      continue
+    names = list(block_norms) + (['downsample_bn'] if shortcut else [])
+    for name in names:
+      layer = params[block].get(name)
+      if layer is None:
+        continue
+      alpha = layer.get('alpha', shared_alpha)
+      scale = np.asarray(layer['scale'])
+      if alpha is not None:
+        scale = np.asarray(effective_affine(scale, layer['bias'], alpha)[0])
+      result[f'{block}/{name}'] = scale
+  return result
+
+
+def _block_order(name: str):
+  match = _BLOCK.match(name)
+  return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def spread(scale: np.ndarray) -> float:
+  """Coefficient of variation of |scale| (std / mean): scale-free spread."""
+  magnitude = np.abs(scale)
+  return float(magnitude.std() / magnitude.mean())
+
+
+# --- Plots --------------------------------------------------------------------
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def plot_per_class_accuracy(
+    path: str, accuracy: np.ndarray, train_counts: np.ndarray, title: str
+):
+  """Per-class accuracy (bars) and training count (line, log scale)."""
+  plt = _pyplot()
+  order = np.argsort(-train_counts, kind='stable')
+  fig, ax = plt.subplots(figsize=(max(6, len(order) * 0.06 + 4), 4))
+  ax.bar(np.arange(len(order)), 100 * accuracy[order], color='tab:blue')
+  ax.set_xlabel('class, by training count (head to tail)')
+  if len(order) <= 30:
+    ax.set_xticks(np.arange(len(order)), [str(c) for c in order])
+  ax.set_ylabel('test accuracy (%)', color='tab:blue')
+  ax.set_ylim(0, 100)
+  counts_axis = ax.twinx()
+  counts_axis.plot(np.arange(len(order)), train_counts[order], color='tab:red')
+  counts_axis.set_yscale('log')
+  counts_axis.set_ylabel('training images', color='tab:red')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_scale_spread(path: str, scales: dict[str, np.ndarray], title: str):
+  """Each site's effective scale per channel, sorted, over its mean."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, scale in scales.items():
+    magnitude = np.sort(np.abs(scale))[::-1]
+    ax.plot(
+        np.linspace(0, 1, len(magnitude)),
+        magnitude / magnitude.mean(),
+        label=f'{name} (cv {spread(scale):.2f})',
+    )
+  ax.set_xlabel('channel (sorted, fraction of the layer)')
+  ax.set_ylabel('|effective scale| / layer mean')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

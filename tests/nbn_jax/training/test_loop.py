@@ -1,0 +1,228 @@
+"""train_and_evaluate end to end: every benchmark config for a couple of
+steps on mock or generated data, and resumption after a kill."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import (
+    EventAccumulator,
+)
+
+import input_pipeline as ip
+from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
+from nbn_jax.training import ConfigError, loop
+from tests.fake_data import mock_tfds_cifar, write_jpeg_dataset
+from tests.saved_runs import final_params
+
+
+def _tiny(config, **overrides):
+  """Fast settings: small batches, log and checkpoint often."""
+  config.batch_size = 16
+  config.lr_batch_size = 16
+  config.eval_batch_size = 32
+  config.log_every_steps = 1
+  config.steps_per_dispatch = 2
+  config.warmup_epochs = 0.0
+  config.half_precision = False
+  for field, value in overrides.items():
+    config[field] = value
+  return config
+
+
+def _epochs_for(steps, train_size, batch=16):
+  """num_epochs giving exactly `steps` steps."""
+  return steps * batch / train_size
+
+
+def _mock_cifar(num_classes, train_per_class, test_per_class):
+  rng = np.random.default_rng(0)
+
+  def split(per_class):
+    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
+    return labels, rng.permutation(len(labels))
+
+  return mock_tfds_cifar(
+      {'train': split(train_per_class), 'test': split(test_per_class)}
+  )
+
+
+def _list_dataset(tmp_path, num_classes, test_size, distinct=12):
+  """Train list with every class (a few images repeated), val and test."""
+  root = str(tmp_path / 'images')
+  write_jpeg_dataset(
+      root, str(tmp_path / 'pool.txt'), [distinct], size=(40, 36)
+  )
+  pool = [f'train/class0/{i:04d}.jpg' for i in range(distinct)]
+  rng = np.random.default_rng(0)
+
+  def write(name, labels):
+    with open(tmp_path / name, 'w') as f:
+      f.writelines(f'{pool[i % distinct]} {l}\n' for i, l in enumerate(labels))
+    return str(tmp_path / name)
+
+  train_labels = np.concatenate([np.arange(num_classes), np.zeros(40, int)])
+  eval_labels = rng.integers(0, num_classes, test_size)
+  return dict(
+      image_root=root,
+      train_list=write('train.txt', train_labels),
+      val_list=write('val.txt', eval_labels),
+      test_list=write('test.txt', eval_labels),
+  )
+
+
+def _check_outputs(workdir, results, steps):
+  assert 0.0 <= results['last']['test']['top1'] <= 1.0
+  assert results['last']['step'] == steps
+  for name in (
+      'results.json',
+      'per_class_accuracy.png',
+      'scale_spread.png',
+      'metrics.jsonl',
+  ):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert (
+      ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).latest_step()
+      == steps
+  )
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert losses and all(math.isfinite(l) for l in losses)
+  assert any('train/images_per_second' in r for r in records)
+
+
+class TestEveryBenchmarkConfig:
+
+  def test_quickstart_then_eval_only(self, tmp_path):
+    config = _tiny(quickstart.get_config(), num_epochs=_epochs_for(2, 503))
+    results = loop.train_and_evaluate(config, str(tmp_path))
+    _check_outputs(str(tmp_path), results, steps=2)
+    assert 'best_test_during_training' in results  # no val: labelled
+    assert 'best_on_val' not in results
+    scalars = (
+        EventAccumulator(os.path.join(tmp_path, 'tensorboard'))
+        .Reload()
+        .Tags()['scalars']
+    )
+    assert {
+        'train/loss',
+        'train/learning_rate',
+        'nbn/alpha',
+        'eval/test/top1',
+        'eval/test/few',
+    } <= set(scalars)
+
+    config.eval_only = True
+    evaluated = loop.train_and_evaluate(config, str(tmp_path))
+    assert evaluated['last']['test'] == results['last']['test']
+    assert os.path.exists(os.path.join(tmp_path, 'results_eval.json'))
+
+  def test_cifar10_lt_on_device(self, tmp_path):
+    config = _tiny(
+        cifar10_lt.get_config(),
+        model='ResNet8',
+        imbalance_factor=10.0,
+        num_epochs=_epochs_for(2, ip.long_tail_counts(40, 10, 10).sum()),
+    )
+    with _mock_cifar(10, 40, 4):
+      results = loop.train_and_evaluate(config, str(tmp_path))
+    _check_outputs(str(tmp_path), results, steps=2)
+    assert results['train_counts'][0] == 40 and results['train_counts'][-1] == 4
+
+  def test_cifar100_lt_through_tf_data(self, tmp_path):
+    config = _tiny(
+        cifar100_lt.get_config(),
+        model='ResNet8',
+        input_path='tf_data',
+        imbalance_factor=10.0,
+        sampler='class_aware',
+        # A class-aware epoch is max count x classes draws.
+        num_epochs=_epochs_for(2, 10 * 100),
+    )
+    with _mock_cifar(100, 10, 1):
+      results = loop.train_and_evaluate(config, str(tmp_path))
+    _check_outputs(str(tmp_path), results, steps=2)
+
+  @pytest.mark.parametrize(
+      'config_module, num_classes', [(imagenet_lt, 1000), (inat2018, 8142)]
+  )
+  def test_list_file_benchmarks(self, tmp_path, config_module, num_classes):
+    data = _list_dataset(tmp_path, num_classes, test_size=40)
+    if config_module is inat2018:
+      data['val_list'] = ''
+    config = _tiny(
+        config_module.get_config(),
+        model='ResNet14',
+        image_size=32,
+        resize_size=36,
+        num_epochs=_epochs_for(2, num_classes + 40),
+        **data,
+    )
+    results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    _check_outputs(str(tmp_path / 'workdir'), results, steps=2)
+    if config_module is imagenet_lt:  # selected on val, reported on test
+      assert results['best_on_val']['step'] == 2
+      assert 'val' in results['last']
+    else:
+      assert 'best_on_val' not in results
+
+
+def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):
+  config = _tiny(quickstart.get_config(), eval_only=True)
+  with pytest.raises(ConfigError, match='holds no checkpoint to evaluate'):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def _kill_after(monkeypatch, kill_step):
+  """Makes the training loop die (like a preemption) after `kill_step`."""
+  chunks = loop._train_chunks
+
+  def dying(*args, **kwargs):
+    for chunk in chunks(*args, **kwargs):
+      yield chunk
+      first, count = chunk[0], chunk[1]
+      if first + count >= kill_step:
+        raise KeyboardInterrupt('killed')
+
+  monkeypatch.setattr(loop, '_train_chunks', dying)
+
+
+@pytest.mark.parametrize(
+    'input_path, kill_step',
+    [
+        ('on_device', 5),  # between checkpoints: steps 5..6 are redone
+        ('tf_data', 4),  # right at a checkpoint
+    ],
+)
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
+    tmp_path, monkeypatch, input_path, kill_step
+):
+  def config():
+    return _tiny(
+        quickstart.get_config(),
+        input_path=input_path,
+        num_epochs=_epochs_for(8, 503),
+        checkpoint_every_epochs=_epochs_for(4, 503),
+        eval_every_epochs=_epochs_for(4, 503),
+        steps_per_dispatch=1,
+    )
+
+  whole = loop.train_and_evaluate(config(), str(tmp_path / 'whole'))
+  with monkeypatch.context() as patch:
+    _kill_after(patch, kill_step)
+    with pytest.raises(KeyboardInterrupt):
+      loop.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  resumed = loop.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      final_params(str(tmp_path / 'resumed')),
+      final_params(str(tmp_path / 'whole')),
+  )
+  assert resumed['last']['test'] == pytest.approx(whole['last']['test'])
+  assert [h['step'] for h in resumed['history']] == [4, 8]

@@ -1,0 +1,69 @@
+"""Reporting helpers: the summary table, scale spread, files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nbn_jax import effective_affine
+from nbn_jax.training import reporting
+
+
+def test_summary_table_in_percent():
+  table = reporting.summary_table({
+      'last test': {'top1': 0.5, 'many': 0.75, 'medium': 0.5, 'few': 0.125},
+  })
+  header, row, unit = table.splitlines()
+  assert header.split() == ['top1', 'many', 'medium', 'few']
+  assert row.split()[-4:] == ['50.00', '75.00', '50.00', '12.50']
+  assert unit == '(accuracy in %)'
+
+
+def _block(scale, bias, alpha=None):
+  layer = {
+      'scale': np.asarray(scale, np.float32),
+      'bias': np.asarray(bias, np.float32),
+  }
+  if alpha is not None:
+    layer['alpha'] = np.float32(alpha)
+  return layer
+
+
+def test_site_scales_are_effective_for_nbn_and_raw_for_bn():
+  nbn_params = {
+      'nbn_alpha': np.float32(2.0),
+      'layer3_0': {
+          'bn2': _block([3.0, 4.0], [0.0, 0.0]),
+          'bn1': _block([9.0, 9.0], [0, 0]),
+      },
+      'layer3_1': {'bn2': _block([1.0, 1.0], [0.0, 1.0])},
+      'layer2_0': {'bn2': _block([5.0, 5.0], [0.0, 0.0])},
+  }
+  scales = reporting.site_scales(nbn_params, (2,), ('bn2',), True)
+  assert list(scales) == ['layer3_0/bn2', 'layer3_1/bn2']  # stage 2 only
+  np.testing.assert_allclose(
+      scales['layer3_0/bn2'],
+      effective_affine(np.array([3.0, 4.0]), np.zeros(2), 2.0)[0],
+  )
+  bn_params = {'layer3_0': {'bn2': _block([3.0, 4.0], [0.0, 0.0])}}
+  np.testing.assert_array_equal(
+      reporting.site_scales(bn_params, (2,), ('bn2',), True)['layer3_0/bn2'],
+      [3.0, 4.0],
+  )
+  per_layer = {'layer3_0': {'bn2': _block([3.0, 4.0], [0, 0], alpha=10.0)}}
+  assert np.linalg.norm(
+      reporting.site_scales(per_layer, (2,), ('bn2',), True)['layer3_0/bn2']
+  ) == pytest.approx(10.0, rel=1e-5)
+
+
+def test_spread_is_scale_free():
+  assert reporting.spread(np.array([1.0, 3.0])) == pytest.approx(0.5)
+  assert reporting.spread(np.array([-10.0, 30.0])) == pytest.approx(0.5)
+
+
+def test_json_is_written_atomically_with_nan_as_null(tmp_path):
+  path = str(tmp_path / 'results.json')
+  reporting.write_json(path, {'few': float('nan'), 'top1': np.float32(0.5)})
+  assert json.loads(open(path).read()) == {'few': None, 'top1': 0.5}
+  assert os.listdir(tmp_path) == ['results.json']
