@@ -3,9 +3,9 @@
     python train.py --config=configs/cifar100_lt.py --workdir=/tmp/c100lt \
         --config.data_dir=/path/to/tfds --config.imbalance_factor=100
 
-Expected runtime (200 epochs, 10,847 images at IF 100, batch 128, ~17,000
-steps): a few minutes on one H100 with the on-device input path; several
-hours on a 2-core CPU.
+Expected runtime (200 epochs, 10,847 images at IF 100, batch 128, 16,949
+steps): about 4.7 hours on a 2-core CPU at the 1.0 s per step measured for
+CIFAR-10-LT; on one GPU not measured yet (an estimate of a few minutes).
 """
 
 from configs import default

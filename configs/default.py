@@ -75,7 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Run ------------------------------------------------------------------
   config.seed = 0
   config.log_every_steps = 50
-  config.steps_per_dispatch = 25  # on-device path: steps per jitted call
+  # On-device path: steps per jitted call on accelerators (1 on CPU, where
+  # XLA runs loops of convolutions slowly).
+  config.steps_per_dispatch = 25
   config.eval_every_epochs = 10.0
   config.eval_batch_size = 512
   config.checkpoint_every_epochs = 10.0

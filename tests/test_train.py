@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.saved_runs import final_params
+from nbn_jax.training.checkpoints import latest_params
 
 ROOT = pathlib.Path(__file__).parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart.py')
@@ -165,6 +165,6 @@ def test_two_hosts_of_four_devices_equal_one_host_of_eight(tmp_path):
       lambda two, one: np.testing.assert_allclose(
           two, one, rtol=1e-4, atol=1e-5
       ),
-      final_params(tmp_path / 'two'),
-      final_params(tmp_path / 'one'),
+      latest_params(tmp_path / 'two'),
+      latest_params(tmp_path / 'one'),
   )

@@ -82,3 +82,24 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def latest_params(workdir: str) -> dict:
+  """The parameters of a workdir's newest checkpoint, as NumPy arrays.
+
+  Works whatever topology saved them (one host or many): shapes come from
+  the checkpoint's metadata, and the arrays are restored onto this
+  process's first device.
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  step = ocp.CheckpointManager(directory).latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{directory} holds no checkpoint.')
+  path = os.path.join(directory, str(step), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(path).item_metadata,
+  )
+  return jax.device_get(checkpointer.restore(path, target)['params'])

@@ -183,7 +183,7 @@ def _global(array: np.ndarray, mesh) -> jax.Array:
   )
 
 
-# --- Training -------------------------------------------------------------------
+# --- Training -----------------------------------------------------------------
 
 
 def _every(epochs: float, steps_per_epoch: float) -> int:
@@ -244,11 +244,20 @@ def _on_device_chunks(run: _Run, state, data_key, step):
   data = on_device.put_on_devices(
       run.benchmark.train, experiment.sampler_spec(config), cfg.mesh
   )
-  dispatch = config.steps_per_dispatch
-  many = steps.make_device_train_steps(
-      cfg, data_key, run.preprocessing, dispatch
-  )
+  dispatch = steps.steps_per_dispatch(config.steps_per_dispatch)
+  if dispatch != config.steps_per_dispatch:
+    logging.info(
+        'One step per dispatch on %s (XLA:CPU is slow in loops).',
+        jax.default_backend(),
+    )
   single = steps.make_device_train_steps(cfg, data_key, run.preprocessing, 1)
+  many = (
+      single
+      if dispatch == 1
+      else steps.make_device_train_steps(
+          cfg, data_key, run.preprocessing, dispatch
+      )
+  )
   while step < run.total_steps:
     # Whole dispatches up to the next log/eval/checkpoint, then single steps.
     if _next_event(step, run) - step >= dispatch:
@@ -320,7 +329,7 @@ def _log_training(run: _Run, state, step: int, pending, progress):
   run.writer.flush()
 
 
-# --- Evaluation -----------------------------------------------------------------
+# --- Evaluation ---------------------------------------------------------------
 
 
 def _evaluate(run: _Run, state, split: ip.Split) -> ip.LongTailAccuracy:
@@ -382,7 +391,7 @@ def _format(summary: dict[str, float]) -> str:
   return ', '.join(f'{k} {100 * v:.2f}' for k, v in summary.items())
 
 
-# --- Results ----------------------------------------------------------------------
+# --- Results ------------------------------------------------------------------
 
 
 def _finish(run: _Run, state) -> dict[str, Any]:

@@ -225,12 +225,23 @@ def make_device_train_steps(
     return apply_batch(cfg, state, images, labels)
 
   def steps(state, data):
-    def body(state, _):
-      return one_step(state, data)
-
-    return jax.lax.scan(body, state, length=num_steps)
+    if num_steps == 1:  # no loop: see `steps_per_dispatch`
+      state, metrics = one_step(state, data)
+      return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
 
   return jax.jit(steps, donate_argnums=0)
+
+
+def steps_per_dispatch(requested: int) -> int:
+  """Steps per jitted call of the on-device path on this backend.
+
+  On accelerators several steps run in one `lax.scan`, which saves a
+  dispatch per step. XLA:CPU runs the convolutions inside a loop body about
+  35x slower than outside one (measured: ResNet-32, 1.1 s vs 37 to 41 s per
+  step), so on CPU every step is its own call.
+  """
+  return 1 if jax.default_backend() == 'cpu' else requested
 
 
 def make_eval_step(cfg: StepConfig):

@@ -17,7 +17,7 @@ import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
 from nbn_jax.training import ConfigError, loop
 from tests.fake_data import mock_tfds_cifar, write_jpeg_dataset
-from tests.saved_runs import final_params
+from nbn_jax.training.checkpoints import latest_params
 
 
 def _tiny(config, **overrides):
@@ -221,8 +221,8 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
   resumed = loop.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-      final_params(str(tmp_path / 'resumed')),
-      final_params(str(tmp_path / 'whole')),
+      latest_params(str(tmp_path / 'resumed')),
+      latest_params(str(tmp_path / 'whole')),
   )
   assert resumed['last']['test'] == pytest.approx(whole['last']['test'])
   assert [h['step'] for h in resumed['history']] == [4, 8]

@@ -93,25 +93,53 @@ def test_bn_scopes_are_wired_as_named():
   assert np.abs(kernel(per_device) - kernel(global_scope)).max() > 1e-4
 
 
-def test_on_device_steps_are_the_same_on_one_and_eight_devices():
+def _toy_split():
   rng = np.random.default_rng(1)
-  split = ip.Split(
+  return ip.Split(
       'toy',
       rng.integers(0, 5, 100).astype(np.int32),
       5,
       images=rng.integers(0, 256, (100, 8, 8, 3), dtype=np.uint8),
   )
+
+
+def _device_steps(cfg, num_steps):
+  return steps.make_device_train_steps(
+      cfg,
+      jax.random.key(2),
+      ip.Preprocessing('cifar', crop_padding=1),
+      num_steps,
+  )
+
+
+def test_on_device_steps_are_the_same_on_one_and_eight_devices():
   results = []
   for mesh in (_mesh_of(jax.devices()[:1]), steps.create_mesh('global')):
     cfg, state = _setup(mesh)
-    data = on_device.put_on_devices(split, ip.SamplerSpec('sqrt'), mesh)
-    run = steps.make_device_train_steps(
-        cfg, jax.random.key(2), ip.Preprocessing('cifar', crop_padding=1), 4
-    )
+    data = on_device.put_on_devices(_toy_split(), ip.SamplerSpec('sqrt'), mesh)
+    run = _device_steps(cfg, 4)
     state, metrics = run(state, data)
     assert metrics['loss'].shape == (4,)
     assert int(state.step) == 4
     results.append(jax.device_get((state.params, metrics)))
+  _close(results[1], results[0])
+
+
+def test_one_dispatch_of_four_steps_equals_four_dispatches_of_one():
+  # Accelerators run several steps per call, CPU one (`steps_per_dispatch`):
+  # both must train on the same batches and end in the same state.
+  mesh = steps.create_mesh('global')
+  results = []
+  for num_steps, calls in ((4, 1), (1, 4)):
+    cfg, state = _setup(mesh)
+    data = on_device.put_on_devices(_toy_split(), ip.SamplerSpec('sqrt'), mesh)
+    run = _device_steps(cfg, num_steps)
+    losses = []
+    for _ in range(calls):
+      state, metrics = run(state, data)
+      losses.append(metrics['loss'])
+    assert int(state.step) == 4
+    results.append(jax.device_get((state.params, jnp.concatenate(losses))))
   _close(results[1], results[0])
 
 

@@ -1,0 +1,303 @@
+"""BN against NBN on CIFAR-10-LT from the real images: train, then report.
+
+    python bench/cifar10_lt_accuracy.py run --root=/tmp/evidence \
+        --data-dir=../shared/data/cifar10-jpeg --epochs=200 --seeds=0,1
+    python bench/cifar10_lt_accuracy.py report --root=/tmp/evidence \
+        --out=docs/results
+
+`run` trains every arm with every seed, each as `python train.py
+--config=configs/cifar10_lt.py` in its own workdir under --root (a stopped
+batch of runs continues where it stopped; finished runs are skipped). Arms:
+`bn` (the baseline), `nbn`, `nbn_la` (NBN with logit-adjusted
+cross-entropy, tau = 1). Everything else is the CIFAR recipe of
+docs/method.md with identical seeds, so both arms see the same data order
+and the same initial convolutions. --epochs compresses the 200-epoch
+schedule keeping its shape: warm-up 5E/200 epochs, learning rate x0.01 at
+0.8E and again at 0.9E.
+
+`report` gathers results.json, metrics.jsonl and the final checkpoints into
+a Markdown table (mean and spread over seeds) and three PNG plots: per-class
+accuracy, the spread of the last-stage BN scales, and learning curves.
+CIFAR-LT has no validation split: "best" is the best test accuracy seen
+during training, selected on test and so optimistic; it is labelled as such.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ARMS = {
+    'bn': ['--config.norm=bn'],
+    'nbn': ['--config.norm=nbn'],
+    'nbn_la': ['--config.norm=nbn', '--config.loss=logit_adjusted'],
+}
+LABELS = {'bn': 'BN', 'nbn': 'NBN', 'nbn_la': 'NBN + logit-adjusted CE'}
+GROUPS = ('top1', 'many', 'medium', 'few')
+
+
+def _workdir(root, imbalance, arm, seed):
+  return os.path.join(root, f'if{imbalance:g}', arm, f'seed{seed}')
+
+
+def schedule_flags(epochs: float) -> list[str]:
+  """The 200-epoch CIFAR schedule compressed to `epochs`, same shape."""
+  scale = epochs / 200
+  return [
+      f'--config.num_epochs={epochs:g}',
+      f'--config.warmup_epochs={5 * scale:g}',
+      f'--config.lr_decay_epochs=({160 * scale:g},{180 * scale:g})',
+      f'--config.eval_every_epochs={epochs / 10:g}',
+      f'--config.checkpoint_every_epochs={epochs / 10:g}',
+  ]
+
+
+def run(args):
+  for seed in args.seeds:
+    for arm in args.arms:
+      workdir = _workdir(args.root, args.imbalance_factor, arm, seed)
+      if os.path.exists(os.path.join(workdir, 'results.json')):
+        print(f'done already: {workdir}')
+        continue
+      command = [
+          sys.executable,
+          os.path.join(ROOT, 'train.py'),
+          f'--config={os.path.join(ROOT, "configs", "cifar10_lt.py")}',
+          f'--workdir={workdir}',
+          '--config.data_source=jpeg',
+          f'--config.data_dir={args.data_dir}',
+          f'--config.cache_dir={os.path.join(args.root, "cache")}',
+          f'--config.imbalance_factor={args.imbalance_factor:g}',
+          f'--config.seed={seed}',
+          *schedule_flags(args.epochs),
+          *ARMS[arm],
+          *args.extra,
+      ]
+      print(' '.join(command), flush=True)
+      subprocess.run(command, check=True)
+
+
+# --- report ------------------------------------------------------------------
+
+
+def _load_runs(root, imbalance):
+  runs = {}
+  for arm in ARMS:
+    arm_dir = os.path.dirname(_workdir(root, imbalance, arm, 0))
+    if not os.path.isdir(arm_dir):
+      continue
+    for name in sorted(os.listdir(arm_dir)):
+      path = os.path.join(arm_dir, name, 'results.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          runs.setdefault(arm, []).append((os.path.dirname(path), json.load(f)))
+  return runs
+
+
+def _cell(values) -> str:
+  """'mean ± std' in %, 'n/a' for an empty group (None or NaN values)."""
+  values = 100 * np.asarray([np.nan if v is None else v for v in values], float)
+  if not len(values) or np.isnan(values).any():
+    return 'n/a'
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{values.mean():.2f} ± {values.std(ddof=1):.2f}'
+
+
+def _table(runs, key):
+  lines = [
+      '| arm | seeds | ' + ' | '.join(g.capitalize() for g in GROUPS) + ' |',
+      '| --- | --- |' + ' --- |' * len(GROUPS),
+  ]
+  for arm, arm_runs in runs.items():
+    picked = [r[key]['test'] for _, r in arm_runs if key in r]
+    cells = [_cell([p[group] for p in picked]) for group in GROUPS]
+    lines.append(
+        f'| {LABELS[arm]} | {len(picked)} | ' + ' | '.join(cells) + ' |'
+    )
+  return '\n'.join(lines)
+
+
+def _per_seed(runs):
+  lines = [
+      (
+          '| arm | seed | last top-1 | last, tail class | best top-1 (on test) '
+          '| BN scale spread (cv) |'
+      ),
+      '| --- | --- | --- | --- | --- | --- |',
+  ]
+  for arm, arm_runs in runs.items():
+    for _, r in arm_runs:
+      spread = np.mean(list(r['scale_spread'].values()))
+      best = r['best_test_during_training']
+      lines.append(
+          f'| {LABELS[arm]} | {r["config"]["seed"]} | '
+          f'{_cell([r["last"]["test"]["top1"]])} | '
+          f'{_cell([r["last"]["test_per_class"][-1]])} | '
+          f'{_cell([best["test"]["top1"]])} (epoch {best["epoch"]:.1f}) | '
+          f'{spread:.3f} |'
+      )
+  return '\n'.join(lines)
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _plot_per_class(runs, path):
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  arms = list(runs)
+  width = 0.8 / len(arms)
+  for i, arm in enumerate(arms):
+    per_class = np.mean(
+        [r['last']['test_per_class'] for _, r in runs[arm]], axis=0
+    )
+    ax.bar(
+        np.arange(len(per_class)) + (i - (len(arms) - 1) / 2) * width,
+        100 * per_class,
+        width,
+        label=LABELS[arm],
+    )
+  counts = runs[arms[0]][0][1]['train_counts']
+  ax.set_xticks(
+      np.arange(len(counts)), [f'{c}\n({n})' for c, n in enumerate(counts)]
+  )
+  ax.set_xlabel('class (training images)')
+  ax.set_ylabel('test accuracy (%), mean over seeds')
+  ax.set_ylim(0, 100)
+  ax.legend()
+  ax.set_title(
+      'CIFAR-10-LT (IF 100), ResNet-32: per-class accuracy, last epoch'
+  )
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _final_scales(workdir, config):
+  from nbn_jax.training import reporting
+  from nbn_jax.training.checkpoints import latest_params
+
+  return reporting.site_scales(
+      latest_params(workdir),
+      config['nbn_stages'],
+      config['nbn_block_norms'],
+      config['nbn_shortcut'],
+  )
+
+
+def _plot_scale_spread(runs, path):
+  plt = _pyplot()
+  arms = [a for a in ('bn', 'nbn') if a in runs]
+  fig, axes = plt.subplots(
+      1, len(arms), figsize=(5 * len(arms), 4), sharey=True
+  )
+  for ax, arm in zip(np.atleast_1d(axes), arms):
+    workdir, result = runs[arm][0]
+    for name, scale in _final_scales(workdir, result['config']).items():
+      magnitude = np.sort(np.abs(scale))[::-1]
+      ax.plot(
+          np.arange(len(magnitude)),
+          magnitude / magnitude.mean(),
+          label=f'{name} (cv {magnitude.std() / magnitude.mean():.2f})',
+      )
+    ax.set_title(f'{LABELS[arm]}, seed {result["config"]["seed"]}')
+    ax.set_xlabel('channel, sorted by |effective scale|')
+    ax.legend(fontsize=7)
+  np.atleast_1d(axes)[0].set_ylabel('|effective scale| / layer mean')
+  fig.suptitle('Last-stage BN scales (layer3 bn2) after CIFAR-10-LT training')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _plot_curves(runs, path):
+  plt = _pyplot()
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  colours = dict(zip(ARMS, ('tab:blue', 'tab:red', 'tab:green')))
+  for arm, arm_runs in runs.items():
+    for workdir, r in arm_runs:
+      with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+      train = [
+          (x['train/epoch'], x['train/loss'])
+          for x in records
+          if 'train/loss' in x
+      ]
+      label = f'{LABELS[arm]} seed {r["config"]["seed"]}'
+      loss_ax.plot(*zip(*train), color=colours[arm], alpha=0.7, label=label)
+      history = [(h['epoch'], 100 * h['test']['top1']) for h in r['history']]
+      acc_ax.plot(
+          *zip(*history), color=colours[arm], alpha=0.7, marker='.', label=label
+      )
+  loss_ax.set_xlabel('epoch')
+  loss_ax.set_ylabel('training loss')
+  loss_ax.set_yscale('log')
+  acc_ax.set_xlabel('epoch')
+  acc_ax.set_ylabel('test top-1 (%)')
+  acc_ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(args):
+  runs = _load_runs(args.root, args.imbalance_factor)
+  if not runs:
+    sys.exit(f'error: no finished runs under {args.root}')
+  os.makedirs(args.out, exist_ok=True)
+  stem = os.path.join(args.out, f'cifar10_lt_if{args.imbalance_factor:g}')
+  epochs = next(iter(runs.values()))[0][1]['config']['num_epochs']
+  text = '\n\n'.join([
+      (
+          f'CIFAR-10-LT, imbalance factor {args.imbalance_factor:g}, ResNet-32,'
+          f' {epochs:g} epochs; test accuracy (%), mean ± standard deviation'
+          ' over seeds.'
+      ),
+      '**Last epoch**',
+      _table(runs, 'last'),
+      '**Best during training (selected on test: optimistic)**',
+      _table(runs, 'best_test_during_training'),
+      '**Per seed**',
+      _per_seed(runs),
+  ])
+  with open(f'{stem}.md', 'w') as f:
+    f.write(text + '\n')
+  _plot_per_class(runs, f'{stem}_per_class.png')
+  _plot_scale_spread(runs, f'{stem}_scale_spread.png')
+  _plot_curves(runs, f'{stem}_curves.png')
+  print(text)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('command', choices=('run', 'report'))
+  parser.add_argument('--root', required=True, help='folder of the runs')
+  parser.add_argument('--data-dir', help='the CIFAR-10 JPEG folder')
+  parser.add_argument('--imbalance-factor', type=float, default=100.0)
+  parser.add_argument('--epochs', type=float, default=200.0)
+  parser.add_argument(
+      '--seeds', type=lambda s: [int(x) for x in s.split(',')], default=[0, 1]
+  )
+  parser.add_argument('--arms', type=lambda s: s.split(','), default=list(ARMS))
+  parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'results'))
+  args, args.extra = parser.parse_known_args()  # --config.field=value ...
+  unknown = [flag for flag in args.extra if not flag.startswith('--config.')]
+  if unknown:
+    parser.error(f'unknown arguments {unknown}')
+  run(args) if args.command == 'run' else report(args)
+
+
+if __name__ == '__main__':
+  main()
