@@ -17,7 +17,8 @@ schedule keeping its shape: warm-up 5E/200 epochs, learning rate x0.01 at
 
 `report` gathers results.json, metrics.jsonl and the final checkpoints into
 a Markdown table (mean and spread over seeds) and three PNG plots: per-class
-accuracy, the spread of the last-stage BN scales, and learning curves.
+accuracy, the spread of the last-stage BN scales, and learning curves (with
+the shared NBN alpha).
 CIFAR-LT has no validation split: "best" is the best test accuracy seen
 during training, selected on test and so optimistic; it is labelled as such.
 """
@@ -223,30 +224,35 @@ def _plot_scale_spread(runs, path):
 
 
 def _plot_curves(runs, path):
+  """Training loss, test top-1 and the shared NBN alpha against epochs."""
   plt = _pyplot()
-  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  fig, (loss_ax, acc_ax, alpha_ax) = plt.subplots(1, 3, figsize=(15, 4))
   colours = dict(zip(ARMS, ('tab:blue', 'tab:red', 'tab:green')))
   for arm, arm_runs in runs.items():
     for workdir, r in arm_runs:
       with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         records = [json.loads(line) for line in f]
+      style = dict(color=colours[arm], alpha=0.7)
+      label = f'{LABELS[arm]} seed {r["config"]["seed"]}'
       train = [
-          (x['train/epoch'], x['train/loss'])
+          (x['train/epoch'], x['train/loss'], x.get('nbn/alpha'))
           for x in records
           if 'train/loss' in x
       ]
-      label = f'{LABELS[arm]} seed {r["config"]["seed"]}'
-      loss_ax.plot(*zip(*train), color=colours[arm], alpha=0.7, label=label)
+      epochs, loss, alpha = zip(*train)
+      loss_ax.plot(epochs, loss, label=label, **style)
+      if alpha[0] is not None:
+        alpha_ax.plot(epochs, alpha, label=label, **style)
       history = [(h['epoch'], 100 * h['test']['top1']) for h in r['history']]
-      acc_ax.plot(
-          *zip(*history), color=colours[arm], alpha=0.7, marker='.', label=label
-      )
-  loss_ax.set_xlabel('epoch')
+      acc_ax.plot(*zip(*history), marker='.', label=label, **style)
   loss_ax.set_ylabel('training loss')
   loss_ax.set_yscale('log')
-  acc_ax.set_xlabel('epoch')
   acc_ax.set_ylabel('test top-1 (%)')
   acc_ax.legend(fontsize=7)
+  alpha_ax.set_ylabel('shared NBN alpha (last stage)')
+  alpha_ax.axhline(0, color='grey', linewidth=0.5)
+  for ax in (loss_ax, acc_ax, alpha_ax):
+    ax.set_xlabel('epoch')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

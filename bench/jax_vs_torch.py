@@ -14,7 +14,10 @@ the jitted step, donated state); PyTorch's is `bench/torch_resnet32.py`
 between the two so that drift on the machine hits both; printed: median ms
 per step and the median over rounds of JAX time / PyTorch time (> 1: JAX is
 slower). `--bf16` runs both in bfloat16 compute (JAX: `dtype`; PyTorch:
-autocast).
+autocast). On a machine with a GPU both run there (PyTorch eager with
+cuDNN autotuning; one jitted call per JAX step, as here):
+
+    python bench/jax_vs_torch.py --steps-per-round=50
 """
 
 import argparse
@@ -37,20 +40,27 @@ from nbn_jax import models  # noqa: E402
 
 def torch_runner(images, labels, bf16):
   """A callable running n PyTorch steps, returning seconds per step."""
-  torch.set_num_threads(os.cpu_count())
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  if device.type == 'cpu':
+    torch.set_num_threads(os.cpu_count())
+  else:
+    torch.backends.cudnn.benchmark = True
   model = (
-      TorchResNet32(norm='nbn').to(memory_format=torch.channels_last).train()
+      TorchResNet32(norm='nbn')
+      .to(device, memory_format=torch.channels_last)
+      .train()
   )
   mean = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
   x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / 0.25
-  x = x.contiguous(memory_format=torch.channels_last)
-  y = torch.from_numpy(labels).long()
+  x = x.to(device).contiguous(memory_format=torch.channels_last)
+  y = torch.from_numpy(labels).long().to(device)
   step = make_step(model, bf16=bf16)
 
   def run(num_steps):
     start = time.perf_counter()
     for _ in range(num_steps):
-      step(x, y)
+      loss = step(x, y)
+    loss.item()  # waits for the device
     return (time.perf_counter() - start) / num_steps
 
   return run
@@ -84,8 +94,9 @@ def main():
       times[name].append(run(args.steps_per_round))
   ratios = [j / t for j, t in zip(times['jax'], times['torch'])]
   print(
-      f'jax {jax.__version__} ({jax.default_backend()}), torch '
-      f'{torch.__version__}, {os.cpu_count()} cores, XLA_FLAGS='
+      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
+      f'({jax.default_backend()}), torch {torch.__version__} (cuda: '
+      f'{torch.cuda.is_available()}), {os.cpu_count()} cores, XLA_FLAGS='
       f'{os.environ.get("XLA_FLAGS", "")!r}'
   )
   print(

@@ -13,7 +13,11 @@ times are printed for context only. `flops` is the ratio of the two compiled
 steps' FLOP counts from XLA's cost analysis, which no timing noise affects.
 
 Defaults: ResNet-32 at batch 128 on 32x32 inputs, ResNet-50 at batch 8 on
-224x224 inputs on a CPU (--resnet50-batch=256 on a GPU).
+224x224 inputs on a CPU (--resnet50-batch=256 on a GPU). `--bf16` computes
+in bfloat16 (parameters and statistics stay float32); `NBN img/s` is the
+NBN model's training throughput on synthetic data:
+
+    python bench/nbn_overhead.py --resnet50-batch=256 --bf16   # on a GPU
 """
 
 import argparse
@@ -47,7 +51,7 @@ class Trainer:
             global_batch_size=images.shape[0],
             mean=(0.5, 0.5, 0.5),
             std=(0.25, 0.25, 0.25),
-            dtype=jnp.float32,
+            dtype=model.dtype,
             num_classes=num_classes,
         )
     )
@@ -76,14 +80,14 @@ class Trainer:
     return (time.perf_counter() - start) / num_steps
 
 
-def measure(name, batch, rounds, steps_per_round):
+def measure(name, batch, rounds, steps_per_round, dtype):
   model_def, num_classes, size = MODELS[name]
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
   labels = rng.integers(0, num_classes, batch).astype(np.int32)
   trainers = {
       norm: Trainer(
-          model_def(num_classes=num_classes, norm=norm),
+          model_def(num_classes=num_classes, norm=norm, dtype=dtype),
           images,
           labels,
           num_classes,
@@ -116,22 +120,29 @@ def main():
   parser.add_argument('--resnet50-batch', type=int, default=8)
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--steps-per-round', type=int, default=3)
+  parser.add_argument(
+      '--bf16', action='store_true', help='bfloat16 compute, fp32 parameters'
+  )
   args = parser.parse_args()
+  dtype = jnp.bfloat16 if args.bf16 else jnp.float32
 
   print(
       f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}), {jax.device_count()} device(s)'
+      f'({jax.default_backend()}), {jax.device_count()} device(s), '
+      f'{jnp.dtype(dtype).name} compute'
   )
   print(
       f'{"model":10} {"batch":>5} {"BN ms":>9} {"NBN ms":>9} '
-      f'{"NBN/BN":>7} {"flops":>7}  (NBN/BN min..max over {args.rounds} rounds)'
+      f'{"NBN img/s":>9} {"NBN/BN":>7} {"flops":>7}  '
+      f'(NBN/BN min..max over {args.rounds} rounds)'
   )
   for name in args.models.split(','):
     batch = getattr(args, f'{name}_batch')
-    r = measure(name, batch, args.rounds, args.steps_per_round)
+    r = measure(name, batch, args.rounds, args.steps_per_round, dtype)
     print(
         f'{name:10} {batch:5d} {r["bn_ms"]:9.1f} {r["nbn_ms"]:9.1f} '
-        f'{r["ratio"]:7.3f} {r["flops_ratio"]:7.4f}  '
+        f'{1e3 * batch / r["nbn_ms"]:9.0f} {r["ratio"]:7.3f} '
+        f'{r["flops_ratio"]:7.4f}  '
         f'({r["ratio_min"]:.3f}..{r["ratio_max"]:.3f})'
     )
 

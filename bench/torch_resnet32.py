@@ -95,7 +95,7 @@ def make_step(model, lr=0.1, weight_decay=2e-4, bf16=False):
 
   def step(images, labels):
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
       loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()

@@ -1,4 +1,4 @@
-"""Two facts about XLA:CPU that shaped this code, re-measurable in one run.
+"""Three facts about XLA:CPU that shaped this code, re-measurable in one run.
 
     python bench/xla_cpu_probes.py
 
@@ -10,6 +10,11 @@
    jitted on its own. Printed: scan / plain time per step. Where this is far
    above 1, `nbn_jax.training.steps.steps_per_dispatch` uses one step per
    call on CPU.
+3. Rematerialisation of ResNet-32's forward pass in the backward pass
+   (`jax.checkpoint`, saving only the convolution outputs, or nothing),
+   against none: does recomputing the cheap BN/ReLU work instead of
+   reading it back from memory help this CPU? Printed: remat / plain time
+   of a forward+backward pass.
 """
 
 import statistics
@@ -18,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import input_pipeline as ip
 from input_pipeline import on_device
@@ -126,9 +132,44 @@ def probe_scan():
   )
 
 
+def probe_remat():
+  model = models.ResNet32(num_classes=10)
+  key = jax.random.key(0)
+  images = jax.random.normal(key, (128, 32, 32, 3))
+  labels = jax.random.randint(key, (128,), 0, 10)
+  variables = model.init(key, images[:2], train=False)
+
+  def loss(params, batch_stats):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+    )
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels
+    return cross_entropy(logits, labels).mean(), updates
+
+  variants = {
+      'plain': loss,
+      'remat, convolutions saved': jax.checkpoint(
+          loss, policy=jax.checkpoint_policies.dots_saveable
+      ),
+      'remat, nothing saved': jax.checkpoint(loss),
+  }
+  args = (variables['params'], variables['batch_stats'])
+  times = {
+      name: _median_ms(jax.jit(jax.grad(fn, has_aux=True)), *args)
+      for name, fn in variants.items()
+  }
+  print('ResNet-32 forward+backward, batch 128 (ms):')
+  for name, ms in times.items():
+    print(f'  {name:26s} {ms:7.0f}  / plain = {ms / times["plain"]:.2f}')
+
+
 def main():
   print(f'jax {jax.__version__} on {jax.default_backend()}')
   probe_weight_gradient()
+  probe_remat()
   probe_scan()
 
 

@@ -166,37 +166,43 @@ def _stats_of_example_groups(group_size):
   return jnp.concatenate(logits), jax.tree.map(lambda *s: jnp.stack(s), *stats)
 
 
-def _stacked(tree):
-  return jax.tree.map(lambda v: v[None], tree)
+def _local_logits_and_stats(mesh, data_axes, stats_spec, axis_name):
+  """Logits and each shard's BN statistics under `shard_map` over `mesh`.
 
-
-def test_per_device_statistics_are_those_of_each_shard():
-  mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
+  The batch is split over `data_axes`; each shard's statistics are stacked
+  along a leading axis laid out as `stats_spec`.
+  """
   variables, (images, labels) = _variables(), _data()
 
   def local_step(params, batch_stats, images, labels):
-    _, logits, _, stats = _step(TinyNet(axis_name=None))(
+    _, logits, _, stats = _step(TinyNet(axis_name=axis_name))(
         params, batch_stats, images, labels
     )
-    return logits, _stacked(stats)
+    return logits, jax.tree.map(lambda v: v[None], stats)
 
   step = jax.jit(
       jax.shard_map(
           local_step,
           mesh=mesh,
-          in_specs=(P(), P(), P('data'), P('data')),
-          out_specs=(P('data'), P('data')),
+          in_specs=(P(), P(), P(data_axes), P(data_axes)),
+          out_specs=(P(data_axes), stats_spec),
       )
   )
-  batch = NamedSharding(mesh, P('data'))
-  logits, stats = step(
+  batch = NamedSharding(mesh, P(data_axes))
+  return step(
       variables['params'],
       variables['batch_stats'],
       jax.device_put(images, batch),
       jax.device_put(labels, batch),
   )
-  expected_logits, expected_stats = _stats_of_example_groups(PER_DEVICE)
-  _assert_trees_close((logits, stats), (expected_logits, expected_stats))
+
+
+def test_per_device_statistics_are_those_of_each_shard():
+  mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
+  logits, stats = _local_logits_and_stats(
+      mesh, 'data', P('data'), axis_name=None
+  )
+  _assert_trees_close((logits, stats), _stats_of_example_groups(PER_DEVICE))
   # The scopes really differ: per-shard means are not all the same.
   mean0 = np.asarray(stats['NormalizedBatchNorm_0']['mean'])
   assert np.abs(mean0[0] - mean0[1]).max() > 1e-3
@@ -205,29 +211,9 @@ def test_per_device_statistics_are_those_of_each_shard():
 def test_groups_of_four_devices_under_shard_map_use_a_two_axis_mesh():
   group = 4
   mesh = jax.make_mesh((NUM_DEVICES // group, group), ('replica', 'bn_group'))
-  variables, (images, labels) = _variables(), _data()
-  data_axes = ('replica', 'bn_group')
-
-  def local_step(params, batch_stats, images, labels):
-    _, logits, _, stats = _step(TinyNet(axis_name='bn_group'))(
-        params, batch_stats, images, labels
-    )
-    return logits, _stacked(stats)
-
-  step = jax.jit(
-      jax.shard_map(
-          local_step,
-          mesh=mesh,
-          in_specs=(P(), P(), P(data_axes), P(data_axes)),
-          out_specs=(P(data_axes), P('replica')),
-      )
-  )
-  batch = NamedSharding(mesh, P(data_axes))
-  logits, stats = step(
-      variables['params'],
-      variables['batch_stats'],
-      jax.device_put(images, batch),
-      jax.device_put(labels, batch),
+  # Every device of a group holds the same statistics: one per replica.
+  logits, stats = _local_logits_and_stats(
+      mesh, ('replica', 'bn_group'), P('replica'), axis_name='bn_group'
   )
   _assert_trees_close(
       (logits, stats), _stats_of_example_groups(group * PER_DEVICE)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU evidence of the README's "Results", in one go on one GPU:
+#
+#   bash bench/gpu_evidence.sh DATA_DIR OUT_DIR [SECONDS]
+#
+# DATA_DIR: the CIFAR-10 JPEG folder (train.txt, test.txt, the tarball);
+# OUT_DIR: logs, run workdirs and the report. SECONDS (default 560) bounds
+# the whole script: what has not finished by then is stopped, so that a
+# time-limited machine still hands back everything done so far. Running it
+# again with the same OUT_DIR skips finished runs and resumes stopped ones
+# from their checkpoints. One H200 needed about 13 minutes in all.
+#
+# 1. CIFAR-10-LT (IF 100), ResNet-32, the full 200-epoch recipe: BN and NBN
+#    with seeds 0 and 1, NBN + logit-adjusted CE with seed 0, several runs
+#    at once on the one GPU (on-device input path: no TensorFlow needed),
+#    then `bench/cifar10_lt_accuracy.py report`.
+# 2. Speed: `bench/jax_vs_torch.py` (ResNet-32 step, JAX vs PyTorch) and
+#    `bench/nbn_overhead.py --bf16` (NBN/BN step time; ResNet-50 bf16
+#    training images/s at batch 256).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+data_dir=$1
+out=$2
+budget=${3:-560}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out/runs" "$out/cache"
+
+left() { echo $((budget - SECONDS)); }
+stamp() { echo "[$(date +%T) t=${SECONDS}s] $*"; }
+
+stamp "$(nvidia-smi -L 2>/dev/null | head -1)"
+python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__)'
+
+stamp 'decoding the JPEGs once, for all runs'
+for split in train test; do
+  python3 -c "from input_pipeline import sources
+sources.load_cifar10_jpeg('$data_dir', '$split', '$out/cache')" &
+done
+wait
+
+speed_reserve=160  # seconds kept for the speed benchmarks and the report
+# Runs in waves (seed 0 of every arm, then seed 1), so that a machine that
+# runs out of time still hands back whole runs; runs stopped midway resume.
+wave() {
+  stamp "200-epoch runs sharing the GPU: $*"
+  local pids=() run arm seed
+  for run in "$@"; do
+    arm=${run%:*} seed=${run#*:}
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 setsid python3 \
+      "$here/cifar10_lt_accuracy.py" \
+      run --root="$out/runs" --data-dir="$data_dir" --epochs=200 \
+      --arms="$arm" --seeds="$seed" --config.cache_dir="$out/cache" \
+      >>"$out/runs/${arm}_seed${seed}.log" 2>&1 &
+    pids+=($!)
+  done
+  while (( $(left) > speed_reserve )) && jobs -r | grep -q .; do sleep 2; done
+  if jobs -r | grep -q .; then
+    stamp 'out of time: stopping the unfinished runs (they can resume)'
+    for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null; done
+  fi
+  wait
+  stamp 'wave ended'
+}
+wave bn:0 nbn:0 nbn_la:0
+(( $(left) > speed_reserve )) && wave bn:1 nbn:1
+grep -H 'Training \|^last\|results:' "$out"/runs/*.log
+python3 "$here/cifar10_lt_accuracy.py" report --root="$out/runs" \
+  --out="$out/report"
+
+export JAX_COMPILATION_CACHE_DIR=$out/jax-cache
+stamp 'JAX vs PyTorch, ResNet-32 NBN step, batch 128, float32'
+timeout $(( $(left) / 2 )) python3 "$here/jax_vs_torch.py" \
+  --steps-per-round=50 --rounds=7
+stamp 'NBN / BN step time and ResNet-50 throughput, bfloat16'
+timeout $(( $(left) - 10 )) python3 "$here/nbn_overhead.py" \
+  --models=resnet50,resnet32 --resnet50-batch=256 --bf16 --rounds=5 --steps-per-round=10
+stamp done
