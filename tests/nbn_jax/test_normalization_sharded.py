@@ -121,9 +121,32 @@ def test_sharded_jit_equals_one_device_with_the_whole_batch(axis_type):
   _assert_trees_close(result, _single_device_reference())
 
 
+def _shard_mapped(local_step, mesh, data_axes, out_specs):
+  """Runs `local_step(params, batch_stats, images, labels)` under shard_map.
+
+  Parameters and statistics are replicated; the batch is split over
+  `data_axes` of `mesh`.
+  """
+  variables, (images, labels) = _variables(), _data()
+  step = jax.jit(
+      jax.shard_map(
+          local_step,
+          mesh=mesh,
+          in_specs=(P(), P(), P(data_axes), P(data_axes)),
+          out_specs=out_specs,
+      )
+  )
+  batch = NamedSharding(mesh, P(data_axes))
+  return step(
+      variables['params'],
+      variables['batch_stats'],
+      jax.device_put(images, batch),
+      jax.device_put(labels, batch),
+  )
+
+
 def test_shard_map_with_axis_name_equals_one_device_with_the_whole_batch():
   mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
-  variables, (images, labels) = _variables(), _data()
 
   def local_step(params, batch_stats, images, labels):
     loss, logits, grads, stats = _step(TinyNet(axis_name='data'))(
@@ -133,21 +156,7 @@ def test_shard_map_with_axis_name_equals_one_device_with_the_whole_batch():
     # over devices; only the loss needs an explicit sum.
     return jax.lax.psum(loss, 'data'), logits, grads, stats
 
-  step = jax.jit(
-      jax.shard_map(
-          local_step,
-          mesh=mesh,
-          in_specs=(P(), P(), P('data'), P('data')),
-          out_specs=(P(), P('data'), P(), P()),
-      )
-  )
-  batch = NamedSharding(mesh, P('data'))
-  result = step(
-      variables['params'],
-      variables['batch_stats'],
-      jax.device_put(images, batch),
-      jax.device_put(labels, batch),
-  )
+  result = _shard_mapped(local_step, mesh, 'data', (P(), P('data'), P(), P()))
   _assert_trees_close(result, _single_device_reference())
 
 
@@ -166,41 +175,23 @@ def _stats_of_example_groups(group_size):
   return jnp.concatenate(logits), jax.tree.map(lambda *s: jnp.stack(s), *stats)
 
 
-def _local_logits_and_stats(mesh, data_axes, stats_spec, axis_name):
-  """Logits and each shard's BN statistics under `shard_map` over `mesh`.
-
-  The batch is split over `data_axes`; each shard's statistics are stacked
-  along a leading axis laid out as `stats_spec`.
-  """
-  variables, (images, labels) = _variables(), _data()
+def _logits_and_shard_stats(net):
+  """A local step returning logits and its shard's statistics, stacked."""
 
   def local_step(params, batch_stats, images, labels):
-    _, logits, _, stats = _step(TinyNet(axis_name=axis_name))(
-        params, batch_stats, images, labels
-    )
+    _, logits, _, stats = _step(net)(params, batch_stats, images, labels)
     return logits, jax.tree.map(lambda v: v[None], stats)
 
-  step = jax.jit(
-      jax.shard_map(
-          local_step,
-          mesh=mesh,
-          in_specs=(P(), P(), P(data_axes), P(data_axes)),
-          out_specs=(P(data_axes), stats_spec),
-      )
-  )
-  batch = NamedSharding(mesh, P(data_axes))
-  return step(
-      variables['params'],
-      variables['batch_stats'],
-      jax.device_put(images, batch),
-      jax.device_put(labels, batch),
-  )
+  return local_step
 
 
 def test_per_device_statistics_are_those_of_each_shard():
   mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
-  logits, stats = _local_logits_and_stats(
-      mesh, 'data', P('data'), axis_name=None
+  logits, stats = _shard_mapped(
+      _logits_and_shard_stats(TinyNet(axis_name=None)),
+      mesh,
+      'data',
+      (P('data'), P('data')),
   )
   _assert_trees_close((logits, stats), _stats_of_example_groups(PER_DEVICE))
   # The scopes really differ: per-shard means are not all the same.
@@ -212,8 +203,12 @@ def test_groups_of_four_devices_under_shard_map_use_a_two_axis_mesh():
   group = 4
   mesh = jax.make_mesh((NUM_DEVICES // group, group), ('replica', 'bn_group'))
   # Every device of a group holds the same statistics: one per replica.
-  logits, stats = _local_logits_and_stats(
-      mesh, ('replica', 'bn_group'), P('replica'), axis_name='bn_group'
+  data_axes = ('replica', 'bn_group')
+  logits, stats = _shard_mapped(
+      _logits_and_shard_stats(TinyNet(axis_name='bn_group')),
+      mesh,
+      data_axes,
+      (P(data_axes), P('replica')),
   )
   _assert_trees_close(
       (logits, stats), _stats_of_example_groups(group * PER_DEVICE)
