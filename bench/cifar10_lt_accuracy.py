@@ -186,16 +186,11 @@ def _plot_per_class(runs, path):
   plt.close(fig)
 
 
-def _final_scales(workdir, config):
+def _final_scales(workdir, result):
   from nbn_jax.training import reporting
   from nbn_jax.training.checkpoints import latest_params
 
-  return reporting.site_scales(
-      latest_params(workdir),
-      config['nbn_stages'],
-      config['nbn_block_norms'],
-      config['nbn_shortcut'],
-  )
+  return reporting.site_scales(latest_params(workdir), result['nbn_sites'])
 
 
 def _plot_scale_spread(runs, path):
@@ -206,7 +201,7 @@ def _plot_scale_spread(runs, path):
   )
   for ax, arm in zip(np.atleast_1d(axes), arms):
     workdir, result = runs[arm][0]
-    for name, scale in _final_scales(workdir, result['config']).items():
+    for name, scale in _final_scales(workdir, result).items():
       magnitude = np.sort(np.abs(scale))[::-1]
       ax.plot(
           np.arange(len(magnitude)),

@@ -4,7 +4,8 @@
     python bench/nbn_overhead.py --models=resnet32 --rounds=9
 
 Each model is built twice, identical but for `norm` ('bn' or 'nbn'), and
-trained with the trainer's own jitted step (`nbn_jax.training.steps`:
+trained with the trainer's own jitted step, built from a config by the
+run plan's builders (`nbn_jax.training.plan`, `steps`:
 uint8 input normalisation, softmax cross-entropy, SGD with momentum 0.9 and
 coupled weight decay, donated state) on the same synthetic batch. Timings
 alternate BN and NBN round by round so drift on the machine hits both; the
@@ -28,41 +29,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nbn_jax import models
-from nbn_jax.training import losses, optim, steps
+import input_pipeline as ip
+from configs import default
+from nbn_jax.training import plan, steps
 
-MODELS = {
-    'resnet32': (models.ResNet32, 10, 32),
-    'resnet50': (models.ResNet50, 1000, 224),
+MODELS = {  # name: (config.model, config.dataset, image side)
+    'resnet32': ('ResNet32', 'cifar10', 32),
+    'resnet50': ('ResNet50', 'imagenet_lt', 224),
 }
 
 
 class Trainer:
   """One model's replicated train state and the trainer's jitted step."""
 
-  def __init__(self, model, images, labels, num_classes):
-    mesh = steps.create_mesh('global')
-    self.step = steps.make_train_step(
-        steps.StepConfig(
-            model=model,
-            loss_fn=losses.make_loss('cross_entropy', np.ones(num_classes)),
-            mesh=mesh,
-            bn_scope='global',
-            global_batch_size=images.shape[0],
-            mean=(0.5, 0.5, 0.5),
-            std=(0.25, 0.25, 0.25),
-            dtype=model.dtype,
-            num_classes=num_classes,
-        )
+  def __init__(self, config, images, labels):
+    spec = ip.DATASETS[config.dataset]
+    core = plan.build_step_plan(
+        config, spec, np.ones(spec.num_classes), images.shape[1:]
     )
-    self.state = steps.create_train_state(
-        model,
-        optim.sgd(lambda step: 0.1, 5e-4),
-        jax.random.key(0),
-        images.shape[1:],
-        mesh,
-    )
-    sharding = steps.batch_sharding(mesh)
+    self.step = steps.make_train_step(core.step_config)
+    self.state = core.init_state(jax.random.key(0))
+    sharding = core.topology.batch_sharding
     self.images = jax.device_put(images, sharding)
     self.labels = jax.device_put(labels, sharding)
 
@@ -80,18 +67,23 @@ class Trainer:
     return (time.perf_counter() - start) / num_steps
 
 
-def measure(name, batch, rounds, steps_per_round, dtype):
-  model_def, num_classes, size = MODELS[name]
+def _config(name, norm, batch, bf16):
+  config = default.get_config()
+  config.model, config.dataset, _ = MODELS[name]
+  config.norm, config.half_precision = norm, bf16
+  config.batch_size = config.lr_batch_size = batch
+  config.weight_decay = 5e-4
+  return config
+
+
+def measure(name, batch, rounds, steps_per_round, bf16):
+  _, dataset, size = MODELS[name]
+  num_classes = ip.DATASETS[dataset].num_classes
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
   labels = rng.integers(0, num_classes, batch).astype(np.int32)
   trainers = {
-      norm: Trainer(
-          model_def(num_classes=num_classes, norm=norm, dtype=dtype),
-          images,
-          labels,
-          num_classes,
-      )
+      norm: Trainer(_config(name, norm, batch, bf16), images, labels)
       for norm in ('bn', 'nbn')
   }
   flops = {norm: trainer.flops() for norm, trainer in trainers.items()}
@@ -138,7 +130,7 @@ def main():
   )
   for name in args.models.split(','):
     batch = getattr(args, f'{name}_batch')
-    r = measure(name, batch, args.rounds, args.steps_per_round, dtype)
+    r = measure(name, batch, args.rounds, args.steps_per_round, args.bf16)
     print(
         f'{name:10} {batch:5d} {r["bn_ms"]:9.1f} {r["nbn_ms"]:9.1f} '
         f'{1e3 * batch / r["nbn_ms"]:9.0f} {r["ratio"]:7.3f} '

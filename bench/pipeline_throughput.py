@@ -35,6 +35,7 @@ from PIL import Image, ImageEnhance
 import input_pipeline as ip
 from input_pipeline import on_device, tf_pipeline
 from input_pipeline.datasets import CIFAR_MEAN, CIFAR_STD, Preprocessing
+from nbn_jax.training.topology import make_topology
 
 WORKERS = os.cpu_count()
 
@@ -120,10 +121,10 @@ def _tf_data_rate(dataset, num_batches, batch_size):
 
 
 def _on_device_rate(split, num_batches, batch_size):
-  mesh = jax.make_mesh(
-      (1,), ('data',), (jax.sharding.AxisType.Auto,), devices=jax.devices()[:1]
+  topology = make_topology('global', devices=jax.devices()[:1])
+  data = on_device.put_on_devices(
+      split, ip.SamplerSpec(), topology.batch_sharding
   )
-  data = on_device.put_on_devices(split, ip.SamplerSpec(), mesh)
 
   @jax.jit
   def batch(data, step):

@@ -26,8 +26,9 @@ import numpy as np
 
 import input_pipeline as ip
 from input_pipeline import on_device
+from configs import default
 from nbn_jax import models
-from nbn_jax.training import losses, optim, steps
+from nbn_jax.training import losses, plan, steps
 
 
 def _median_ms(function, *args, repeats=5):
@@ -90,27 +91,16 @@ def probe_scan():
       10,
       images=rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8),
   )
-  mesh = steps.create_mesh('global')
-  model = models.ResNet32(num_classes=10)
-  cfg = steps.StepConfig(
-      model=model,
-      loss_fn=losses.make_loss('cross_entropy', np.ones(10)),
-      mesh=mesh,
-      bn_scope='global',
-      global_batch_size=128,
-      mean=(0.5,) * 3,
-      std=(0.25,) * 3,
-      dtype=jnp.float32,
-      num_classes=10,
+  config = default.get_config()
+  config.weight_decay = 2e-4
+  core = plan.build_step_plan(
+      config, ip.DATASETS['cifar10'], np.ones(10), (32, 32, 3)
   )
-  data = on_device.put_on_devices(split, ip.SamplerSpec(), mesh)
-  state = steps.create_train_state(
-      model,
-      optim.sgd(lambda s: 0.1, 2e-4),
-      jax.random.key(0),
-      (32, 32, 3),
-      mesh,
+  cfg = core.step_config
+  data = on_device.put_on_devices(
+      split, ip.SamplerSpec(), core.topology.batch_sharding
   )
+  state = core.init_state(jax.random.key(0))
   key = jax.random.key(1)
 
   def plain(state, data):

@@ -8,6 +8,7 @@ defined here is an error.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,12 +40,15 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Model ----------------------------------------------------------------
   config.model = 'ResNet32'  # a name in nbn_jax.models
   config.norm = 'nbn'  # nbn or bn (the baseline)
-  # Where NBN goes (0-based stages; block BN names; projection-shortcut BN;
-  # one alpha shared by all NBN layers). ResNet-32: last stage, bn2.
-  config.nbn_stages = (2,)
-  config.nbn_block_norms = ('bn2',)
-  config.nbn_shortcut = True
-  config.nbn_shared_alpha = True
+  # Where NBN goes. None (the default): the model's own reference placement
+  # (ResNet-50/ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last
+  # stage's bn2 and its shortcut BN), all sharing one alpha. Set a field to
+  # override just that part: 0-based stages, e.g. (2,); block BN names, e.g.
+  # ('bn2',); projection-shortcut BN (bool); one shared alpha (bool).
+  config.nbn_stages = config_dict.placeholder(tuple)
+  config.nbn_block_norms = config_dict.placeholder(tuple)
+  config.nbn_shortcut = config_dict.placeholder(bool)
+  config.nbn_shared_alpha = config_dict.placeholder(bool)
   config.shortcut = 'A'  # CIFAR ResNets: A (zero-padding, LDAM) or B
   config.logit_norm = False  # the reference's logit-rectification head
   config.half_precision = False  # bfloat16 compute, float32 parameters

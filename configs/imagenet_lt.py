@@ -24,8 +24,6 @@ def get_config():
   config.data_source = 'lists'
   config.input_path = 'tf_data'
   config.model = 'ResNet50'  # or ResNeXt50
-  config.nbn_stages = (3,)
-  config.nbn_block_norms = ('bn3',)
   config.half_precision = True
   config.batch_size = 512
   config.learning_rate = 0.2

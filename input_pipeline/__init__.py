@@ -2,8 +2,8 @@
 Places-LT and the embedded digits quickstart.
 
 Importing this package needs no TensorFlow: the long-tail protocol, the
-samplers, the sources, the benchmark registry, the metrics and the on-device
-path are NumPy and JAX. The tf.data pipeline (`tf_pipeline`, `preprocess`)
+samplers, the sources, the benchmark registry and the on-device path are
+NumPy and JAX. The tf.data pipeline (`tf_pipeline`, `preprocess`)
 and the TFDS source (`tfds_source`) import TensorFlow and are imported on
 demand.
 """
@@ -15,13 +15,10 @@ from input_pipeline.datasets import (
     Preprocessing,
     load_benchmark,
 )
-from input_pipeline.evaluation import LongTailAccuracy, class_hits
 from input_pipeline.long_tail import (
     class_counts,
-    describe_shot_groups,
     long_tail_counts,
     long_tail_indices,
-    shot_groups,
 )
 from input_pipeline.samplers import SAMPLERS, IndexStream, SamplerSpec
 from input_pipeline.sources import (
@@ -39,20 +36,16 @@ __all__ = [
     'DataError',
     'DatasetSpec',
     'IndexStream',
-    'LongTailAccuracy',
     'Preprocessing',
     'SAMPLERS',
     'SamplerSpec',
     'Split',
     'class_counts',
-    'class_hits',
     'decode_into_memory',
-    'describe_shot_groups',
     'load_benchmark',
     'load_cifar10_jpeg',
     'load_list_split',
     'long_tail_counts',
     'long_tail_indices',
     'read_list_file',
-    'shot_groups',
 ]

@@ -1,4 +1,4 @@
-"""Long-tailed subsets and Many/Medium/Few class groups, in plain NumPy.
+"""Long-tailed subsets, in plain NumPy.
 
 The subset follows the LDAM protocol (Cao et al. 2019) that every CIFAR-LT
 paper uses: class i of C keeps ``n_i = int(n_max * (1 / IF) ** (i / (C - 1)))``
@@ -7,9 +7,6 @@ class's indices (in official order) class by class in label order.
 """
 
 import numpy as np
-
-MANY_THRESHOLD = 100
-FEW_THRESHOLD = 20
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -101,39 +98,3 @@ def long_tail_indices(
     rng.shuffle(members)
     selected.append(members[: targets[c]])
   return np.concatenate(selected)
-
-
-def shot_groups(
-    train_counts: np.ndarray,
-    many: int = MANY_THRESHOLD,
-    few: int = FEW_THRESHOLD,
-) -> dict[str, np.ndarray]:
-  """Many / Medium / Few class ids by training count.
-
-  Many: more than `many` training images; Few: fewer than `few`; Medium: the
-  rest (`few` to `many` inclusive), as in the long-tail literature.
-
-  Returns:
-    {'many': ids, 'medium': ids, 'few': ids}, each a sorted int64 array.
-  """
-  if not few <= many:
-    raise ValueError(f'shot thresholds need few <= many, got {few=}, {many=}.')
-  counts = np.asarray(train_counts)
-  return {
-      'many': np.flatnonzero(counts > many),
-      'medium': np.flatnonzero((counts >= few) & (counts <= many)),
-      'few': np.flatnonzero(counts < few),
-  }
-
-
-def describe_shot_groups(
-    groups: dict[str, np.ndarray],
-    many: int = MANY_THRESHOLD,
-    few: int = FEW_THRESHOLD,
-) -> str:
-  """One line naming the thresholds and the size of each group."""
-  return (
-      f'Many (> {many} train images): {len(groups["many"])} classes, '
-      f'Medium ({few} to {many}): {len(groups["medium"])}, '
-      f'Few (< {few}): {len(groups["few"])}'
-  )

@@ -1,7 +1,7 @@
 """The on-device input path for small datasets (CIFAR-LT, the quickstart).
 
 The whole training split lives on the accelerators as uint8, sharded over the
-mesh's data axis; each step draws its example indices with the same samplers
+mesh's data axes; each step draws its example indices with the same samplers
 as the tf.data path and crops/flips them inside the jitted train step, with
 JAX random numbers. No host work and no TensorFlow at training time: this is
 what lets a 200-epoch CIFAR-LT run finish in minutes on one GPU.
@@ -11,7 +11,10 @@ The draws follow the same distributions as `input_pipeline.samplers`
 class, sqrt, progressive: i.i.d.
 with the same class probabilities; class-aware: `samples_per_class` examples
 of one uniformly drawn class per group) but not the same sequence, which is
-keyed by JAX's PRNG instead of NumPy's.
+keyed by JAX's PRNG instead of NumPy's. The NumPy samplers are the
+reference; tests pin these draws to their class distributions, and
+`random_crop_flip` to the tf.data crop's offsets and flips
+(tests/input_pipeline/test_on_device.py, test_preprocess.py).
 
 Usage inside a jitted step::
 
@@ -25,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from input_pipeline.samplers import SamplerSpec, class_probabilities, epoch_size
 from input_pipeline.sources import Split
@@ -88,17 +91,31 @@ def _example_probabilities(counts, labels, sampler: str, progress: float):
 
 
 def put_on_devices(
-    split: Split, spec: SamplerSpec, mesh: Mesh, data_axis: str = 'data'
+    split: Split, spec: SamplerSpec, batch_sharding: NamedSharding
 ) -> DeviceData:
-  """Copies an in-memory split to the mesh: images sharded, the rest replicated.
+  """Copies an in-memory split to the devices: images sharded, rest replicated.
+
+  Args:
+    split: the training split, images in memory.
+    spec: the sampler.
+    batch_sharding: how batches are laid out: the leading axis split over
+      the mesh's data axes (the trainer's `Topology.batch_sharding`). The
+      images are sharded the same way.
 
   Works with several hosts: every host holds the whole split in memory (it
-  is small) and places only the shards its devices own. The mesh's data axis
-  must be of type Auto (XLA places the gathers' collectives).
+  is small) and places only the shards its devices own. The data axes must
+  be of type Auto (XLA places the gathers' collectives).
   """
-  if mesh.axis_types[mesh.axis_names.index(data_axis)] != AxisType.Auto:
+  mesh = batch_sharding.mesh
+  data_axes = _axis_names(batch_sharding.spec[0])
+  explicit = [
+      a
+      for a in data_axes
+      if mesh.axis_types[mesh.axis_names.index(a)] != AxisType.Auto
+  ]
+  if explicit:
     raise ValueError(
-        f'the on-device path needs mesh axis {data_axis!r} of type '
+        f'the on-device path needs mesh axes {explicit} of type '
         'AxisType.Auto (jax.make_mesh(..., axis_types=(AxisType.Auto,)); the '
         "default in this jax is Explicit), as the trainer's mesh has."
     )
@@ -118,13 +135,12 @@ def put_on_devices(
   for c in range(len(counts)):
     members[c, : counts[c]] = np.flatnonzero(labels == c)
 
-  shards = mesh.shape[data_axis]
+  shards = int(np.prod([mesh.shape[a] for a in data_axes]))
   padded = -(-len(labels) // shards) * shards
   images = np.concatenate([
       split.images,
       np.zeros((padded - len(labels), *split.images.shape[1:]), np.uint8),
   ])
-  sharded = NamedSharding(mesh, P(data_axis))
   replicated = NamedSharding(mesh, P())
 
   def place(array, sharding):
@@ -133,7 +149,7 @@ def put_on_devices(
     )
 
   return DeviceData(
-      images=place(images, sharded),
+      images=place(images, batch_sharding),
       labels=place(labels, replicated),
       members=place(members, replicated),
       counts=place(counts.astype(np.int32), replicated),
@@ -145,8 +161,15 @@ def put_on_devices(
       ),
       sampler=spec,
       epoch_size=epoch_size(counts, spec),
-      batch_sharding=sharded,
+      batch_sharding=batch_sharding,
   )
+
+
+def _axis_names(entry) -> tuple[str, ...]:
+  """A PartitionSpec entry (None, a name or a tuple of names) as a tuple."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def sample_indices(

@@ -10,7 +10,10 @@ Outputs are uint8 images: normalisation happens on the accelerator
 than float32 and matches the reference, whose PIL transforms round to uint8.
 
 Recipes (docs/method.md; `Preprocessing` holds the settings):
-* 'cifar': zero-pad 4, random 32x32 crop, horizontal flip; eval: none.
+* 'cifar': zero-pad 4, random 32x32 crop, horizontal flip; eval: none. The
+  on-device path has its own vectorised copy in JAX
+  (`on_device.random_crop_flip`); tests pin both to every offset 0..8 on
+  both axes and a flip half the time.
 * 'imagenet': random-resized crop (area 8% to 100%, aspect 3/4 to 4/3),
   bilinear resize, flip, optional colour jitter (brightness, contrast,
   saturation in random order, as torchvision's ColorJitter); eval: resize the

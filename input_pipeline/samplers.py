@@ -27,6 +27,8 @@ import dataclasses
 
 import numpy as np
 
+from input_pipeline.sources import DataError
+
 SAMPLERS = ('instance', 'class', 'sqrt', 'progressive', 'class_aware')
 
 
@@ -177,3 +179,34 @@ def host_positions(
       + process_index * per_host
       + np.arange(per_host, dtype=np.int64)
   )
+
+
+def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Global batch / hosts, or a DataError saying how to fix it."""
+  if global_batch_size % process_count:
+    raise DataError(
+        f'batch_size={global_batch_size} is not divisible by the '
+        f'{process_count} processes (hosts); choose a multiple of '
+        f'{process_count}.'
+    )
+  return global_batch_size // process_count
+
+
+def padded_eval_indices(
+    num_examples: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """This host's example indices and mask, (num_batches, per_host) each.
+
+  The split is padded to ceil(N / B) global batches; padded slots point at
+  example 0 and have mask False.
+  """
+  per_host_batch_size(global_batch_size, process_count)
+  num_batches = -(-num_examples // global_batch_size)
+  positions = host_positions(
+      0, num_batches, global_batch_size, process_index, process_count
+  )
+  mask = positions < num_examples
+  return np.where(mask, positions, 0), mask

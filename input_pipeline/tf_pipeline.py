@@ -24,8 +24,13 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import preprocess
-from input_pipeline.evaluation import padded_eval_indices, per_host_batch_size
-from input_pipeline.samplers import IndexStream, SamplerSpec, host_positions
+from input_pipeline.samplers import (
+    IndexStream,
+    SamplerSpec,
+    host_positions,
+    padded_eval_indices,
+    per_host_batch_size,
+)
 from input_pipeline.sources import DataError, Split, join_path
 
 # JAX owns the accelerators; tf.data only needs the CPU.

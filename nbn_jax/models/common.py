@@ -16,6 +16,47 @@ ModuleDef = Callable[..., nn.Module]
 
 NORMS = ('bn', 'nbn')
 SHORTCUT_NORM = 'downsample_bn'
+# The model-level scalar shared by all NBN layers (`NBNPlacement.shared_alpha`)
+# and the name of a layer's own alpha (`NormalizedBatchNorm`).
+NBN_ALPHA = 'nbn_alpha'
+LAYER_ALPHA = 'alpha'
+
+
+def is_alpha(name: str) -> bool:
+  """Whether a parameter named `name` is an NBN magnitude scalar."""
+  return name in (NBN_ALPHA, LAYER_ALPHA)
+
+
+def nbn_layer_paths(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> tuple[str, ...]:
+  """'/'-joined module paths of the model's `NormalizedBatchNorm` layers.
+
+  Asks the model itself (an abstract init, no compute), so it holds for any
+  Flax model and any placement: e.g. ('layer4_0/bn3', 'layer4_0/
+  downsample_bn', 'layer4_1/bn3', 'layer4_2/bn3') for ResNet-50.
+
+  Args:
+    model: a Flax module whose `__call__(x, train=False)` builds the network.
+    input_shape: shape of one input batch, e.g. (1, 32, 32, 3).
+  """
+  found = []
+
+  def record(next_fun, args, kwargs, context):
+    if (
+        isinstance(context.module, NormalizedBatchNorm)
+        and context.method_name == '__call__'
+    ):
+      found.append('/'.join(context.module.path))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), jnp.zeros(input_shape), train=False
+        )
+    )
+  return tuple(dict.fromkeys(found))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +175,7 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     alpha = None
     placement = self.nbn_placement
     if self.norm == 'nbn' and placement.shared_alpha and placement.stages:
-      alpha = self.param('nbn_alpha', nn.initializers.ones, (), jnp.float32)
+      alpha = self.param(NBN_ALPHA, nn.initializers.ones, (), jnp.float32)
     return (
         functools.partial(nn.BatchNorm, **common),
         functools.partial(NormalizedBatchNorm, **common),
@@ -174,6 +215,22 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     if self.logit_norm:
       x = norm(use_scale=False, use_bias=False, name='logit_norm')(x)
     return jnp.asarray(x, jnp.float32)
+
+
+def with_fixed_fields(
+    cls: type[NormSwitchedResNet], doc: str, **fixed: Any
+) -> Callable[..., NormSwitchedResNet]:
+  """A named network: `cls` with `fixed` fields, `num_classes` positional.
+
+  ``ResNet50(1000)`` and ``ResNet50(num_classes=1000, norm='bn')`` both
+  work; other fields are keywords.
+  """
+
+  def build(num_classes: int, **fields: Any) -> NormSwitchedResNet:
+    return cls(num_classes=num_classes, **fixed, **fields)
+
+  build.__doc__ = doc
+  return build
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

@@ -7,15 +7,16 @@ scalar also goes to ``metrics.jsonl`` in the workdir, one JSON object per
 line, for plotting without TensorBoard.
 """
 
+import functools
 import json
 import math
 import os
-import re
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from nbn_jax.models.common import LAYER_ALPHA, NBN_ALPHA
 from nbn_jax.normalization import effective_affine
 
 
@@ -149,10 +150,8 @@ def summary_table(rows: dict[str, dict[str, float]]) -> str:
 
 # --- The BN scale spread of the NBN sites ----------------------------------
 
-_BLOCK = re.compile(r'^layer(\d+)_(\d+)$')
 
-
-def site_scales(params, stages, block_norms, shortcut) -> dict[str, np.ndarray]:
+def site_scales(params, sites: Sequence[str]) -> dict[str, np.ndarray]:
   """Effective scale vectors of the layers at the NBN sites.
 
   In an NBN model these are NBN layers (scale_eff = alpha * w / ||w||); in a
@@ -161,33 +160,23 @@ def site_scales(params, stages, block_norms, shortcut) -> dict[str, np.ndarray]:
 
   Args:
     params: the model's parameters.
-    stages, block_norms, shortcut: the NBN placement (0-based stages).
+    sites: '/'-joined paths of the sites (`Plan.nbn_sites`).
 
   Returns:
-    {'layer4_0/bn3': (C,) vector, ...} in block order.
+    {'layer4_0/bn3': (C,) vector, ...} in the order of `sites`.
   """
-  shared_alpha = params.get('nbn_alpha')
+  shared_alpha = params.get(NBN_ALPHA)
   result = {}
-  for block in sorted(params, key=_block_order):
-    match = _BLOCK.match(block)
-    if not match or int(match.group(1)) - 1 not in stages:
-      continue
-    names = list(block_norms) + (['downsample_bn'] if shortcut else [])
-    for name in names:
-      layer = params[block].get(name)
-      if layer is None:
-        continue
-      alpha = layer.get('alpha', shared_alpha)
-      scale = np.asarray(layer['scale'])
-      if alpha is not None:
-        scale = np.asarray(effective_affine(scale, layer['bias'], alpha)[0])
-      result[f'{block}/{name}'] = scale
+  for site in sites:
+    layer = functools.reduce(
+        lambda tree, key: tree[key], site.split('/'), params
+    )
+    alpha = layer.get(LAYER_ALPHA, shared_alpha)
+    scale = np.asarray(layer['scale'])
+    if alpha is not None:
+      scale = np.asarray(effective_affine(scale, layer['bias'], alpha)[0])
+    result[site] = scale
   return result
-
-
-def _block_order(name: str):
-  match = _BLOCK.match(name)
-  return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def spread(scale: np.ndarray) -> float:

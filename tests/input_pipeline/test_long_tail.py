@@ -77,23 +77,6 @@ def test_global_numpy_rng_is_left_alone():
   assert np.random.rand() == expected
 
 
-def test_cifar100_if100_has_35_35_30_many_medium_few():
-  groups = ip.shot_groups(ip.long_tail_counts(500, 100, 100))
-  assert [len(groups[g]) for g in ('many', 'medium', 'few')] == [35, 35, 30]
-  assert groups['many'].tolist() == list(range(35))
-
-
-def test_shot_group_boundaries():
-  counts = np.array([101, 100, 20, 19, 5000, 0])
-  groups = ip.shot_groups(counts)
-  assert groups['many'].tolist() == [0, 4]
-  assert groups['medium'].tolist() == [1, 2]
-  assert groups['few'].tolist() == [3, 5]
-  custom = ip.shot_groups(counts, many=19, few=6)
-  assert custom['many'].tolist() == [0, 1, 2, 4]
-  assert 'Many (> 19' in ip.describe_shot_groups(custom, 19, 6)
-
-
 def test_imbalance_factor_below_one_is_a_clear_error():
   with pytest.raises(ValueError, match='imbalance_factor=0.5 must be >= 1'):
     ip.long_tail_indices(_balanced_labels(10, 50), 0.5)

@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from scipy import stats
 
 import input_pipeline as ip
 from input_pipeline import on_device, tf_pipeline
 from input_pipeline.datasets import Preprocessing
+from tests.input_pipeline import crops
 
 COUNTS = ip.long_tail_counts(100, 6, 20)  # 100 ... 5
 BATCH = 64
@@ -26,17 +27,18 @@ def _split():
   return ip.Split('toy-lt', labels.astype(np.int32), 6, images=images)
 
 
-def _mesh(devices=1, axis_type=AxisType.Auto):
-  return jax.make_mesh(
+def _batch_sharding(devices=1, axis_type=AxisType.Auto):
+  mesh = jax.make_mesh(
       (devices,),
       ('data',),
       axis_types=(axis_type,),
       devices=jax.devices()[:devices],
   )
+  return NamedSharding(mesh, P('data'))
 
 
-def _device_labels(split, spec, mesh, key=0, steps=STEPS):
-  data = on_device.put_on_devices(split, spec, mesh)
+def _device_labels(split, spec, sharding, key=0, steps=STEPS):
+  data = on_device.put_on_devices(split, spec, sharding)
   sample = jax.jit(
       lambda d, s: on_device.sample_batch(d, jax.random.key(key), s, BATCH)
   )
@@ -65,21 +67,21 @@ def _homogeneity_pvalue(a, b):
 def test_class_distribution_equals_the_tf_data_path(sampler):
   split = _split()
   spec = ip.SamplerSpec(sampler, num_epochs=4)
-  device = _device_labels(split, spec, _mesh())
+  device = _device_labels(split, spec, _batch_sharding())
   host = _tf_data_labels(split, spec)
   assert _homogeneity_pvalue(device, host) > 1e-3
 
 
 def test_the_comparison_tells_samplers_apart():
   split = _split()
-  device = _device_labels(split, ip.SamplerSpec('class'), _mesh())
+  device = _device_labels(split, ip.SamplerSpec('class'), _batch_sharding())
   host = _tf_data_labels(split, ip.SamplerSpec('instance'))
   assert _homogeneity_pvalue(device, host) < 1e-12
 
 
 def test_instance_sampler_visits_every_example_once_per_epoch():
   split = _split()
-  data = on_device.put_on_devices(split, ip.SamplerSpec(), _mesh())
+  data = on_device.put_on_devices(split, ip.SamplerSpec(), _batch_sharding())
   n = len(split)
   steps = np.arange(3 * n // BATCH + 1)
   indices = jax.jit(
@@ -95,7 +97,7 @@ def test_instance_sampler_visits_every_example_once_per_epoch():
 
 def test_class_aware_groups_share_a_class():
   labels = _device_labels(
-      _split(), ip.SamplerSpec('class_aware'), _mesh(), steps=5
+      _split(), ip.SamplerSpec('class_aware'), _batch_sharding(), steps=5
   )
   groups = labels.reshape(-1, 4)
   assert (groups == groups[:, :1]).all()
@@ -104,8 +106,8 @@ def test_class_aware_groups_share_a_class():
 def test_eight_device_sharding_gives_the_one_device_batch():
   split = _split()
   spec = ip.SamplerSpec('sqrt')
-  one = on_device.put_on_devices(split, spec, _mesh(1))
-  eight = on_device.put_on_devices(split, spec, _mesh(8))
+  one = on_device.put_on_devices(split, spec, _batch_sharding(1))
+  eight = on_device.put_on_devices(split, spec, _batch_sharding(8))
   assert eight.images.sharding.spec == P('data')
   assert eight.images.shape[0] % 8 == 0
 
@@ -125,17 +127,35 @@ def test_eight_device_sharding_gives_the_one_device_batch():
   ) | {0}
 
 
+def test_a_two_axis_mesh_shards_over_both_axes_and_gives_the_same_batch():
+  """The BN-group mesh ('replica', 'bn_group') is a data layout too."""
+  split, spec = _split(), ip.SamplerSpec('instance')
+  mesh = jax.make_mesh((4, 2), ('replica', 'bn_group'), (AxisType.Auto,) * 2)
+  grouped = on_device.put_on_devices(
+      split, spec, NamedSharding(mesh, P(('replica', 'bn_group')))
+  )
+  one = on_device.put_on_devices(split, spec, _batch_sharding(1))
+  assert grouped.images.sharding.spec == P(('replica', 'bn_group'))
+  sample = jax.jit(
+      lambda d: on_device.sample_batch(d, jax.random.key(3), 5, BATCH)
+  )
+  for a, b in zip(sample(grouped), sample(one)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_explicit_mesh_axes_are_a_clear_error():
   with pytest.raises(
-      ValueError, match='needs mesh axis .data. of type AxisType.Auto'
+      ValueError, match=r"needs mesh axes \['data'\] of type AxisType.Auto"
   ):
     on_device.put_on_devices(
-        _split(), ip.SamplerSpec(), _mesh(1, AxisType.Explicit)
+        _split(), ip.SamplerSpec(), _batch_sharding(1, AxisType.Explicit)
     )
 
 
 def test_a_step_depends_only_on_key_and_step():
-  data = on_device.put_on_devices(_split(), ip.SamplerSpec('class'), _mesh())
+  data = on_device.put_on_devices(
+      _split(), ip.SamplerSpec('class'), _batch_sharding()
+  )
   sample = jax.jit(
       lambda k, s: on_device.sample_indices(data, jax.random.key(k), s, BATCH)
   )
@@ -182,7 +202,7 @@ def test_normalize_images_by_hand():
 def test_paths_split_is_a_clear_error():
   split = ip.Split('lists', np.array([0]), 1, paths=np.array(['a.jpg']))
   with pytest.raises(ValueError, match='needs images in memory'):
-    on_device.put_on_devices(split, ip.SamplerSpec(), _mesh())
+    on_device.put_on_devices(split, ip.SamplerSpec(), _batch_sharding())
 
 
 @pytest.mark.parametrize('n', [1, 2, 7, 64, 1000, 12_406])
@@ -198,3 +218,19 @@ def test_shuffled_index_is_a_permutation_of_each_epoch(n):
     assert abs(np.corrcoef(np.arange(n), first)[0, 1]) < 0.2
     # Neighbours do not stay neighbours.
     assert np.median(np.abs(np.diff(first))) > n / 20
+
+
+def test_crop_takes_every_offset_and_flips_half():
+  """The reference augmentation (torchvision's RandomCrop(32, padding=4) and
+  RandomHorizontalFlip): offsets 0..2 * padding on both axes, flip 1/2. The
+  tf.data crop is pinned to the same (`test_preprocess`)."""
+  padding = 4
+  augmented = on_device.random_crop_flip(
+      jnp.asarray(crops.position_coded_images(512)),
+      jax.random.key(0),
+      padding,
+  )
+  offsets, flips = crops.crop_offsets_and_flips(augmented, padding)
+  for axis in (0, 1):
+    assert set(offsets[:, axis]) == set(range(2 * padding + 1))
+  assert 0.4 < flips.mean() < 0.6

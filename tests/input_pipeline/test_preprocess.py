@@ -7,6 +7,7 @@ import tensorflow as tf
 from input_pipeline import preprocess
 from input_pipeline.datasets import Preprocessing
 from tests.fake_data import jpeg_bytes
+from tests.input_pipeline import crops
 
 
 def _seed(i):
@@ -148,3 +149,20 @@ class TestRecipes:
     test = preprocess.eval_fn(p)(example)
     assert train.shape == test.shape == (32, 32, 3)
     assert train.dtype == test.dtype == tf.uint8
+
+
+def test_cifar_crop_takes_every_offset_and_flips_half():
+  """The tf.data crop is pinned to the on-device one's distribution
+  (`test_on_device`): offsets 0..2 * padding on both axes, flip 1/2."""
+  padding, batch = 4, 512
+  augmented = preprocess.pad_crop_flip_batch(
+      tf.constant(crops.position_coded_images(batch)),
+      tf.range(batch, dtype=tf.int64),
+      batch,
+      seed=0,
+      padding=padding,
+  ).numpy()
+  offsets, flips = crops.crop_offsets_and_flips(augmented, padding)
+  for axis in (0, 1):
+    assert set(offsets[:, axis]) == set(range(2 * padding + 1))
+  assert 0.4 < flips.mean() < 0.6

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
 from nbn_jax.training import ConfigError, loop
+from nbn_jax.training import plan as plan_lib
 from tests.fake_data import mock_tfds_cifar, write_jpeg_dataset
 from nbn_jax.training.checkpoints import latest_params
 
@@ -97,6 +98,7 @@ def _check_outputs(workdir, results, steps):
   assert any('train/images_per_second' in r for r in records)
 
 
+@pytest.mark.slow
 class TestEveryBenchmarkConfig:
 
   def test_quickstart_then_eval_only(self, tmp_path):
@@ -180,19 +182,26 @@ def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _kill_after(monkeypatch, kill_step):
-  """Makes the training loop die (like a preemption) after `kill_step`."""
-  chunks = loop._train_chunks
+  """Makes the training input die (like a preemption) after `kill_step`."""
+  make = plan_lib.Plan.training_input
 
-  def dying(*args, **kwargs):
-    for chunk in chunks(*args, **kwargs):
-      yield chunk
-      first, count = chunk[0], chunk[1]
-      if first + count >= kill_step:
+  def dying(plan):
+    training_input = make(plan)
+    run = training_input.run
+
+    def run_then_die(state, first_step, num_steps):
+      result = run(state, first_step, num_steps)
+      if first_step + num_steps >= kill_step:
         raise KeyboardInterrupt('killed')
+      return result
 
-  monkeypatch.setattr(loop, '_train_chunks', dying)
+    training_input.run = run_then_die
+    return training_input
+
+  monkeypatch.setattr(plan_lib.Plan, 'training_input', dying)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'input_path, kill_step',
     [
@@ -226,3 +235,23 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
   )
   assert resumed['last']['test'] == pytest.approx(whole['last']['test'])
   assert [h['step'] for h in resumed['history']] == [4, 8]
+
+
+@pytest.mark.parametrize(
+    'input_path',
+    ['on_device', pytest.param('tf_data', marks=pytest.mark.slow)],
+)
+def test_group_scope_trains_end_to_end_on_both_input_paths(
+    tmp_path, input_path
+):
+  """8 devices, BN statistics over groups of 2 (the fast tier's run)."""
+  config = _tiny(
+      quickstart.get_config(),
+      bn_scope='group',
+      bn_group_size=2,
+      input_path=input_path,
+      num_epochs=_epochs_for(2, 503),
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, steps=2)
+  assert results['nbn_sites'] == ['layer3_0/bn2']

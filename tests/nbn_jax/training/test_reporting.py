@@ -40,20 +40,21 @@ def test_site_scales_are_effective_for_nbn_and_raw_for_bn():
       'layer3_1': {'bn2': _block([1.0, 1.0], [0.0, 1.0])},
       'layer2_0': {'bn2': _block([5.0, 5.0], [0.0, 0.0])},
   }
-  scales = reporting.site_scales(nbn_params, (2,), ('bn2',), True)
-  assert list(scales) == ['layer3_0/bn2', 'layer3_1/bn2']  # stage 2 only
+  sites = ('layer3_0/bn2', 'layer3_1/bn2')
+  scales = reporting.site_scales(nbn_params, sites)
+  assert list(scales) == list(sites)  # the sites only, in their order
   np.testing.assert_allclose(
       scales['layer3_0/bn2'],
       effective_affine(np.array([3.0, 4.0]), np.zeros(2), 2.0)[0],
   )
   bn_params = {'layer3_0': {'bn2': _block([3.0, 4.0], [0.0, 0.0])}}
   np.testing.assert_array_equal(
-      reporting.site_scales(bn_params, (2,), ('bn2',), True)['layer3_0/bn2'],
+      reporting.site_scales(bn_params, sites[:1])['layer3_0/bn2'],
       [3.0, 4.0],
   )
   per_layer = {'layer3_0': {'bn2': _block([3.0, 4.0], [0, 0], alpha=10.0)}}
   assert np.linalg.norm(
-      reporting.site_scales(per_layer, (2,), ('bn2',), True)['layer3_0/bn2']
+      reporting.site_scales(per_layer, sites[:1])['layer3_0/bn2']
   ) == pytest.approx(10.0, rel=1e-5)
 
 

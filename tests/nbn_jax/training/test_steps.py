@@ -1,65 +1,27 @@
-"""The sharded train step on 8 host CPU devices."""
+"""The sharded train and eval steps on 1 and 8 host CPU devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.sharding import AxisType, Mesh
 
 import input_pipeline as ip
-from input_pipeline import on_device
-from nbn_jax import models
-from nbn_jax.training import steps
-
-BATCH = 16
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def _mesh_of(devices):
-  return jax.make_mesh(
-      (len(devices),), ('data',), (AxisType.Auto,), devices=devices
-  )
+from nbn_jax.training import inputs, steps
+from tests.nbn_jax.training.builders import (
+    IMAGE_SHAPE,
+    first_devices,
+    random_batches,
+    tiny_config,
+    tiny_step_plan,
+)
 
 
-def _setup(mesh: Mesh, bn_scope: str = 'global'):
-  model = models.ResNet8(
-      num_classes=5, widths=(4, 8, 8), bn_axis_name=steps.bn_axis_name(bn_scope)
-  )
-  cfg = steps.StepConfig(
-      model=model,
-      loss_fn=optax.softmax_cross_entropy_with_integer_labels,
-      mesh=mesh,
-      bn_scope=bn_scope,
-      global_batch_size=BATCH,
-      mean=MEAN,
-      std=STD,
-      dtype=jnp.float32,
-      num_classes=5,
-  )
-  state = steps.create_train_state(
-      model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), (8, 8, 3), mesh
-  )
-  return cfg, state
-
-
-def _batches(count=3):
-  rng = np.random.default_rng(0)
-  return [
-      (
-          rng.integers(0, 256, (BATCH, 8, 8, 3), dtype=np.uint8),
-          rng.integers(0, 5, BATCH).astype(np.int32),
-      )
-      for _ in range(count)
-  ]
-
-
-def _train(mesh, bn_scope='global'):
-  cfg, state = _setup(mesh, bn_scope)
-  step = steps.make_train_step(cfg)
+def _train(devices=None, **overrides):
+  core = tiny_step_plan(tiny_config(**overrides), devices)
+  state = core.init_state(jax.random.key(0))
+  step = steps.make_train_step(core.step_config)
+  sharding = core.topology.batch_sharding
   metrics = []
-  for images, labels in _batches():
-    sharding = steps.batch_sharding(mesh)
+  for images, labels in random_batches(3):
     state, m = step(
         state,
         jax.device_put(images, sharding),
@@ -76,18 +38,16 @@ def _close(a, b, rtol=1e-4, atol=1e-5):
 
 
 def test_eight_devices_equal_one_device_on_the_same_global_batch():
-  one = _train(_mesh_of(jax.devices()[:1]))
-  eight = _train(steps.create_mesh('global'))
-  _close(eight, one)
+  _close(_train(), _train(first_devices(1)))
 
 
+@pytest.mark.slow
 def test_bn_scopes_are_wired_as_named():
-  mesh8 = steps.create_mesh('global')
-  global_scope = _train(mesh8, 'global')
-  per_device = _train(mesh8, 'device')
+  global_scope = _train(bn_scope='global')
+  per_device = _train(bn_scope='device')
   # One group of all 8 devices is the global batch; groups of 1 are devices.
-  _close(_train(steps.create_mesh('group', 8), 'group'), global_scope)
-  _close(_train(steps.create_mesh('group', 1), 'group'), per_device)
+  _close(_train(bn_scope='group', bn_group_size=8), global_scope)
+  _close(_train(bn_scope='group', bn_group_size=1), per_device)
   # Per-device statistics really differ from global ones.
   kernel = lambda result: result[0]['layer3_0']['conv1']['kernel']
   assert np.abs(kernel(per_device) - kernel(global_scope)).max() > 1e-4
@@ -99,59 +59,62 @@ def _toy_split():
       'toy',
       rng.integers(0, 5, 100).astype(np.int32),
       5,
-      images=rng.integers(0, 256, (100, 8, 8, 3), dtype=np.uint8),
+      images=rng.integers(0, 256, (100, *IMAGE_SHAPE), dtype=np.uint8),
   )
 
 
-def _device_steps(cfg, num_steps):
-  return steps.make_device_train_steps(
-      cfg,
-      jax.random.key(2),
+def _on_device_input(core, steps_per_call, monkeypatch):
+  # Force the requested steps per call on CPU too (it normally runs one).
+  monkeypatch.setattr(inputs, 'steps_per_dispatch', lambda requested: requested)
+  return inputs.OnDeviceInput(
+      core.step_config,
+      _toy_split(),
+      ip.SamplerSpec('sqrt'),
       ip.Preprocessing('cifar', crop_padding=1),
-      num_steps,
+      jax.random.key(2),
+      steps_per_call,
   )
 
 
-def test_on_device_steps_are_the_same_on_one_and_eight_devices():
+def test_on_device_steps_are_the_same_on_one_and_eight_devices(monkeypatch):
   results = []
-  for mesh in (_mesh_of(jax.devices()[:1]), steps.create_mesh('global')):
-    cfg, state = _setup(mesh)
-    data = on_device.put_on_devices(_toy_split(), ip.SamplerSpec('sqrt'), mesh)
-    run = _device_steps(cfg, 4)
-    state, metrics = run(state, data)
-    assert metrics['loss'].shape == (4,)
-    assert int(state.step) == 4
+  for devices in (first_devices(1), None):
+    core = tiny_step_plan(devices=devices)
+    training_input = _on_device_input(core, 1, monkeypatch)
+    state, metrics = training_input.run(
+        core.init_state(jax.random.key(0)), 0, 3
+    )
+    assert metrics['loss'].shape == (3,)
+    assert int(state.step) == 3
     results.append(jax.device_get((state.params, metrics)))
   _close(results[1], results[0])
 
 
-def test_one_dispatch_of_four_steps_equals_four_dispatches_of_one():
+@pytest.mark.slow
+def test_one_dispatch_of_four_steps_equals_four_dispatches_of_one(monkeypatch):
   # Accelerators run several steps per call, CPU one (`steps_per_dispatch`):
   # both must train on the same batches and end in the same state.
-  mesh = steps.create_mesh('global')
   results = []
-  for num_steps, calls in ((4, 1), (1, 4)):
-    cfg, state = _setup(mesh)
-    data = on_device.put_on_devices(_toy_split(), ip.SamplerSpec('sqrt'), mesh)
-    run = _device_steps(cfg, num_steps)
-    losses = []
-    for _ in range(calls):
-      state, metrics = run(state, data)
-      losses.append(metrics['loss'])
+  for steps_per_call in (4, 1):
+    core = tiny_step_plan()
+    training_input = _on_device_input(core, steps_per_call, monkeypatch)
+    state, metrics = training_input.run(
+        core.init_state(jax.random.key(0)), 0, 4
+    )
     assert int(state.step) == 4
-    results.append(jax.device_get((state.params, jnp.concatenate(losses))))
+    results.append(jax.device_get((state.params, metrics['loss'])))
   _close(results[1], results[0])
 
 
 def test_eval_step_counts_only_unmasked_examples():
-  mesh = steps.create_mesh('global')
-  cfg, state = _setup(mesh)
-  images, labels = _batches(1)[0]
-  mask = np.arange(BATCH) < 11
-  sharding = steps.batch_sharding(mesh)
-  correct, total = steps.make_eval_step(cfg)(
+  core = tiny_step_plan()
+  state = core.init_state(jax.random.key(0))
+  images, labels = random_batches(1)[0]
+  mask = np.arange(16) < 11
+  sharding = core.topology.batch_sharding
+  correct, total = steps.make_eval_step(core.step_config)(
       state, *(jax.device_put(a, sharding) for a in (images, labels, mask))
   )
   assert int(total.sum()) == 11
-  np.testing.assert_array_equal(total, np.bincount(labels[:11], minlength=5))
+  np.testing.assert_array_equal(total, np.bincount(labels[:11], minlength=10))
   assert 0 <= int(correct.sum()) <= 11

@@ -1,0 +1,120 @@
+"""Long-tail metrics: per-class hits, Many/Medium/Few groups, accuracy.
+
+The eval step counts, per class, correct predictions and examples with
+`class_hits` (JAX, inside the jitted step, so multi-host counts come out
+summed over all hosts); `LongTailAccuracy` accumulates those counts over
+batches and reports top-1, Many/Medium/Few and per-class accuracy. A group's
+accuracy is the mean over its test examples, as in the literature.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MANY_THRESHOLD = 100
+FEW_THRESHOLD = 20
+
+
+def shot_groups(
+    train_counts: np.ndarray,
+    many: int = MANY_THRESHOLD,
+    few: int = FEW_THRESHOLD,
+) -> dict[str, np.ndarray]:
+  """Many / Medium / Few class ids by training count.
+
+  Many: more than `many` training images; Few: fewer than `few`; Medium: the
+  rest (`few` to `many` inclusive), as in the long-tail literature.
+
+  Returns:
+    {'many': ids, 'medium': ids, 'few': ids}, each a sorted int64 array.
+  """
+  if not few <= many:
+    raise ValueError(f'shot thresholds need few <= many, got {few=}, {many=}.')
+  counts = np.asarray(train_counts)
+  return {
+      'many': np.flatnonzero(counts > many),
+      'medium': np.flatnonzero((counts >= few) & (counts <= many)),
+      'few': np.flatnonzero(counts < few),
+  }
+
+
+def describe_shot_groups(
+    groups: dict[str, np.ndarray],
+    many: int = MANY_THRESHOLD,
+    few: int = FEW_THRESHOLD,
+) -> str:
+  """One line naming the thresholds and the size of each group."""
+  return (
+      f'Many (> {many} train images): {len(groups["many"])} classes, '
+      f'Medium ({few} to {many}): {len(groups["medium"])}, '
+      f'Few (< {few}): {len(groups["few"])}'
+  )
+
+
+def class_hits(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array, num_classes: int
+) -> tuple[jax.Array, jax.Array]:
+  """Per-class (correct, total) counts of one batch; masked examples ignored.
+
+  Args:
+    logits: (B, num_classes).
+    labels: (B,) int.
+    mask: (B,) bool, False on padding.
+    num_classes: C.
+
+  Returns:
+    Two (C,) int32 arrays.
+  """
+  mask = mask.astype(jnp.int32)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.int32) * mask
+  return (
+      jax.ops.segment_sum(correct, labels, num_classes),
+      jax.ops.segment_sum(mask, labels, num_classes),
+  )
+
+
+@dataclasses.dataclass
+class LongTailAccuracy:
+  """Accumulates per-class hits; reports overall, group and class accuracy.
+
+  Attributes:
+    groups: {'many': class ids, 'medium': ..., 'few': ...} (`shot_groups`).
+    correct, total: (C,) running counts.
+  """
+
+  groups: dict[str, np.ndarray]
+  correct: np.ndarray
+  total: np.ndarray
+
+  @classmethod
+  def empty(cls, num_classes: int, groups: dict[str, np.ndarray]):
+    zeros = np.zeros(num_classes, np.int64)
+    return cls(groups, zeros, zeros.copy())
+
+  def update(self, correct: np.ndarray, total: np.ndarray):
+    self.correct += np.asarray(correct, np.int64)
+    self.total += np.asarray(total, np.int64)
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.total.sum())
+
+  def per_class(self) -> np.ndarray:
+    """(C,) accuracy of each class; NaN for classes with no eval example."""
+    with np.errstate(invalid='ignore', divide='ignore'):
+      return self.correct / self.total
+
+  def summary(self) -> dict[str, float]:
+    """{'top1', 'many', 'medium', 'few'} as fractions (NaN: empty group)."""
+    result = {'top1': _ratio(self.correct.sum(), self.total.sum())}
+    for name, classes in self.groups.items():
+      result[name] = _ratio(
+          self.correct[classes].sum(), self.total[classes].sum()
+      )
+    return result
+
+
+def _ratio(numerator, denominator) -> float:
+  return float(numerator / denominator) if denominator else float('nan')

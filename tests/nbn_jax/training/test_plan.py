@@ -1,0 +1,281 @@
+"""The run plan: config checks name the field, and every field reaches the
+code that acts on it."""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import cifar10_lt, cifar100_lt, default, imagenet_lt, inat2018
+from configs import quickstart
+from nbn_jax import models
+from nbn_jax.training import optim, plan, steps
+from tests.nbn_jax.training.builders import (
+    first_devices,
+    random_batches,
+    tiny_config,
+    tiny_step_plan,
+)
+
+
+@pytest.mark.parametrize(
+    'field, value, message',
+    [
+        ('dataset', 'cifar1000', "config.dataset='cifar1000' is not one of"),
+        ('norm', 'batchnorm', "config.norm='batchnorm' is not one of"),
+        ('sampler', 'balanced', "config.sampler='balanced' is not one of"),
+        ('bn_scope', 'host', "config.bn_scope='host' is not one of"),
+        ('batch_size', 0, 'config.batch_size=0 must be > 0'),
+        ('learning_rate', -0.1, 'config.learning_rate=-0.1 must be > 0'),
+        ('weight_decay', -1e-4, 'config.weight_decay=-0.0001 must be >= 0'),
+        ('imbalance_factor', 0.5, 'config.imbalance_factor=0.5 must be >= 1'),
+        (
+            'batch_size',
+            100,
+            'config.batch_size=100 is not divisible by the 8 devices',
+        ),
+        ('eval_batch_size', 12, 'config.eval_batch_size=12 is not divisible'),
+    ],
+)
+def test_bad_values_name_the_field(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(plan.ConfigError, match=message):
+    plan.check_config(config, device_count=8)
+
+
+def test_on_device_input_needs_in_memory_data():
+  config = imagenet_lt.get_config()
+  config.input_path = 'on_device'
+  with pytest.raises(
+      plan.ConfigError, match='input_path=on_device needs data held in memory'
+  ):
+    plan.check_config(config, device_count=8)
+
+
+def test_bn_groups_must_divide_the_devices():
+  config = default.get_config()
+  config.bn_scope, config.bn_group_size = 'group', 3
+  with pytest.raises(
+      plan.ConfigError, match='bn_group_size=3 must divide the 8 devices'
+  ):
+    plan.check_config(config, device_count=8)
+
+
+@pytest.mark.parametrize(
+    'bn_scope, input_path, device_count',
+    list(
+        itertools.product(
+            ('global', 'device', 'group'), ('on_device', 'tf_data'), (1, 2, 8)
+        )
+    ),
+)
+def test_every_scope_and_input_path_passes_on_1_2_and_8_devices(
+    bn_scope, input_path, device_count
+):
+  config = default.get_config()
+  config.bn_scope, config.input_path = bn_scope, input_path
+  config.bn_group_size = min(2, device_count)
+  plan.check_config(config, device_count)
+  topology = plan.build_topology(config, first_devices(device_count))
+  assert topology.device_count == device_count
+  assert topology.batch_sharding.spec == jax.sharding.PartitionSpec(
+      topology.data_axes
+  )
+
+
+# --- Models and NBN placement ---------------------------------------------------
+
+LAYER4 = (
+    'layer4_0/bn3',
+    'layer4_0/downsample_bn',
+    'layer4_1/bn3',
+    'layer4_2/bn3',
+)
+RESNET32_LAST_STAGE = tuple(f'layer3_{b}/bn2' for b in range(5))
+
+
+def _sites(config, image_shape):
+  model = plan.build_model(config, 10, plan.build_topology(config))
+  return model, plan.nbn_sites(model, image_shape)
+
+
+@pytest.mark.parametrize('model_name', ['ResNet50', 'ResNeXt50'])
+def test_imagenet_models_get_the_reference_layer4_placement_from_a_cifar_config(
+    model_name,
+):
+  config = cifar10_lt.get_config()
+  config.model = model_name
+  model, sites = _sites(config, (32, 32, 3))
+  assert sites == LAYER4
+  assert model.nbn_placement == models.LAYER4_NBN
+
+
+def test_resnet32_gets_its_own_placement_from_an_imagenet_config():
+  config = imagenet_lt.get_config()
+  config.model = 'ResNet32'
+  _, sites = _sites(config, (32, 32, 3))
+  assert sites == RESNET32_LAST_STAGE  # option A: no shortcut BN
+
+
+def test_placement_fields_override_the_models_own_one_by_one():
+  config = imagenet_lt.get_config()
+  config.nbn_block_norms = ('bn2',)
+  model, sites = _sites(config, (32, 32, 3))
+  assert model.nbn_placement.stages == (3,)  # still the model's
+  assert sites == tuple(s.replace('bn3', 'bn2') for s in LAYER4)
+  config.nbn_shortcut = False
+  assert _sites(config, (32, 32, 3))[1] == (
+      'layer4_0/bn2',
+      'layer4_1/bn2',
+      'layer4_2/bn2',
+  )
+
+
+def test_a_bn_model_reports_the_same_sites_as_plain_bns():
+  config = cifar10_lt.get_config()
+  config.norm = 'bn'
+  model, sites = _sites(config, (32, 32, 3))
+  assert sites == RESNET32_LAST_STAGE
+  assert plan.nbn_sites(model, (32, 32, 3)) == sites
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  )
+  assert 'nbn_alpha' not in variables['params']
+
+
+def test_a_placement_the_model_lacks_is_a_config_error():
+  config = cifar10_lt.get_config()
+  config.nbn_stages = (3,)
+  with pytest.raises(plan.ConfigError, match=r'config.nbn_\*: .*stages \[3\]'):
+    _sites(config, (32, 32, 3))
+
+
+def test_the_model_follows_norm_and_bn_scope():
+  config = default.get_config()
+  config.bn_scope, config.bn_group_size = 'group', 2
+  model, _ = _sites(config, (32, 32, 3))
+  assert model.bn_axis_name == 'bn_group'
+  config.norm, config.bn_scope = 'bn', 'device'
+  model, _ = _sites(config, (32, 32, 3))
+  assert (model.norm, model.bn_axis_name) == ('bn', None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'config_module, model_name',
+    list(
+        itertools.product(
+            (cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart),
+            plan.MODELS,
+        )
+    ),
+)
+def test_every_model_builds_for_every_dataset_config(config_module, model_name):
+  config = config_module.get_config()
+  config.model = model_name
+  plan.check_config(config, device_count=8)
+  shape = (32, 32, 3) if config.dataset != 'digits' else (8, 8, 3)
+  model, sites = _sites(config, shape)
+  assert sites and len(sites) == len(set(sites))
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
+  )
+  assert variables['params']['nbn_alpha'].shape == ()
+
+
+# --- The optimiser and schedule ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'nesterov, decay_alpha', list(itertools.product((False, True), repeat=2))
+)
+def test_the_plans_optimiser_carries_nesterov_and_decay_alpha(
+    nesterov, decay_alpha
+):
+  config = tiny_config(
+      nesterov=nesterov,
+      decay_alpha=decay_alpha,
+      momentum=0.8,
+      weight_decay=0.05,
+      learning_rate=0.3,
+  )
+  core = tiny_step_plan(config)
+  params = {'nbn_alpha': jnp.float32(1.5), 'w': jnp.array([1.0, -2.0])}
+  grads = {'nbn_alpha': jnp.float32(0.5), 'w': jnp.array([0.25, 0.5])}
+  expected_tx = optim.sgd(
+      core.learning_rate, 0.05, 0.8, nesterov=nesterov, decay_alpha=decay_alpha
+  )
+  results = []
+  for tx in (core.tx, expected_tx):
+    opt_state, p = tx.init(params), params
+    for _ in range(2):  # the second step shows momentum and Nesterov
+      updates, opt_state = tx.update(grads, opt_state, p)
+      p = optax.apply_updates(p, updates)
+    results.append(p)
+  jax.tree.map(np.testing.assert_allclose, *results)
+  # And the settings matter: the other choice gives another update.
+  other = optim.sgd(core.learning_rate, 0.05, 0.8, not nesterov, decay_alpha)
+  updates, _ = other.update(grads, other.init(params), params)
+  updates_plan, _ = core.tx.update(grads, core.tx.init(params), params)
+  assert not np.allclose(updates['w'], updates_plan['w'])
+
+
+def test_the_schedule_follows_the_config():
+  config = tiny_config(
+      learning_rate=0.2,
+      batch_size=32,
+      lr_batch_size=16,
+      warmup_epochs=1.0,
+      lr_decay_epochs=(2.0,),
+      lr_decay_factor=0.5,
+      num_epochs=3.0,
+  )
+  core = tiny_step_plan(config)  # 100 images, batch 32: 3.125 steps/epoch
+  assert core.length.steps_per_epoch == pytest.approx(100 / 32)
+  assert core.length.total_steps == 10
+  assert float(core.learning_rate(0)) == pytest.approx(0.4 / 3)
+  assert float(core.learning_rate(4)) == pytest.approx(0.4)
+  assert float(core.learning_rate(7)) == pytest.approx(0.2)
+
+
+# --- Group statistics, end to end -------------------------------------------
+
+
+def test_group_scope_statistics_are_each_groups_own():
+  """8 devices in groups of 2: BN normalises with each group's mean and
+  variance; the running statistics average the four groups' statistics."""
+  config = tiny_config(bn_scope='group', bn_group_size=2, norm='bn')
+  core = tiny_step_plan(config)
+  state = core.init_state(jax.random.key(0))
+  images, labels = random_batches(1)[0]
+  # The stem's output, by hand: conv1 on the normalised batch.
+  inputs = core.step_config.prepare(jnp.asarray(images))
+  conv = nn.Conv(
+      16, (3, 3), padding=1, use_bias=False, dtype=jnp.float32
+  ).apply({'params': state.params['conv1']}, inputs)
+  groups = np.asarray(conv).reshape(4, 4, -1, conv.shape[-1])  # 4 groups of 4
+  group_mean = groups.mean(axis=(1, 2))
+  group_var = groups.var(axis=(1, 2))
+  momentum = core.model.bn_momentum
+  sharding = core.topology.batch_sharding
+  new_state, _ = steps.make_train_step(core.step_config)(
+      state, jax.device_put(images, sharding), jax.device_put(labels, sharding)
+  )
+  stats = jax.device_get(new_state.batch_stats['bn1'])
+  np.testing.assert_allclose(
+      stats['mean'], (1 - momentum) * group_mean.mean(0), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      stats['var'],
+      momentum + (1 - momentum) * group_var.mean(0),
+      rtol=1e-4,
+      atol=1e-6,
+  )
+  # Not the global statistics: the groups' variances average to less.
+  global_var = np.asarray(conv).reshape(-1, conv.shape[-1]).var(0)
+  assert np.abs(group_var.mean(0) - global_var).max() > 1e-3
