@@ -1,37 +1,59 @@
 """Trains and evaluates NBN (or its BN baseline) on a long-tailed benchmark.
 
     python train.py --config=configs/cifar100_lt.py --workdir=/tmp/c100 \
-        [--config.field=value ...]
+        [--config.field=value ...] [--allow_config_change]
 
-Only parses flags and hands over to `nbn_jax.training.train_and_evaluate`.
-On several hosts, start the same command on each; `--multihost` initialises
-`jax.distributed` (auto-detected on Cloud TPU pods and SLURM, or give the
-coordinator explicitly).
+Parses the flags, checks the config file and the workdir, and hands over to
+`nbn_jax.training.train_and_evaluate`. On several hosts, start the same
+command on each; `--multihost` initialises `jax.distributed` (auto-detected
+on Cloud TPU pods and SLURM, or give the coordinator explicitly).
+
+Exit status:
+  0   the run finished (results.json written).
+  1   a bad flag, config, workdir or data, a diverged loss, or no readable
+      checkpoint: one line on stderr says what and how to fix it, and a
+      refused run leaves nothing in the workdir.
+  75  stopped by SIGTERM or SIGINT (preemption, Ctrl-C) after writing a
+      checkpoint at the step it stopped at; rerun the same command to resume
+      (EX_TEMPFAIL: schedulers that retry on it resume the run).
+  130, 143  a second SIGINT or SIGTERM: exited at once, without a checkpoint.
+
+A workdir records the config it was started with (`config.json`); a rerun
+with a different value of a field that changes the results is refused unless
+`--allow_config_change` is given. Only one run at a time may use a workdir.
 """
 
+import difflib
+import importlib.util
 import logging as std_logging
+import os
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from input_pipeline import DataError
 from nbn_jax.training import ConfigError, NonFiniteLossError, train_and_evaluate
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'Path to a configs/*.py file.', lock_config=True
-)
-flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard and results.')
-flags.DEFINE_bool('multihost', False, 'Initialise jax.distributed.')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
-flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
-
+from nbn_jax.training import preemption, workdir as workdir_lib
+from nbn_jax.training.checkpoints import CheckpointError
 
 # Libraries whose INFO records would drown the progress lines.
 QUIET_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py')
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # Ctrl-C outside the training loop's StopSignals
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    workdir_lib.WorkdirError,
+)
+
+
+class UsageError(ValueError):
+  """A bad command line or config file (one-line message)."""
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -43,37 +65,200 @@ class _QuietLibraries(std_logging.Filter):
     )
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with one-line errors for bad flags and config fields."""
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The last value of --name=value or --name value in argv, if any."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Runs a config file's get_config(); UsageError on any problem."""
+  file = path.split(':', 1)[0]  # config_flags passes 'file:arg' on to it
+  if not os.path.isfile(file):
+    raise UsageError(f'--config={path}: no such file.')
+  spec = importlib.util.spec_from_file_location('_user_config', file)
+  module = importlib.util.module_from_spec(spec)
   try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'error: {e}')
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for unknown or mistyped --config.* fields.
-    message = str(e).strip('\'"').replace('\\n', ' ').replace('\n', ' ')
-    sys.exit(f'error: bad --config override: {message}')
-
-
-def main(argv: list[str]):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if FLAGS.config is None or FLAGS.workdir is None:
-    sys.exit('error: --config and --workdir are required.')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  if FLAGS.multihost or FLAGS.coordinator_address:
-    jax.distributed.initialize(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UsageError(
+        f'--config={path}: syntax error at line {e.lineno}: {e.msg}.'
+    ) from None
+  except Exception as e:  # the file's own code failed
+    raise UsageError(
+        f'--config={path} failed to load: {type(e).__name__}: {e}'
+    ) from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise UsageError(f'--config={path} defines no get_config() function.')
+  try:
+    config = module.get_config(*path.split(':', 1)[1:])
+  except Exception as e:
+    raise UsageError(
+        f'--config={path}: get_config() failed: {type(e).__name__}: {e}'
+    ) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(
+        f'--config={path}: get_config() returned {config!r:.40} '
+        f'({type(config).__name__}), not an ml_collections.ConfigDict.'
     )
-  logging.info(
-      'JAX processes: %d, devices: %s', jax.process_count(), jax.devices()
+  return config
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  names = []
+  for key, value in config.items():
+    names.append(f'{prefix}{key}')
+    if isinstance(value, ml_collections.ConfigDict):
+      names += _fields(value, f'{prefix}{key}.')
+  return names
+
+
+def check_override_names(argv: list[str], config: ml_collections.ConfigDict):
+  """UsageError for a --config.<field> that the config does not have."""
+  known = set(_fields(config))
+  for arg in argv:
+    if arg.startswith('--config.'):
+      field = arg[len('--config.') :].split('=', 1)[0]
+      if field not in known:
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f'; did you mean config.{close[0]}?' if close else '.'
+        raise UsageError(f'unknown field config.{field}{hint}')
+
+
+def define_flags(values: flags.FlagValues, argv: list[str]):
+  """train.py's flags, on `values` (a fresh set per `main` call)."""
+  config_flags.DEFINE_config_file(
+      'config',
+      None,
+      'Path to a configs/*.py file.',
+      flag_values=values,
+      lock_config=True,
+      sys_argv=argv,  # the --config.<field> overrides are defined from it
   )
+  flags.DEFINE_string(
+      'workdir',
+      None,
+      'Checkpoints, TensorBoard and results.',
+      flag_values=values,
+  )
+  flags.DEFINE_bool(
+      'allow_config_change',
+      False,
+      "Continue a workdir's run with config values other than those it was "
+      'started with.',
+      flag_values=values,
+  )
+  flags.DEFINE_bool(
+      'multihost', False, 'Initialise jax.distributed.', flag_values=values
+  )
+  flags.DEFINE_string(
+      'coordinator_address',
+      None,
+      'host:port of process 0.',
+      flag_values=values,
+  )
+  flags.DEFINE_integer(
+      'num_processes', None, 'Number of processes.', flag_values=values
+  )
+  flags.DEFINE_integer(
+      'process_id',
+      None,
+      'This process, 0..num_processes-1.',
+      flag_values=values,
+  )
+
+
+def parse_flags(argv: list[str]) -> flags.FlagValues:
+  """train.py's flags from argv; UsageError (one line) for bad ones."""
+  config_path = _flag_value(argv, 'config')
+  if config_path is None:
+    raise UsageError('--config is required (a configs/*.py file).')
+  check_override_names(argv, load_config_file(config_path))
+  values = flags.FlagValues()
+  define_flags(values, argv)
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, DataError, NonFiniteLossError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    rest = values(argv)
+  except flags.Error as e:
+    raise UsageError(str(e).removeprefix('flag ')) from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections' own errors for overrides it cannot apply.
+    message = str(e).strip('\'"').replace('\\n', ' ').replace('\n', ' ')
+    raise UsageError(f'bad --config override: {message}') from None
+  if len(rest) > 1:
+    raise UsageError(f'unexpected arguments {rest[1:]}.')
+  if values.workdir is None:
+    raise UsageError('--workdir is required.')
+  return values
+
+
+def run(values: flags.FlagValues) -> int:
+  """Claims the workdir and trains; returns the exit status."""
+  if values.multihost or values.coordinator_address:
+    jax.distributed.initialize(
+        values.coordinator_address, values.num_processes, values.process_id
+    )
+  config = values.config
+  with workdir_lib.claim(
+      values.workdir,
+      config.to_dict(),
+      allow_config_change=values.allow_config_change,
+      process_index=jax.process_index(),
+  ):
+    if jax.process_count() > 1:
+      logging.info(
+          'JAX processes: %d, devices: %s', jax.process_count(), jax.devices()
+      )
+    try:
+      train_and_evaluate(config, values.workdir)
+    except preemption.Preempted as e:
+      logging.warning('%s', e)
+      return preemption.EXIT_PREEMPTED
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  """The whole command: argv (argv[0] the program) -> exit status.
+
+  Every error a user can cause ends in one line on stderr, ``error: ...``.
+  """
+  try:
+    return run(parse_flags(argv))
+  except (UsageError, *USER_ERRORS) as e:
+    print(f'error: {e}', file=sys.stderr)
+  except OSError as e:  # e.g. the disk filled up or became read-only
+    print(
+        f'error: {e.strerror or e}: {e.filename or ""}'.rstrip(': '),
+        file=sys.stderr,
+    )
+  except KeyboardInterrupt:
+    print(
+        'error: interrupted; rerun the same command to resume from the last '
+        'checkpoint.',
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+  return EXIT_ERROR
+
+
+def _absl_flags_only(argv: list[str]) -> list[str]:
+  """absl's own flags (-v, --logtostderr, ...); the rest go to `main`."""
+  if any(arg in ('-h', '--help', '--helpfull', '-?') for arg in argv[1:]):
+    values = flags.FlagValues()
+    define_flags(values, argv[:1])
+    print(f'{__doc__}\n{values.get_help()}')
+    sys.exit(0)
+  return flags.FLAGS(argv, known_only=True)
+
+
+def _absl_main(argv: list[str]):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.exit(main(argv))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(_absl_main, flags_parser=_absl_flags_only)

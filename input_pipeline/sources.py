@@ -13,6 +13,7 @@ TensorFlow; URLs such as ``gs://bucket/lists/train.txt`` go through
 import dataclasses
 import io
 import os
+import posixpath
 import random
 import tarfile
 
@@ -48,6 +49,18 @@ def file_exists(path: str) -> bool:
 
 def join_path(root: str, relative: str) -> str:
   return f'{root.rstrip("/")}/{relative}' if root else relative
+
+
+def stays_inside_root(relative: str) -> bool:
+  """Whether a list path names a file under its root.
+
+  It must be relative and not climb out with ``..``. This is checked on the
+  text: symlinks under the root are followed as its owner set them up.
+  """
+  if relative.startswith('/') or is_url(relative):
+    return False
+  normal = posixpath.normpath(relative)
+  return normal != '..' and not normal.startswith('../')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,20 +125,25 @@ LIST_FILE_HELP = (
 
 
 def read_list_file(
-    list_file: str, num_classes: int | None = None
+    list_file: str,
+    num_classes: int | None = None,
+    image_root: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Reads ``path label`` lines.
 
   Args:
     list_file: local path or URL.
     num_classes: if given, every label must be in 0..num_classes-1.
+    image_root: if given, every path must stay inside it (relative, no
+      ``..`` climbing out; see `stays_inside_root`).
 
   Returns:
     (paths, labels): (N,) str array and (N,) int32 array, in file order.
 
   Raises:
-    DataError: the file is missing, a line is malformed or a label is out of
-      range; the message names the file and line.
+    DataError: the file is missing, a line is malformed, a label is out of
+      range or a path leaves `image_root`; the message names the file and
+      line.
   """
   if not file_exists(list_file):
     raise DataError(f'list file {list_file} does not exist. {LIST_FILE_HELP}')
@@ -146,6 +164,12 @@ def read_list_file(
         raise DataError(
             f'{list_file}:{line_number}: label {label} is outside '
             f'0..{(num_classes or 1) - 1} (num_classes={num_classes}).'
+        )
+      if image_root is not None and not stays_inside_root(fields[0]):
+        raise DataError(
+            f'{list_file}:{line_number}: path {fields[0]!r} leaves '
+            f'image_root={image_root!r}; list paths must be relative to it, '
+            'without ".." that climbs out.'
         )
       paths.append(fields[0])
       labels.append(label)
@@ -174,9 +198,10 @@ def load_list_split(
       root, a random sample of 32 under a URL.
 
   Raises:
-    DataError: as `read_list_file`, plus empty classes and missing images.
+    DataError: as `read_list_file` (paths must stay inside `image_root`),
+      plus empty classes and missing images.
   """
-  paths, labels = read_list_file(list_file, num_classes)
+  paths, labels = read_list_file(list_file, num_classes, image_root)
   split = Split(
       name=name or os.path.basename(list_file),
       labels=labels,

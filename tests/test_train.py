@@ -2,8 +2,9 @@
 
 import json
 import os
-import re
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import jax
 import numpy as np
 import pytest
 
+import train
+from configs import quickstart
+from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_params
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -54,59 +58,495 @@ def _checkpoint_dirs(workdir):
   return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-class TestBadInput:
+def _snapshot(path: pathlib.Path):
+  """Every file and folder under `path` with its size and mtime; None if absent."""
+  if not path.exists():
+    return None
+  return {
+      str(p.relative_to(path)): (
+          p.is_dir(),
+          p.stat().st_size,
+          p.stat().st_mtime_ns,
+      )
+      for p in sorted(path.rglob('*'))
+  }
 
-  def test_unknown_config_field(self, tmp_path):
-    line = _error_line(
-        _train(tmp_path, f'--config={QUICKSTART}', '--config.lerning_rate=0.1')
-    )
-    assert 'lerning_rate' in line and 'learning_rate' in line
-    assert not _checkpoint_dirs(tmp_path)
 
-  def test_missing_dataset(self, tmp_path):
-    line = _error_line(
-        _train(
-            tmp_path,
-            f'--config={ROOT / "configs" / "cifar10_lt.py"}',
-            f'--config.data_dir={tmp_path / "no-tfds"}',
+def _write(path: pathlib.Path, text: str) -> str:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  return str(path)
+
+
+def _lists(tmp_path, train_lines: str) -> list[str]:
+  """Flags for an ImageNet-LT-shaped list dataset under tmp_path."""
+  return [
+      f'--config={ROOT / "configs" / "imagenet_lt.py"}',
+      f'--config.image_root={tmp_path / "images"}',
+      f'--config.train_list={_write(tmp_path / "train.txt", train_lines)}',
+      f'--config.test_list={_write(tmp_path / "test.txt", "a.jpg 0")}',
+      '--config.val_list=',
+  ]
+
+
+def _record(config_flags_: list[str]):
+  """Set-up: the workdir was started with the quickstart plus these flags."""
+
+  def setup(workdir: pathlib.Path, monkeypatch):
+    del monkeypatch
+    config = quickstart.get_config()
+    for flag in config_flags_:
+      field, value = flag.removeprefix('--config.').split('=')
+      config[field] = type(config[field])(value)
+    workdir.mkdir()
+    workdir_lib.record_config(str(workdir), config.to_dict())
+
+  return setup
+
+
+def _held_lock(workdir: pathlib.Path, monkeypatch):
+  del monkeypatch
+  workdir.mkdir()
+  pid = os.getpid()
+  (workdir / 'lock.0').write_text(
+      json.dumps({
+          'host': socket.gethostname(),
+          'pid': pid,
+          'start_time': workdir_lib._start_time(pid),
+      })
+  )
+
+
+def _read_only(workdir: pathlib.Path, monkeypatch):
+  workdir.mkdir()
+  # What a read-only mount answers, whoever runs the test (root included).
+  monkeypatch.setattr(os, 'access', lambda path, mode: False)
+
+
+def _a_file(workdir: pathlib.Path, monkeypatch):
+  del monkeypatch
+  workdir.write_text('not a folder')
+
+
+# (id, flags after --workdir (a function of tmp_path), words the one error
+# line must contain, set-up of the workdir or None).
+BAD_INPUTS = [
+    ('no_config', lambda t: [], ['--config is required'], None),
+    (
+        'missing_config_file',
+        lambda t: [f'--config={t / "nope.py"}'],
+        ['nope.py: no such file'],
+        None,
+    ),
+    (
+        'config_syntax_error',
+        lambda t: [f'--config={_write(t / "c.py", "def get_config(:")}'],
+        ['c.py: syntax error at line 1'],
+        None,
+    ),
+    (
+        'config_without_get_config',
+        lambda t: [f'--config={_write(t / "c.py", "x = 1")}'],
+        ['c.py defines no get_config()'],
+        None,
+    ),
+    (
+        'get_config_returns_a_non_config',
+        lambda t: [
+            f'--config={_write(t / "c.py", "def get_config(): return 3")}'
+        ],
+        ['get_config() returned 3 (int), not an ml_collections.ConfigDict'],
+        None,
+    ),
+    (
+        'get_config_raises',
+        lambda t: [
+            '--config='
+            + _write(t / 'c.py', 'def get_config(): raise KeyError("x")')
+        ],
+        ["get_config() failed: KeyError: 'x'"],
+        None,
+    ),
+    (
+        'unknown_field_with_suggestion',
+        lambda t: [f'--config={QUICKSTART}', '--config.lerning_rate=0.1'],
+        [
+            'unknown field config.lerning_rate; did you mean'
+            ' config.learning_rate'
+        ],
+        None,
+    ),
+    (
+        'unknown_field_without_suggestion',
+        lambda t: [f'--config={QUICKSTART}', '--config.zzz=1'],
+        ['unknown field config.zzz.'],
+        None,
+    ),
+    (
+        'field_of_the_wrong_type',
+        lambda t: [f'--config={QUICKSTART}', '--config.learning_rate=abc'],
+        ['--config.learning_rate=abc: could not convert'],
+        None,
+    ),
+    (
+        'float_for_an_int_field',
+        lambda t: [f'--config={QUICKSTART}', '--config.seed=1.5'],
+        ['--config.seed=1.5'],
+        None,
+    ),
+    (
+        'non_boolean',
+        lambda t: [f'--config={QUICKSTART}', '--config.eval_only=maybe'],
+        ['--config.eval_only=maybe', 'Non-boolean'],
+        None,
+    ),
+    (
+        'field_without_value',
+        lambda t: [f'--config={QUICKSTART}', '--config.learning_rate'],
+        ['Missing value for flag --config.learning_rate'],
+        None,
+    ),
+    (
+        'unknown_flag',
+        lambda t: [f'--config={QUICKSTART}', '--workdirr=/tmp/x'],
+        ["Unknown command line flag 'workdirr'", 'workdir'],
+        None,
+    ),
+    (
+        'positional_argument',
+        lambda t: [f'--config={QUICKSTART}', 'extra'],
+        ["unexpected arguments ['extra']"],
+        None,
+    ),
+    (
+        'workdir_is_a_file',
+        lambda t: [f'--config={QUICKSTART}'],
+        ['is a file, not a folder'],
+        _a_file,
+    ),
+    (
+        'read_only_workdir',
+        lambda t: [f'--config={QUICKSTART}'],
+        ['is not writable'],
+        _read_only,
+    ),
+    (
+        'workdir_in_use',
+        lambda t: [f'--config={QUICKSTART}'],
+        [f'is in use by pid {os.getpid()}', 'lock.0'],
+        _held_lock,
+    ),
+    (
+        'changed_seed_learning_rate_and_norm',
+        lambda t: [
+            f'--config={QUICKSTART}',
+            '--config.seed=5',
+            '--config.learning_rate=0.5',
+            '--config.norm=bn',
+        ],
+        [
+            "learning_rate (0.05 -> 0.5), norm ('nbn' -> 'bn'), seed (0 -> 5)",
+            '--allow_config_change',
+        ],
+        _record([]),
+    ),
+    (
+        'unreadable_recorded_config',
+        lambda t: [f'--config={QUICKSTART}'],
+        ['config.json cannot be read'],
+        lambda w, m: _write(w / 'config.json', '{"seed": '),
+    ),
+    *[
+        (
+            f'imbalance_factor_{value}',
+            lambda t, value=value: [
+                f'--config={QUICKSTART}',
+                f'--config.imbalance_factor={value}',
+            ],
+            [f'imbalance_factor={value}', 'must be >= 1'],
+            None,
         )
-    )
-    assert 'cifar10 is not prepared' in line and 'tfds build cifar10' in line
+        for value in ('0.0', '0.5', '-1.0')
+    ],
+    (
+        'negative_learning_rate',
+        lambda t: [f'--config={QUICKSTART}', '--config.learning_rate=-0.1'],
+        ['config.learning_rate=-0.1 must be > 0'],
+        None,
+    ),
+    (
+        'negative_weight_decay',
+        lambda t: [f'--config={QUICKSTART}', '--config.weight_decay=-1.0'],
+        ['config.weight_decay=-1.0 must be >= 0'],
+        None,
+    ),
+    (
+        'zero_batch_size',
+        lambda t: [f'--config={QUICKSTART}', '--config.batch_size=0'],
+        ['config.batch_size=0 must be > 0'],
+        None,
+    ),
+    (
+        'batch_not_divisible_by_devices',
+        lambda t: [f'--config={QUICKSTART}', '--config.batch_size=60'],
+        ['config.batch_size=60 is not divisible by the 8 devices'],
+        None,
+    ),
+    (
+        'unknown_norm',
+        lambda t: [f'--config={QUICKSTART}', '--config.norm=ln'],
+        ["config.norm='ln' is not one of"],
+        None,
+    ),
+    (
+        'unknown_model',
+        lambda t: [f'--config={QUICKSTART}', '--config.model=ResNet99'],
+        ["config.model='ResNet99' is not one of"],
+        None,
+    ),
+    (
+        'few_threshold_above_many',
+        lambda t: [f'--config={QUICKSTART}', '--config.few_threshold=100'],
+        ['few_threshold must not exceed config.many_threshold'],
+        None,
+    ),
+    (
+        'missing_tfds_dataset',
+        lambda t: [
+            f'--config={ROOT / "configs" / "cifar10_lt.py"}',
+            f'--config.data_dir={t / "no-tfds"}',
+        ],
+        ['cifar10 is not prepared', 'tfds build cifar10'],
+        None,
+    ),
+    (
+        'missing_list_file',
+        lambda t: _lists(t, 'a.jpg 0')
+        + [f'--config.train_list={t / "no.txt"}'],
+        [f'list file {{t}}/no.txt does not exist'],
+        None,
+    ),
+    (
+        'list_path_climbing_out_of_the_root',
+        lambda t: _lists(t, 'a.jpg 0\n../../../etc/passwd 3\n'),
+        ["train.txt:2: path '../../../etc/passwd' leaves image_root"],
+        None,
+    ),
+    (
+        'absolute_list_path',
+        lambda t: _lists(t, '/etc/passwd 3\n'),
+        ["train.txt:1: path '/etc/passwd' leaves image_root"],
+        None,
+    ),
+    (
+        'malformed_list_line',
+        lambda t: _lists(t, 'a.jpg zero\n'),
+        ['train.txt:1: expected "relative/path label"'],
+        None,
+    ),
+]
 
-  def test_batch_not_divisible_by_devices(self, tmp_path):
-    line = _error_line(
-        _train(tmp_path, f'--config={QUICKSTART}', '--config.batch_size=60')
-    )
-    assert 'config.batch_size=60 is not divisible by the 8 devices' in line
-    assert not _checkpoint_dirs(tmp_path)
 
-  def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(
-      self, tmp_path
+@pytest.mark.parametrize(
+    'flags_of, words, setup',
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_is_one_line_and_leaves_the_workdir_as_it_was(
+    tmp_path, capfd, monkeypatch, flags_of, words, setup
+):
+  workdir = tmp_path / 'workdir'
+  if setup is not None:
+    setup(workdir, monkeypatch)
+  before = _snapshot(workdir)
+  capfd.readouterr()
+  status = train.main(['train.py', f'--workdir={workdir}', *flags_of(tmp_path)])
+  stderr = capfd.readouterr().err
+  monkeypatch.undo()
+  assert status == 1
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), stderr[-3000:]
+  for word in words:
+    assert word.replace('{t}', str(tmp_path)) in lines[0]
+  assert _snapshot(workdir) == before
+
+
+def test_a_changed_log_frequency_is_accepted(tmp_path):
+  workdir = tmp_path / 'workdir'
+  _record([])(workdir, None)
+  with workdir_lib.claim(
+      str(workdir),
+      (quickstart.get_config().to_dict() | {'log_every_steps': 1}),
+  ) as changes:
+    assert changes == {}
+
+
+def test_no_workdir_flag_is_one_line(capfd):
+  assert train.main(['train.py', f'--config={QUICKSTART}']) == 1
+  assert capfd.readouterr().err == 'error: --workdir is required.\n'
+
+
+@pytest.mark.slow
+class TestPendingLoopWiring:
+  """What the loop must do with the pieces above (see the closing note)."""
+
+  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
+  def test_eval_only_on_an_empty_workdir_leaves_nothing(self, tmp_path, capfd):
+    workdir = tmp_path / 'workdir'
+    status = train.main([
+        'train.py',
+        f'--workdir={workdir}',
+        f'--config={QUICKSTART}',
+        '--config.eval_only=True',
+    ])
+    line = capfd.readouterr().err.strip()
+    assert status == 1 and 'holds no checkpoint' in line
+    assert not workdir.exists()
+
+  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
+  def test_the_config_is_recorded_when_training_starts(self, tmp_path):
+    workdir = tmp_path / 'workdir'
+    assert (
+        train.main([
+            'train.py',
+            f'--workdir={workdir}',
+            f'--config={QUICKSTART}',
+            *FAST,
+            '--config.num_epochs=0.125',
+        ])
+        == 0
+    )
+    recorded = json.loads((workdir / 'config.json').read_text())
+    assert recorded['batch_size'] == 32
+
+  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
+  def test_a_truncated_jpeg_is_refused_before_training(self, tmp_path, capfd):
+    from tests.fake_data import write_jpeg_dataset
+
+    root = tmp_path / 'images'
+    write_jpeg_dataset(str(root), str(tmp_path / 'train.txt'), [2] * 1000)
+    write_jpeg_dataset(
+        str(root), str(tmp_path / 'test.txt'), [1] * 1000, split='test'
+    )
+    bad = root / 'test' / 'class7' / '0000.jpg'
+    bad.write_bytes(bad.read_bytes()[:-100])
+    status = train.main([
+        'train.py',
+        f'--workdir={tmp_path / "workdir"}',
+        f'--config={ROOT / "configs" / "imagenet_lt.py"}',
+        f'--config.image_root={root}',
+        f'--config.train_list={tmp_path / "train.txt"}',
+        f'--config.test_list={tmp_path / "test.txt"}',
+        '--config.val_list=',
+        f'--config.cache_dir={tmp_path / "cache"}',
+        # Small, should the check miss it and train.
+        '--config.model=ResNet8',
+        '--config.image_size=16',
+        '--config.resize_size=16',
+        '--config.num_epochs=0.02',
+    ])
+    line = capfd.readouterr().err.strip()
+    assert status == 1 and f'{bad}: truncated JPEG' in line
+    assert not (tmp_path / 'workdir').exists()
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
+  good = _train(
+      tmp_path,
+      f'--config={QUICKSTART}',
+      *FAST,
+      '--config.num_epochs=0.5',
+      '--config.checkpoint_every_epochs=0.25',
+  )
+  assert good.returncode == 0, good.stderr[-3000:]
+  assert _checkpoint_dirs(tmp_path) == ['4', '8']
+  diverging = _train(
+      tmp_path,
+      f'--config={QUICKSTART}',
+      *FAST,
+      '--config.num_epochs=1',
+      '--config.checkpoint_every_epochs=0.25',
+      '--config.learning_rate=1e30',
+      '--allow_config_change',
+  )
+  line = _error_line(diverging)
+  # Step 9's loss is computed before its update, so it may still be finite.
+  assert re.search(r'training loss is (nan|-?inf) at step (9|10);', line), line
+  assert 'last good checkpoint (step 8)' in line
+  assert _checkpoint_dirs(tmp_path) == ['4', '8']  # nothing half-written
+
+
+@pytest.mark.slow
+def test_nan_loss_before_the_first_checkpoint_says_there_is_none(
+    tmp_path, capfd
+):
+  status = train.main([
+      'train.py',
+      f'--workdir={tmp_path}',
+      f'--config={QUICKSTART}',
+      *FAST,
+      '--config.num_epochs=0.25',
+      '--config.learning_rate=1e30',
+  ])
+  line = capfd.readouterr().err.strip().splitlines()[-1]
+  assert status == 1 and 'training loss is' in line
+  assert 'step None' not in line and 'no checkpoint' in line
+
+
+@pytest.mark.slow
+class TestPreemption:
+  """SIGTERM (a preemption) or Ctrl-C mid-run: checkpoint, exit 75, resume.
+
+  On one device: the fastest compile, and the signal path does not depend
+  on the device count.
+  """
+
+  RUN = [
+      f'--config={QUICKSTART}',
+      *FAST,
+      '--config.num_epochs=0.5',
+      '--config.checkpoint_every_epochs=0.5',
+  ]
+
+  @pytest.fixture(scope='class')
+  def uninterrupted(self, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('uninterrupted')
+    result = _train(workdir, *self.RUN, devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((workdir / 'results.json').read_text())
+
+  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
+  @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+  def test_a_signal_checkpoints_its_step_and_the_resumed_run_ends_identical(
+      self, tmp_path, uninterrupted, signum
   ):
-    good = _train(
-        tmp_path,
-        f'--config={QUICKSTART}',
-        *FAST,
-        '--config.num_epochs=0.5',
-        '--config.checkpoint_every_epochs=0.25',
+    env = dict(
+        os.environ,
+        XLA_FLAGS='--xla_force_host_platform_device_count=1',
+        JAX_PLATFORMS='cpu',
     )
-    assert good.returncode == 0, good.stderr[-3000:]
-    assert _checkpoint_dirs(tmp_path) == ['4', '8']
-    diverging = _train(
-        tmp_path,
-        f'--config={QUICKSTART}',
-        *FAST,
-        '--config.num_epochs=1',
-        '--config.checkpoint_every_epochs=0.25',
-        '--config.learning_rate=1e30',
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / 'train.py'), f'--workdir={tmp_path}']
+        + self.RUN,
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    line = _error_line(diverging)
-    # Step 9's loss is computed before its update, so it may still be finite.
-    assert re.search(
-        r'training loss is (nan|-?inf) at step (9|10);', line
-    ), line
-    assert 'last good checkpoint (step 8)' in line
-    assert _checkpoint_dirs(tmp_path) == ['4', '8']  # nothing half-written
+    for line in run.stderr:  # signal after the first progress line
+      if re.search(r'step \d+/8 ', line):
+        run.send_signal(signum)
+        break
+    stderr = run.communicate(timeout=300)[1]
+    assert run.returncode == 75, stderr[-3000:]
+    stopped = re.search(f'stopped on {signum.name} after step (\\d+);', stderr)
+    assert stopped and 'Traceback' not in stderr, stderr[-3000:]
+    assert _checkpoint_dirs(tmp_path) == [stopped.group(1)]
+    assert int(stopped.group(1)) < 8
+    resumed = _train(tmp_path, *self.RUN, devices=1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / 'results.json').read_text()) == uninterrupted
 
 
 def _free_port():
@@ -115,6 +555,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_hosts_of_four_devices_equal_one_host_of_eight(tmp_path):
   flags = [
       f'--config={QUICKSTART}',

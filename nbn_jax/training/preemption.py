@@ -1,0 +1,104 @@
+"""Graceful stop on SIGTERM (preemption) and SIGINT (Ctrl-C).
+
+Cloud TPU, Kubernetes and SLURM preempt a job by sending SIGTERM and killing
+it a grace period later. Inside `StopSignals`, the first SIGTERM or SIGINT
+only sets a flag: the training loop asks `stop_requested()` after each chunk
+of steps, writes a checkpoint at that step and raises `Preempted`, which
+`train.py` turns into one log line and exit status `EXIT_PREEMPTED`. A
+second signal exits at once, with the signal's own status (128 + signal
+number: 143 for SIGTERM, 130 for SIGINT), as if no handler were installed.
+
+On several hosts, `stop_requested()` is a collective: every host calls it
+after the same step and all get True if any host was signalled, so all
+hosts checkpoint the same step together.
+
+    with preemption.StopSignals() as stop:
+      for step in ...:
+        ...
+        if stop.stop_requested():
+          save_checkpoint(state)
+          raise preemption.Preempted(step, stop.signal_name)
+"""
+
+import os
+import signal
+import threading
+from typing import Callable
+
+import numpy as np
+from absl import logging
+
+# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to
+# retry". A scheduler that restarts on this status resumes the run.
+EXIT_PREEMPTED = 75
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+  """The run stopped on a signal after checkpointing `step`."""
+
+  def __init__(self, step: int, signal_name: str):
+    super().__init__(
+        f'stopped on {signal_name} after step {step}; the checkpoint at step '
+        f'{step} is saved. Rerun the same command to resume.'
+    )
+    self.step = step
+    self.signal_name = signal_name
+
+
+def any_host(flag: bool) -> bool:
+  """True on every host if `flag` is True on any host (a collective)."""
+  import jax  # only when there are several hosts
+
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  flags = multihost_utils.process_allgather(np.int32(flag))
+  return bool(np.asarray(flags).any())
+
+
+class StopSignals:
+  """Turns the first SIGTERM/SIGINT into a stop request (a context manager).
+
+  Attributes:
+    signal_name: 'SIGTERM' or 'SIGINT' once a signal arrived, else None.
+  """
+
+  def __init__(self, agree: Callable[[bool], bool] = any_host):
+    """`agree(local_flag) -> global_flag` combines the hosts' flags."""
+    self._agree = agree
+    self._previous = {}
+    self.signal_name: str | None = None
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is not threading.main_thread():
+      raise RuntimeError('StopSignals must be entered in the main thread.')
+    for signum in SIGNALS:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _handle(self, signum: int, frame):
+    del frame
+    if self.signal_name is not None:  # the second signal: exit at once
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    self.signal_name = signal.Signals(signum).name
+    logging.warning(
+        'Received %s: stopping after the current step with a checkpoint '
+        '(send it again to exit at once without one).',
+        self.signal_name,
+    )
+
+  def stop_requested(self) -> bool:
+    """Whether to stop now; call it at the same step on every host."""
+    stop = self._agree(self.signal_name is not None)
+    if stop and self.signal_name is None:
+      self.signal_name = 'a signal to another host'
+    return stop

@@ -1,0 +1,297 @@
+"""A workdir belongs to one run: the config it was started with, and a lock.
+
+`claim(workdir, config)` is entered before anything is written to the
+workdir. It refuses, with a `WorkdirError` of one line:
+
+- a workdir that is a file or cannot be written;
+- a second run while another one holds the lock (a file ``lock.<process>``
+  with host, pid and start time; a lock left by a dead process on this
+  host, or not refreshed for `STALE_SECONDS` on another host, is replaced);
+- a config that differs from the one recorded in ``config.json`` in a field
+  that can change the results (everything but `NEUTRAL_FIELDS`), unless the
+  change is allowed on purpose.
+
+The run records its config with `record_config` just before it writes
+anything else, so a refused run leaves nothing behind: on exit, `claim`
+removes its lock and the folders it created if they are still empty.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+
+CONFIG_FILE = 'config.json'
+HEARTBEAT_SECONDS = 60.0  # how often a live run refreshes its lock
+STALE_SECONDS = 300.0  # a lock not refreshed this long is a dead run's
+
+# Fields that cannot change what the run computes or reports: where the
+# data and caches are read from, how often progress is logged, how steps
+# are grouped into dispatches, the eval batch (evaluation is exact and
+# padded), how often checkpoints are written and how many are kept, and
+# whether the run only evaluates. All others (eval_every_epochs included:
+# it decides which steps compete for the best-on-val checkpoint) must match.
+NEUTRAL_FIELDS = frozenset({
+    'data_dir',
+    'image_root',
+    'train_list',
+    'val_list',
+    'test_list',
+    'cache_dir',
+    'log_every_steps',
+    'steps_per_dispatch',
+    'eval_batch_size',
+    'checkpoint_every_epochs',
+    'keep_checkpoints',
+    'eval_only',
+})
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used by this run (one-line message)."""
+
+
+def _as_json(value: Any) -> Any:
+  """A config value as JSON reads it back (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat |= _flatten(value, f'{prefix}{key}.')
+    else:
+      flat[f'{prefix}{key}'] = _as_json(value)
+  return flat
+
+
+def changed_fields(
+    recorded: Mapping[str, Any], config: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+  """{field: (recorded value, new value)} of result-changing differences.
+
+  A field present on one side only counts as changed (value None on the
+  other side).
+  """
+  old, new = _flatten(recorded), _flatten(config)
+  return {
+      field: (old.get(field), new.get(field))
+      for field in sorted(old.keys() | new.keys())
+      if field.split('.')[0] not in NEUTRAL_FIELDS
+      and old.get(field) != new.get(field)
+  }
+
+
+def recorded_config(workdir: str) -> dict[str, Any] | None:
+  """The config recorded in `workdir`, or None if there is none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(
+        f'{path} cannot be read ({e}); it records the config this workdir '
+        'was started with. Restore it, or use a new --workdir.'
+    ) from None
+
+
+def check_config(
+    workdir: str, config: Mapping[str, Any], allow_changes: bool = False
+) -> dict[str, tuple[Any, Any]]:
+  """Refuses a config that differs from the recorded one in a result field.
+
+  Returns:
+    The allowed changes (empty unless `allow_changes`).
+
+  Raises:
+    WorkdirError: naming every differing field, old and new value.
+  """
+  recorded = recorded_config(workdir)
+  if recorded is None:
+    return {}
+  changes = changed_fields(recorded, config)
+  if changes and not allow_changes:
+    listed = ', '.join(
+        f'{field} ({old!r} -> {new!r})' for field, (old, new) in changes.items()
+    )
+    raise WorkdirError(
+        f'{workdir} was started with another config; these fields differ: '
+        f'{listed}. Use a new --workdir, or pass --allow_config_change to '
+        'continue this run with the new values.'
+    )
+  if changes:
+    logging.warning(
+        'Continuing %s with changed fields (allowed): %s',
+        workdir,
+        ', '.join(changes),
+    )
+  return changes
+
+
+def record_config(workdir: str, config: Mapping[str, Any]):
+  """Writes `config` to ``config.json`` atomically (process 0 only)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  partial = f'{path}.partial'
+  with open(partial, 'w') as f:
+    json.dump(_as_json(dict(config)), f, indent=2, sort_keys=True)
+  os.replace(partial, path)
+
+
+# --- The lock -----------------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+  """The process's start time in clock ticks since boot (Linux), or None."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    pass
+  return start_time is None or _start_time(pid) in (None, start_time)
+
+
+def _stale(holder: dict[str, Any], age: float) -> bool:
+  if holder.get('host') == socket.gethostname():
+    return not _alive(int(holder.get('pid', -1)), holder.get('start_time'))
+  return age > STALE_SECONDS
+
+
+class _Lock:
+  """``lock.<process>`` in the workdir, refreshed by a daemon thread."""
+
+  def __init__(self, workdir: str, process_index: int):
+    self.path = os.path.join(workdir, f'lock.{process_index}')
+    self._stop = threading.Event()
+    self._heartbeat = threading.Thread(target=self._refresh, daemon=True)
+
+  def acquire(self):
+    pid = os.getpid()
+    holder = {
+        'host': socket.gethostname(),
+        'pid': pid,
+        'start_time': _start_time(pid),
+    }
+    for _ in range(3):  # a stale lock is moved away, then taken
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        self._replace_if_stale()
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(holder, f)
+      self._heartbeat.start()
+      return
+    raise WorkdirError(f'could not take the lock {self.path}; try again.')
+
+  def _replace_if_stale(self):
+    try:
+      with open(self.path) as f:
+        holder = json.load(f)
+      age = time.time() - os.path.getmtime(self.path)
+    except FileNotFoundError:
+      return  # released meanwhile
+    except (OSError, ValueError):
+      holder, age = {}, time.time() - os.path.getmtime(self.path)
+    if not _stale(holder, age):
+      raise WorkdirError(
+          f'{os.path.dirname(self.path)} is in use by pid '
+          f'{holder.get("pid")} on host {holder.get("host")} (lock '
+          f'{self.path}, refreshed {age:.0f} s ago). Wait for that run to '
+          'end, or use another --workdir; if that run is gone, delete the '
+          'lock file.'
+      )
+    try:
+      os.rename(self.path, f'{self.path}.stale.{os.getpid()}')
+    except FileNotFoundError:
+      return  # another run replaced it first; try again
+    os.remove(f'{self.path}.stale.{os.getpid()}')
+    logging.warning(
+        'Replaced the stale lock %s of pid %s on %s.',
+        self.path,
+        holder.get('pid'),
+        holder.get('host'),
+    )
+
+  def _refresh(self):
+    while not self._stop.wait(HEARTBEAT_SECONDS):
+      with contextlib.suppress(OSError):
+        os.utime(self.path)
+
+  def release(self):
+    self._stop.set()
+    if self._heartbeat.is_alive():
+      self._heartbeat.join()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
+
+
+def _create_folders(workdir: str) -> list[str]:
+  """Makes `workdir` and missing parents; returns those made, deepest first."""
+  made = []
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    made.append(path)
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise WorkdirError(f'--workdir={workdir}: {path} is a file, not a folder.')
+  for folder in reversed(made):
+    try:
+      os.mkdir(folder)
+    except OSError as e:
+      raise WorkdirError(
+          f'--workdir={workdir} cannot be created ({e.strerror}: {folder}).'
+      ) from None
+  return made
+
+
+@contextlib.contextmanager
+def claim(
+    workdir: str,
+    config: Mapping[str, Any],
+    allow_config_change: bool = False,
+    process_index: int = 0,
+) -> Iterator[dict[str, tuple[Any, Any]]]:
+  """Holds `workdir` for one run (see the module docstring).
+
+  Yields:
+    The allowed config changes ({} on a new workdir or an unchanged config).
+
+  Raises:
+    WorkdirError: the workdir cannot be used (one line).
+  """
+  made = _create_folders(workdir)
+  lock = _Lock(workdir, process_index)
+  try:
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise WorkdirError(f'--workdir={workdir} is not writable.')
+    try:
+      lock.acquire()
+    except PermissionError as e:
+      raise WorkdirError(
+          f'--workdir={workdir} is not writable ({e.strerror}).'
+      ) from None
+    try:
+      yield check_config(workdir, config, allow_config_change)
+    finally:
+      lock.release()
+  finally:
+    for folder in made:  # deepest first; kept if the run wrote into it
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)

@@ -1,0 +1,206 @@
+"""A workdir holds one run: its recorded config, and a lock."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from configs import quickstart
+from nbn_jax.training import workdir as wd
+
+
+@pytest.fixture
+def config():
+  return quickstart.get_config().to_dict()
+
+
+class TestConfigCheck:
+
+  def test_a_new_workdir_accepts_any_config(self, tmp_path, config):
+    assert wd.check_config(str(tmp_path), config) == {}
+
+  def test_the_recorded_config_is_accepted_again(self, tmp_path, config):
+    wd.record_config(str(tmp_path), config)
+    assert wd.check_config(str(tmp_path), config) == {}
+    assert os.listdir(tmp_path) == ['config.json']
+
+  def test_changed_seed_learning_rate_and_norm_are_refused_by_name(
+      self, tmp_path, config
+  ):
+    wd.record_config(str(tmp_path), config)
+    changed = config | {'seed': 5, 'learning_rate': 0.5, 'norm': 'bn'}
+    with pytest.raises(wd.WorkdirError) as error:
+      wd.check_config(str(tmp_path), changed)
+    message = str(error.value)
+    assert '\n' not in message
+    assert (
+        "learning_rate (0.05 -> 0.5), norm ('nbn' -> 'bn'), seed (0 -> 5)"
+        in message
+    )
+    assert '--allow_config_change' in message
+
+  def test_tuple_fields_compare_as_recorded(self, tmp_path, config):
+    wd.record_config(str(tmp_path), config)
+    assert wd.check_config(str(tmp_path), dict(config)) == {}
+    changed = config | {'lr_decay_epochs': (40.0, 55.0)}
+    with pytest.raises(wd.WorkdirError, match=r'lr_decay_epochs \(\[45.0'):
+      wd.check_config(str(tmp_path), changed)
+
+  @pytest.mark.parametrize(
+      'field, value',
+      [
+          ('log_every_steps', 7),
+          ('steps_per_dispatch', 1),
+          ('eval_batch_size', 64),
+          ('checkpoint_every_epochs', 5.0),
+          ('keep_checkpoints', 9),
+          ('eval_only', True),
+          ('data_dir', '/elsewhere'),
+          ('cache_dir', '/tmp/cache'),
+      ],
+  )
+  def test_fields_that_cannot_change_the_result_may_differ(
+      self, tmp_path, config, field, value
+  ):
+    wd.record_config(str(tmp_path), config)
+    assert wd.check_config(str(tmp_path), config | {field: value}) == {}
+
+  def test_eval_every_changes_the_best_on_val_selection(self, tmp_path, config):
+    wd.record_config(str(tmp_path), config)
+    with pytest.raises(wd.WorkdirError, match='eval_every_epochs'):
+      wd.check_config(str(tmp_path), config | {'eval_every_epochs': 5.0})
+
+  def test_a_field_missing_on_one_side_counts_as_changed(self):
+    assert wd.changed_fields({'a': 1}, {'a': 1, 'b': 2}) == {'b': (None, 2)}
+
+  def test_allowed_changes_are_returned(self, tmp_path, config):
+    wd.record_config(str(tmp_path), config)
+    changes = wd.check_config(
+        str(tmp_path), config | {'seed': 5}, allow_changes=True
+    )
+    assert changes == {'seed': (0, 5)}
+
+  def test_an_unreadable_record_names_the_file(self, tmp_path, config):
+    (tmp_path / 'config.json').write_text('{"seed": ')
+    with pytest.raises(wd.WorkdirError, match=r'config.json cannot be read'):
+      wd.check_config(str(tmp_path), config)
+
+
+class TestClaim:
+
+  def test_a_refused_run_leaves_no_folder_behind(self, tmp_path, config):
+    workdir = tmp_path / 'a' / 'b'
+    with pytest.raises(RuntimeError, match='refused later'):
+      with wd.claim(str(workdir), config):
+        assert sorted(os.listdir(workdir)) == ['lock.0']
+        raise RuntimeError('refused later')
+    assert not (tmp_path / 'a').exists()
+
+  def test_folders_the_run_wrote_into_stay(self, tmp_path, config):
+    workdir = tmp_path / 'run'
+    with wd.claim(str(workdir), config):
+      wd.record_config(str(workdir), config)
+    assert os.listdir(workdir) == ['config.json']
+
+  def test_a_changed_config_is_refused_before_anything_is_written(
+      self, tmp_path, config
+  ):
+    wd.record_config(str(tmp_path), config)
+    with pytest.raises(wd.WorkdirError, match=r'seed \(0 -> 5\)'):
+      with wd.claim(str(tmp_path), config | {'seed': 5}):
+        pytest.fail('entered')
+    assert os.listdir(tmp_path) == ['config.json']
+
+  def test_a_workdir_that_is_a_file(self, tmp_path, config):
+    path = tmp_path / 'results.json'
+    path.write_text('{}')
+    with pytest.raises(wd.WorkdirError, match='is a file, not a folder'):
+      with wd.claim(str(path / 'run'), config):
+        pytest.fail('entered')
+    with pytest.raises(wd.WorkdirError, match='is a file, not a folder'):
+      with wd.claim(str(path), config):
+        pytest.fail('entered')
+
+  def test_a_read_only_workdir(self, tmp_path, config, monkeypatch):
+    # As a read-only mount answers, whoever runs the test (root included).
+    def refuse(path, *args, **kwargs):
+      raise PermissionError(13, 'Permission denied', path)
+
+    monkeypatch.setattr(os, 'access', lambda path, mode: False)
+    with pytest.raises(wd.WorkdirError, match='is not writable'):
+      with wd.claim(str(tmp_path), config):
+        pytest.fail('entered')
+    monkeypatch.setattr(os, 'mkdir', refuse)
+    with pytest.raises(
+        wd.WorkdirError, match='cannot be created .Permission denied'
+    ):
+      with wd.claim(str(tmp_path / 'new'), config):
+        pytest.fail('entered')
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+class TestLock:
+
+  def test_a_second_run_is_refused_naming_the_holder(self, tmp_path, config):
+    with wd.claim(str(tmp_path), config):
+      with pytest.raises(wd.WorkdirError) as error:
+        with wd.claim(str(tmp_path), config):
+          pytest.fail('entered')
+    message = str(error.value)
+    assert (
+        f'is in use by pid {os.getpid()} on host {socket.gethostname()}'
+        in message
+    )
+    assert 'lock.0' in message and '\n' not in message
+    assert os.listdir(tmp_path) == []  # the first run's lock is released
+
+  def test_other_processes_of_one_run_have_their_own_locks(
+      self, tmp_path, config
+  ):
+    with wd.claim(str(tmp_path), config, process_index=0):
+      with wd.claim(str(tmp_path), config, process_index=1):
+        assert sorted(os.listdir(tmp_path)) == ['lock.0', 'lock.1']
+
+  def test_the_lock_of_a_dead_process_on_this_host_is_replaced(
+      self, tmp_path, config
+  ):
+    dead = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (tmp_path / 'lock.0').write_text(
+        json.dumps({'host': socket.gethostname(), 'pid': int(dead.stdout)})
+    )
+    with wd.claim(str(tmp_path), config):
+      holder = json.loads((tmp_path / 'lock.0').read_text())
+      assert holder['pid'] == os.getpid()
+
+  def test_a_reused_pid_is_told_apart_by_its_start_time(self, tmp_path, config):
+    (tmp_path / 'lock.0').write_text(
+        json.dumps({
+            'host': socket.gethostname(),
+            'pid': os.getpid(),
+            'start_time': 'not this process',
+        })
+    )
+    with wd.claim(str(tmp_path), config):
+      pass
+
+  def test_another_hosts_lock_is_stale_only_when_not_refreshed(
+      self, tmp_path, config
+  ):
+    lock = tmp_path / 'lock.0'
+    lock.write_text(json.dumps({'host': 'elsewhere', 'pid': 1}))
+    with pytest.raises(wd.WorkdirError, match='pid 1 on host elsewhere'):
+      with wd.claim(str(tmp_path), config):
+        pytest.fail('entered')
+    old = os.path.getmtime(lock) - wd.STALE_SECONDS - 1
+    os.utime(lock, (old, old))
+    with wd.claim(str(tmp_path), config):
+      assert json.loads(lock.read_text())['host'] == socket.gethostname()
