@@ -12,6 +12,10 @@ Schedules are per step (the reference steps them per epoch):
   `lr_decay_epochs` (0.1 -> 0.001 at 160 -> 0.00001 at 180).
 * 'cosine' (ImageNet-LT, iNaturalist): optional warm-up, then cosine decay
   to 0 at the last step.
+The warm-up rises every step by default (`warmup_granularity='step'`);
+`'epoch'` holds the rate for a whole epoch, LDAM-DRW's staircase
+`lr * (epoch + 1) / warmup_epochs` for epochs 0 .. warmup_epochs - 1
+(its `adjust_learning_rate`, called once per epoch).
 The base rate follows the linear scaling rule:
 learning_rate * batch_size / lr_batch_size.
 """
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ('step', 'cosine')
+WARMUP_GRANULARITIES = ('step', 'epoch')
 
 
 def base_learning_rate(
@@ -38,6 +43,7 @@ def learning_rate_schedule(
     warmup_epochs: float = 0.0,
     lr_decay_epochs: tuple[float, ...] = (),
     lr_decay_factor: float = 0.1,
+    warmup_granularity: str = 'step',
 ) -> optax.Schedule:
   """Step -> learning rate.
 
@@ -47,18 +53,34 @@ def learning_rate_schedule(
     steps_per_epoch: steps in one epoch (fractional: epochs do not end on
       batch boundaries in a continuous stream).
     total_steps: length of the run.
-    warmup_epochs: linear warm-up length; step s of it uses
-      base_rate * (s + 1) / warmup_steps.
+    warmup_epochs: linear warm-up length.
     lr_decay_epochs: 'step' only: epochs at which the rate is multiplied by
       `lr_decay_factor`.
     lr_decay_factor: 'step' only.
+    warmup_granularity: 'step': step s of the warm-up uses
+      base_rate * (s + 1) / warmup_steps. 'epoch': every step of epoch e
+      uses base_rate * (e + 1) / warmup_epochs (LDAM-DRW's staircase; needs
+      a whole number of `warmup_epochs`).
+
+  Epoch e starts at step round(e * steps_per_epoch), for the warm-up's
+  stairs and the decay epochs alike.
   """
   if schedule not in SCHEDULES:
     raise ValueError(f'schedule={schedule!r} is not one of {SCHEDULES}.')
+  if warmup_granularity not in WARMUP_GRANULARITIES:
+    raise ValueError(
+        f'warmup_granularity={warmup_granularity!r} is not one of '
+        f'{WARMUP_GRANULARITIES}.'
+    )
+  if warmup_granularity == 'epoch' and warmup_epochs != int(warmup_epochs):
+    raise ValueError(
+        f'warmup_epochs={warmup_epochs} must be a whole number of epochs '
+        "with warmup_granularity='epoch'; use 'step' for a fractional one."
+    )
   warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-  boundaries = jnp.array(
-      [int(round(e * steps_per_epoch)) for e in lr_decay_epochs], jnp.int32
-  )
+  boundaries = _epoch_starts(lr_decay_epochs, steps_per_epoch)
+  # Starts of warm-up epochs 1 .. warmup_epochs - 1 (the stairs' risers).
+  stairs = _epoch_starts(range(1, int(warmup_epochs)), steps_per_epoch)
   decay_steps = max(1, total_steps - warmup_steps)
 
   def rate(step):
@@ -70,11 +92,19 @@ def learning_rate_schedule(
       progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
       main = 0.5 * base_rate * (1 + jnp.cos(jnp.pi * progress))
     if warmup_steps:
-      warm = base_rate * (step + 1) / warmup_steps
+      if warmup_granularity == 'epoch':
+        warm = base_rate * (jnp.sum(step >= stairs) + 1) / warmup_epochs
+      else:
+        warm = base_rate * (step + 1) / warmup_steps
       return jnp.where(step < warmup_steps, warm, main)
     return main
 
   return rate
+
+
+def _epoch_starts(epochs, steps_per_epoch: float) -> jax.Array:
+  """(len(epochs),) int32: the first step of each epoch in `epochs`."""
+  return jnp.array([int(round(e * steps_per_epoch)) for e in epochs], jnp.int32)
 
 
 def weight_decay_mask(params, decay_alpha: bool):

@@ -107,3 +107,37 @@ def test_cosine_schedule_by_hand():
 def test_unknown_schedule():
   with pytest.raises(ValueError, match="schedule='linear' is not one of"):
     optim.learning_rate_schedule('linear', 0.1, 10.0, 100)
+
+
+def test_epoch_warmup_is_ldams_per_epoch_staircase():
+  # LDAM-DRW: lr * (epoch + 1) / 5 for epochs 0-4, held for the whole epoch;
+  # x0.01 from epoch 160, x0.0001 from 180. 7 steps per epoch.
+  rate = optim.learning_rate_schedule(
+      'step',
+      0.1,
+      7.0,
+      1400,
+      warmup_epochs=5,
+      lr_decay_epochs=(160, 180),
+      lr_decay_factor=0.01,
+      warmup_granularity='epoch',
+  )
+
+  def ldam(epoch):
+    if epoch < 5:
+      return 0.1 * (epoch + 1) / 5
+    return 0.1 * (1e-4 if epoch >= 180 else 1e-2 if epoch >= 160 else 1)
+
+  for step in [*range(0, 42), 1119, 1120, 1259, 1260, 1399]:
+    assert float(rate(step)) == pytest.approx(ldam(step // 7), rel=1e-6), step
+
+
+def test_epoch_warmup_needs_whole_epochs():
+  with pytest.raises(ValueError, match='warmup_epochs=2.5 must be a whole'):
+    optim.learning_rate_schedule(
+        'step', 0.1, 7.0, 100, 2.5, warmup_granularity='epoch'
+    )
+  with pytest.raises(ValueError, match="warmup_granularity='batch' is not"):
+    optim.learning_rate_schedule(
+        'step', 0.1, 7.0, 100, 2, warmup_granularity='batch'
+    )
