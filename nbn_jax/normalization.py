@@ -13,7 +13,13 @@ each normalised to unit L2 length and multiplied by one learnable scalar
 so the per-channel balance (the direction) and the overall magnitude (alpha)
 are learned separately. Batch statistics, running statistics and evaluation are
 those of `nn.BatchNorm`; at evaluation an NBN layer is a plain BN with
-``(scale_eff, bias_eff)``, which `effective_affine` returns for folding.
+``(scale_eff, bias_eff)``, which `effective_affine` returns for folding
+(`nbn_jax.folding` folds a whole model).
+
+A drop-in in the sense that it takes the same fields and variables; the
+network it builds differs from BN's at init (see `NormalizedBatchNorm`:
+effective scale 1/sqrt(C), the meaning of a zero `scale_init`, the 1e6
+first raw-bias gradient). `nbn_jax.nnx` has the NNX layer.
 
 This module imports only jax and flax so it can be lifted into any model.
 """
@@ -31,6 +37,7 @@ from flax.linen.normalization import _canonicalize_axes, _compute_stats
 
 Array = jax.Array
 Dtype = Any
+Initializer = initializers.Initializer
 
 
 def safe_l2_norm(x: Array) -> Array:
@@ -83,16 +90,86 @@ def effective_affine(
   )
 
 
+def effective_params(
+    params: dict[str, Array], alpha: Array, norm_epsilon: float = 1e-6
+) -> dict[str, Array]:
+  """An NBN layer's params -> the `nn.BatchNorm` params it equals at eval.
+
+  Args:
+    params: the layer's ``scale`` and/or ``bias`` (whichever it has; its own
+      ``alpha``, if any, is ignored: pass it as `alpha`).
+    alpha: the scalar the layer reads (its own or a shared one).
+    norm_epsilon: the layer's `norm_epsilon`.
+
+  Returns:
+    ``{'scale': scale_eff, 'bias': bias_eff}`` with the keys of `params` that
+    are ``scale`` or ``bias``.
+  """
+  return {
+      name: normalized_to_alpha(params[name], alpha, norm_epsilon)
+      for name in ('scale', 'bias')
+      if name in params
+  }
+
+
+def starting_scale_and_alpha(scale: Array) -> tuple[Array, Array]:
+  """(raw scale, own alpha) a layer starts from, given `scale_init`'s vector.
+
+  A zero vector has no direction, and NBN would blow it up to full length at
+  the first update. So a zero initial scale becomes a direction of ones with
+  alpha 0: the layer starts at exactly zero output (as ``scale_init=zeros``
+  asks) and alpha grows from there, like ReZero. Any other vector is kept,
+  with alpha 1.
+
+  Returns:
+    (scale, alpha): `scale`'s shape and dtype, and a scalar of its dtype.
+  """
+  zero = safe_l2_norm(scale) == 0
+  return (
+      jnp.where(zero, jnp.ones_like(scale), scale),
+      jnp.where(zero, 0, 1).astype(scale.dtype),
+  )
+
+
 class NormalizedBatchNorm(Module):
   """Batch normalisation whose affine vectors are unit-normalised and scaled.
 
-  Fields, defaults and variables follow `flax.linen.BatchNorm`: parameters
-  ``scale`` (init 1) and ``bias`` (init 0), one per feature, plus a scalar
-  ``alpha`` (init 1) unless `alpha` is passed to `__call__`; running
-  statistics ``mean`` and ``var`` in the ``batch_stats`` collection. Unlike
-  `nn.BatchNorm` there is no `use_scale`/`use_bias` and no scale or bias
-  initialiser: both vectors are needed, and a zero scale would make the
-  normalised direction undefined (NBN layers keep scale = 1 at init).
+  A drop-in for `flax.linen.BatchNorm`: the same fields with the same
+  defaults, the same variables (``scale`` and ``bias`` in ``params``,
+  ``mean`` and ``var`` in ``batch_stats``) and the same statistics, plus
+  `norm_epsilon`, a scalar parameter ``alpha`` unless one is passed to
+  `__call__`, and NBN's affine.
+
+  Two things differ from `nn.BatchNorm` at init, by design:
+
+  * The effective scale starts at ``alpha / sqrt(C)`` (C = features), not
+    1: NBN normalises the whole scale vector. A network built with NBN is a
+    different function at init than the same network with BN.
+  * The raw bias starts at 0, where its norm's gradient is taken as 0 (as
+    `torch.norm` does): the first update of the raw bias is
+    ``alpha / norm_epsilon`` (1e6) times the gradient of the effective
+    bias, as in the reference. That gradient dominates a global gradient
+    norm at step 0: see `nbn_jax.clipping` before clipping by global norm or
+    logging gradient norms.
+
+  NBN meaning of the `nn.BatchNorm` affine fields:
+
+  * `use_scale` False: no ``scale`` and no multiplication (scale_eff = 1),
+    as in `nn.BatchNorm`; `use_bias` False: no ``bias`` (bias_eff = 0).
+    Alpha multiplies whichever normalised vectors remain; with neither, the
+    layer is a BN without affine, creates no ``alpha`` and ignores a passed
+    one.
+  * `scale_init`: the initial raw scale, i.e. the initial direction (only the
+    direction matters). A zero vector (``scale_init=zeros``, the zero-init of
+    a residual branch's last BN) cannot be normalised: the raw scale then
+    starts at ones and the layer's own ``alpha`` at 0, so the layer's output
+    starts at exactly 0 and grows smoothly (see `starting_scale_and_alpha`).
+    A layer that reads a passed alpha cannot zero it, so a zero init there
+    starts at ones (the reference's init). Otherwise ``alpha`` starts at 1.
+  * `bias_init`: the initial raw bias. The default, zeros, is the reference
+    (bias_eff = 0 at init, singular first gradient, above). A non-zero init
+    sets an initial direction, so bias_eff starts at
+    ``alpha * bias / ||bias||``.
 
   Scope of the batch statistics (the set of examples each mean/var is over):
 
@@ -119,6 +196,11 @@ class NormalizedBatchNorm(Module):
     epsilon: added to the variance.
     dtype: the dtype of the result (default: inferred from input and params).
     param_dtype: the dtype of `scale`, `bias` and `alpha`.
+    use_bias: whether there is a (normalised) bias; see above.
+    use_scale: whether there is a (normalised) scale; see above.
+    bias_init: initialiser of the raw bias (its initial direction).
+    scale_init: initialiser of the raw scale (its initial direction; zero:
+      see above).
     axis_name: mapped axis to average statistics over (see above).
     axis_index_groups: groups of indices along `axis_name` (`pmap` only).
     use_fast_variance: compute the variance as E[x^2] - E[x]^2.
@@ -132,6 +214,10 @@ class NormalizedBatchNorm(Module):
   epsilon: float = 1e-5
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Initializer = initializers.zeros
+  scale_init: Initializer = initializers.ones
   axis_name: str | None = None
   axis_index_groups: Any = None
   use_fast_variance: bool = True
@@ -177,14 +263,9 @@ class NormalizedBatchNorm(Module):
     ra_var = self.variable(
         'batch_stats', 'var', jnp.ones, feature_shape, stats_dtype
     )
-    scale = self.param(
-        'scale', initializers.ones, feature_shape, self.param_dtype
-    )
-    bias = self.param(
-        'bias', initializers.zeros, feature_shape, self.param_dtype
-    )
-    if alpha is None:
-      alpha = self.param('alpha', initializers.ones, (), self.param_dtype)
+    params = self._affine_params(feature_shape, own_alpha=alpha is None)
+    if 'alpha' in params:
+      alpha = params.pop('alpha')
 
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -205,9 +286,7 @@ class NormalizedBatchNorm(Module):
         )
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
 
-    scale_eff, bias_eff = effective_affine(
-        scale, bias, alpha, self.norm_epsilon
-    )
+    effective = effective_params(params, alpha, self.norm_epsilon)
     broadcast_shape = [1] * x.ndim
     for ax in feature_axes:
       broadcast_shape[ax] = x.shape[ax]
@@ -216,7 +295,46 @@ class NormalizedBatchNorm(Module):
       return v.reshape(broadcast_shape)
 
     # Same order of operations as nn.BatchNorm, with the effective affine.
-    multiplier = jax.lax.rsqrt(var + self.epsilon) * scale_eff
-    y = (x - broadcast(mean)) * broadcast(multiplier) + broadcast(bias_eff)
-    dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+    multiplier = jax.lax.rsqrt(var + self.epsilon)
+    if 'scale' in effective:
+      multiplier = multiplier * effective['scale']
+    y = (x - broadcast(mean)) * broadcast(multiplier)
+    if 'bias' in effective:
+      y = y + broadcast(effective['bias'])
+    dtype = dtypes.canonicalize_dtype(x, *params.values(), dtype=self.dtype)
     return jnp.asarray(y, dtype)
+
+  def _affine_params(
+      self, feature_shape: tuple[int, ...], own_alpha: bool
+  ) -> dict[str, Array]:
+    """Creates or reads ``scale``, ``bias`` and (if owned) ``alpha``.
+
+    Returns:
+      The layer's raw parameters by name, only those it has.
+    """
+    params = {}
+    zero_start = []  # set while ``scale`` is initialised, read by ``alpha``
+
+    def init_scale(key, shape, dtype):
+      scale, alpha = starting_scale_and_alpha(
+          self.scale_init(key, shape, dtype)
+      )
+      zero_start.append(alpha == 0)
+      return scale
+
+    def init_alpha(key, shape, dtype):
+      del key
+      zero = zero_start[0] if zero_start else False
+      return jnp.where(zero, 0, 1).astype(dtype).reshape(shape)
+
+    if self.use_scale:
+      params['scale'] = self.param(
+          'scale', init_scale, feature_shape, self.param_dtype
+      )
+    if self.use_bias:
+      params['bias'] = self.param(
+          'bias', self.bias_init, feature_shape, self.param_dtype
+      )
+    if own_alpha and params:
+      params['alpha'] = self.param('alpha', init_alpha, (), self.param_dtype)
+    return params

@@ -7,7 +7,11 @@ import jax
 import jax.numpy as jnp
 
 from nbn_jax.models.blocks import BasicBlock
-from nbn_jax.models.common import NBNPlacement, NormSwitchedResNet
+from nbn_jax.models.common import (
+    NBNPlacement,
+    NormSwitchedResNet,
+    with_fixed_fields,
+)
 
 Array = jax.Array
 
@@ -77,6 +81,14 @@ class CifarResNet(NormSwitchedResNet):
     return self.classifier_head(x, he_normal, norm)
 
 
-ResNet32 = functools.partial(CifarResNet, stage_sizes=(5, 5, 5))
+ResNet32 = with_fixed_fields(
+    CifarResNet,
+    "LDAM's CIFAR ResNet-32: ResNet32(num_classes, **fields).",
+    stage_sizes=(5, 5, 5),
+)
 # One block per stage: for the quickstart and for quick tests.
-ResNet8 = functools.partial(CifarResNet, stage_sizes=(1, 1, 1))
+ResNet8 = with_fixed_fields(
+    CifarResNet,
+    'The CIFAR ResNet with one block per stage: ResNet8(num_classes, ...).',
+    stage_sizes=(1, 1, 1),
+)

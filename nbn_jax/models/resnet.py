@@ -7,7 +7,11 @@ import jax
 import jax.numpy as jnp
 
 from nbn_jax.models.blocks import BottleneckBlock
-from nbn_jax.models.common import NBNPlacement, NormSwitchedResNet
+from nbn_jax.models.common import (
+    NBNPlacement,
+    NormSwitchedResNet,
+    with_fixed_fields,
+)
 
 Array = jax.Array
 
@@ -71,10 +75,22 @@ class ResNet(NormSwitchedResNet):
     return self.classifier_head(x, torch_linear, norm)
 
 
-ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
-ResNeXt50 = functools.partial(
-    ResNet, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4
+ResNet50 = with_fixed_fields(
+    ResNet,
+    "torchvision's ResNet-50: ResNet50(num_classes, **fields).",
+    stage_sizes=(3, 4, 6, 3),
+)
+ResNeXt50 = with_fixed_fields(
+    ResNet,
+    "torchvision's ResNeXt-50 32x4d: ResNeXt50(num_classes, **fields).",
+    stage_sizes=(3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
 )
 # One bottleneck block per stage: ResNet-50's layout at a fraction of the
 # cost, for quick tests of the ImageNet-style configs.
-ResNet14 = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1))
+ResNet14 = with_fixed_fields(
+    ResNet,
+    'ResNet-50 with one block per stage: ResNet14(num_classes, **fields).',
+    stage_sizes=(1, 1, 1, 1),
+)

@@ -1,5 +1,7 @@
 """NormalizedBatchNorm: the contract of docs/method.md, one test per clause."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -391,3 +393,188 @@ class TestOptions:
         NormalizedBatchNorm(), variables, x.astype(jnp.float32), True
     )
     np.testing.assert_allclose(y.astype(jnp.float32), y32, atol=0.02)
+
+
+class TestFlaxBatchNormFields:
+  """Every field of nn.BatchNorm, with NBN semantics (see the docstring)."""
+
+  def test_every_nn_batchnorm_field_exists_with_its_default(self):
+    bn_fields = {
+        f.name: getattr(nn.BatchNorm(), f.name)
+        for f in dataclasses.fields(nn.BatchNorm)
+        if f.name not in ('parent', 'name')
+    }
+    nbn = NormalizedBatchNorm()
+    assert {f: getattr(nbn, f) for f in bn_fields} == bn_fields
+
+  @pytest.mark.parametrize('train', [True, False])
+  @pytest.mark.parametrize(
+      'use_scale, use_bias',
+      [(True, True), (True, False), (False, True), (False, False)],
+  )
+  def test_equals_batchnorm_in_the_degenerate_case(
+      self, use_scale, use_bias, train
+  ):
+    """||scale|| = ||bias|| = alpha: same outputs and statistics as BN."""
+    alpha = 1.7
+    raw = _raw_params()
+    for name in ('scale', 'bias'):
+      raw[name] = raw[name] * alpha / jnp.linalg.norm(raw[name])
+    fields = dict(use_scale=use_scale, use_bias=use_bias, **BN_KWARGS)
+    kept = {
+        n: raw[n]
+        for n, used in (('scale', use_scale), ('bias', use_bias))
+        if used
+    }
+    x, (mean, var) = _batch(), _random_running_stats()
+    stats = {'mean': mean, 'var': var}
+    y_bn, bn_stats = _apply(
+        nn.BatchNorm(**fields),
+        {'params': kept, 'batch_stats': stats},
+        x,
+        train,
+    )
+    nbn_params = {**kept, 'alpha': jnp.asarray(alpha)} if kept else {}
+    y, nbn_stats = _apply(
+        NormalizedBatchNorm(**fields),
+        {'params': nbn_params, 'batch_stats': stats},
+        x,
+        train,
+    )
+    np.testing.assert_allclose(y, y_bn, rtol=2e-6, atol=2e-6)
+    if train:
+      jax.tree.map(np.testing.assert_array_equal, nbn_stats, bn_stats)
+
+  @pytest.mark.parametrize(
+      'use_scale, use_bias, names',
+      [
+          (True, True, {'scale', 'bias', 'alpha'}),
+          (True, False, {'scale', 'alpha'}),
+          (False, True, {'bias', 'alpha'}),
+          (False, False, set()),
+      ],
+  )
+  def test_use_scale_and_use_bias_decide_the_parameters(
+      self, use_scale, use_bias, names
+  ):
+    layer = NormalizedBatchNorm(use_scale=use_scale, use_bias=use_bias)
+    variables = layer.init(jax.random.key(0), _batch(), True)
+    assert set(variables.get('params', {})) == names
+
+  def test_without_scale_alpha_scales_only_the_normalised_bias(self):
+    x, params = _batch(), _raw_params(alpha=0.6)
+    del params['scale']
+    y = NormalizedBatchNorm(use_scale=False, use_running_average=True).apply(
+        {'params': params, 'batch_stats': _nbn_variables({})['batch_stats']},
+        x,
+    )
+    bias_eff = 0.6 * params['bias'] / jnp.linalg.norm(params['bias'])
+    standardised = x / jnp.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(y, standardised + bias_eff, atol=1e-5)
+
+  def test_without_scale_alpha_gradient_is_the_bias_projection(self):
+    """Clause 4 with no scale: d/d alpha = b / ||b|| . g_b_eff."""
+    x, target = _batch(), _batch(seed=3)
+    params = _raw_params(alpha=0.6)
+    del params['scale']
+    layer = NormalizedBatchNorm(use_scale=False, use_running_average=False)
+
+    def loss(params):
+      y = layer.apply({'params': params}, x, mutable=['batch_stats'])[0]
+      return jnp.mean((y - target) ** 2)
+
+    def bn_loss(bias_eff):
+      y = nn.BatchNorm(use_scale=False, use_running_average=False).apply(
+          {'params': {'bias': bias_eff}}, x, mutable=['batch_stats']
+      )[0]
+      return jnp.mean((y - target) ** 2)
+
+    bias = params['bias']
+    g_eff = jax.grad(bn_loss)(0.6 * bias / (jnp.linalg.norm(bias) + NORM_EPS))
+    expected = jnp.dot(bias / (jnp.linalg.norm(bias) + NORM_EPS), g_eff)
+    assert float(jax.grad(loss)(params)['alpha']) == pytest.approx(
+        float(expected), rel=1e-4
+    )
+
+  def test_scale_init_sets_the_initial_direction(self):
+    init = lambda key, shape, dtype: jnp.arange(1.0, shape[0] + 1, dtype=dtype)
+    layer = NormalizedBatchNorm(scale_init=init)
+    params = layer.init(jax.random.key(0), _batch(), True)['params']
+    np.testing.assert_array_equal(params['scale'], np.arange(1.0, 7.0))
+    assert params['alpha'] == 1.0
+
+  def test_bias_init_sets_a_non_singular_initial_direction(self):
+    layer = NormalizedBatchNorm(bias_init=nn.initializers.ones)
+    x, target = _batch(), _batch(seed=4)
+    variables = layer.init(jax.random.key(0), x, True)
+    bias = variables['params']['bias']
+    np.testing.assert_array_equal(bias, np.ones(FEATURES))
+
+    def loss(params):
+      y = layer.apply({'params': params}, x, False, mutable=['batch_stats'])[0]
+      return jnp.mean((y - target) ** 2)
+
+    grads = jax.grad(loss)(variables['params'])
+    # The unit bias direction has no 1/norm_epsilon blow-up: the gradient is
+    # the effective one projected off the direction, times alpha / ||b||.
+    assert np.abs(grads['bias']).max() < 1.0
+    np.testing.assert_allclose(grads['bias'].sum(), 0.0, atol=1e-6)
+
+  def test_zero_scale_init_starts_at_zero_output_with_alpha_zero(self):
+    layer = NormalizedBatchNorm(scale_init=nn.initializers.zeros, **BN_KWARGS)
+    x = _batch()
+    variables = layer.init(jax.random.key(0), x, use_running_average=False)
+    params = variables['params']
+    np.testing.assert_array_equal(params['scale'], np.ones(FEATURES))
+    assert params['alpha'] == 0.0
+    y, _ = _apply(layer, variables, x, train=True)
+    np.testing.assert_array_equal(y, np.zeros_like(y))
+
+  def test_zero_scale_init_grows_smoothly_from_alpha(self):
+    """Only alpha moves at step 0; one SGD step gives a small branch.
+
+    A raw zero scale would instead jump to full length (||scale_eff|| =
+    alpha = 1) after one step; that is what the zero start avoids.
+    """
+    layer = NormalizedBatchNorm(scale_init=nn.initializers.zeros, **BN_KWARGS)
+    x, target = _batch(), _batch(seed=6)
+    params = layer.init(jax.random.key(0), x, True)['params']
+
+    def loss(params):
+      y = layer.apply({'params': params}, x, False, mutable=['batch_stats'])[0]
+      return jnp.mean((y - target) ** 2)
+
+    grads = jax.grad(loss)(params)
+    assert abs(float(grads['alpha'])) > 1e-3
+    np.testing.assert_array_equal(grads['scale'], np.zeros(FEATURES))
+    np.testing.assert_array_equal(grads['bias'], np.zeros(FEATURES))
+    stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    scale_eff, _ = effective_affine(
+        stepped['scale'], stepped['bias'], stepped['alpha']
+    )
+    assert 0 < float(jnp.linalg.norm(scale_eff)) < 0.1
+
+    destructive = {**params, 'scale': jnp.zeros(FEATURES), 'alpha': 1.0}
+    stepped = jax.tree.map(
+        lambda p, g: p - 0.1 * g, destructive, jax.grad(loss)(destructive)
+    )
+    scale_eff, _ = effective_affine(
+        stepped['scale'], stepped['bias'], stepped['alpha']
+    )
+    assert float(jnp.linalg.norm(scale_eff)) == pytest.approx(1.0, rel=1e-3)
+
+  def test_zero_scale_init_with_a_shared_alpha_starts_at_ones(self):
+    layer = NormalizedBatchNorm(scale_init=nn.initializers.zeros)
+    params = layer.init(
+        jax.random.key(0), _batch(), True, alpha=jnp.asarray(1.0)
+    )['params']
+    assert set(params) == {'scale', 'bias'}
+    np.testing.assert_array_equal(params['scale'], np.ones(FEATURES))
+
+  def test_param_dtype_applies_to_every_parameter(self):
+    with jax.enable_x64(True):
+      layer = NormalizedBatchNorm(param_dtype=jnp.float64)
+      params = layer.init(jax.random.key(0), _batch(), True)['params']
+      assert {p.dtype for p in jax.tree.leaves(params)} == {
+          jnp.dtype('float64')
+      }

@@ -1,0 +1,114 @@
+"""NBN as a drop-in in flax's own ImageNet ResNet: only the norm class changes.
+
+The model (tests/flax_imagenet_resnet.py) zero-initialises the last BN of
+each block and averages statistics over the pmapped axis 'batch'; its train
+step is flax's example step (pmap, pmean'd gradients) at toy size.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nbn_jax import NormalizedBatchNorm
+from tests import flax_imagenet_resnet
+
+DEVICES = 4
+PER_DEVICE = 4
+NUM_CLASSES = 5
+IMAGE = (16, 16, 3)
+
+
+def _model(norm_cls):
+  return flax_imagenet_resnet.ResNet(
+      stage_sizes=[1, 1],
+      block_cls=flax_imagenet_resnet.ResNetBlock,
+      num_classes=NUM_CLASSES,
+      num_filters=8,
+      norm_cls=norm_cls,
+  )
+
+
+def _init(model):
+  return jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+      jnp.zeros((1, *IMAGE))
+  )
+
+
+def _data():
+  images = jax.random.normal(jax.random.key(1), (DEVICES, PER_DEVICE, *IMAGE))
+  labels = jnp.arange(DEVICES * PER_DEVICE).reshape(DEVICES, PER_DEVICE)
+  return images, labels % NUM_CLASSES
+
+
+def train(norm_cls, steps: int, tx=None) -> tuple[list[float], dict]:
+  """(losses, variables) of `steps` pmapped SGD steps on one fixed batch."""
+  model = _model(norm_cls)
+  variables = _init(model)
+  tx = tx or optax.sgd(0.1, momentum=0.9)
+  state = (variables['params'], variables['batch_stats'])
+  state = state + (tx.init(state[0]),)
+
+  @functools.partial(
+      jax.pmap, axis_name='batch', devices=jax.local_devices()[:DEVICES]
+  )
+  def step(state, images, labels):
+    params, batch_stats, opt_state = state
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': batch_stats},
+          images,
+          mutable=['batch_stats'],
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels
+      ).mean()
+      return loss, updates['batch_stats']
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params
+    )
+    grads = jax.lax.pmean(grads, 'batch')
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, batch_stats, opt_state), jax.lax.pmean(loss, 'batch')
+
+  state = jax.tree.map(lambda a: jnp.stack([a] * DEVICES), state)
+  images, labels = _data()
+  losses = []
+  for _ in range(steps):
+    state, loss = step(state, images, labels)
+    losses.append(float(loss[0]))
+  params, batch_stats, _ = jax.tree.map(lambda a: a[0], state)
+  return losses, {'params': params, 'batch_stats': batch_stats}
+
+
+def test_the_norm_partial_with_zero_scale_init_builds():
+  variables = _init(_model(NormalizedBatchNorm))
+  block = variables['params']['ResNetBlock_0']
+  zero_init = block['NormalizedBatchNorm_1']
+  np.testing.assert_array_equal(zero_init['scale'], np.ones(8))
+  assert zero_init['alpha'] == 0.0  # the branch starts at exactly zero
+  assert block['NormalizedBatchNorm_0']['alpha'] == 1.0
+
+
+@pytest.mark.slow
+def test_trains_under_pmap_then_evaluates():
+  losses, variables = train(NormalizedBatchNorm, steps=6)
+  assert all(np.isfinite(losses))
+  assert losses[-1] < losses[0] - 0.1, losses
+  block = variables['params']['ResNetBlock_0']['NormalizedBatchNorm_1']
+  assert 0 < abs(float(block['alpha'])) < 1  # grown from 0, smoothly
+  assert not np.allclose(
+      variables['batch_stats']['bn_init']['mean'], 0.0
+  )  # pmean'd statistics moved
+  # Evaluation needs no 'batch' axis: running statistics only.
+  x = jax.random.normal(jax.random.key(2), (3, *IMAGE))
+  logits = jax.jit(
+      lambda v, x: _model(NormalizedBatchNorm).apply(v, x, train=False)
+  )(variables, x)
+  assert logits.shape == (3, NUM_CLASSES) and np.isfinite(logits).all()
