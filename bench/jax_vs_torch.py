@@ -10,14 +10,16 @@ Both sides train the same network (ResNet-32, NBN on the last stage, batch
 cross-entropy, backward, SGD with momentum and coupled weight decay, BN in
 train mode. Ours is `nbn_jax.training.steps` (uint8 input normalised inside
 the jitted step, donated state); PyTorch's is `bench/torch_resnet32.py`
-(channels_last, its fastest CPU layout, float32 input). Rounds alternate
-between the two so that drift on the machine hits both; printed: median ms
-per step and the median over rounds of JAX time / PyTorch time (> 1: JAX is
-slower). `--bf16` runs both in bfloat16 compute (JAX: `dtype`; PyTorch:
+(channels_last, its fastest CPU layout, float32 input). `--compile` adds
+the same PyTorch step with the model under `torch.compile` (default mode;
+the first two steps, compilation included, are timed apart). Rounds
+alternate the order of the arms so that drift on the machine hits all;
+printed: median ms per step and the median over rounds of JAX time / the
+arm's time (< 1: JAX is faster). `--bf16` runs both in bfloat16 compute (JAX: `dtype`; PyTorch:
 autocast). On a machine with a GPU both run there (PyTorch eager with
 cuDNN autotuning; one jitted call per JAX step, as here):
 
-    python bench/jax_vs_torch.py --steps-per-round=50
+    python bench/jax_vs_torch.py --steps-per-round=50 --compile
 """
 
 import argparse
@@ -27,18 +29,16 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nbn_overhead import Trainer  # noqa: E402  (bench/ is not a package)
+# bench/ is not a package; nbn_overhead's config is the trainer's for these.
+from nbn_overhead import Trainer, _config  # noqa: E402
 from torch_resnet32 import ResNet32 as TorchResNet32, make_step  # noqa: E402
 
-from nbn_jax import models  # noqa: E402
 
-
-def torch_runner(images, labels, bf16):
+def torch_runner(images, labels, bf16, compile_model=False):
   """A callable running n PyTorch steps, returning seconds per step."""
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   if device.type == 'cpu':
@@ -54,7 +54,7 @@ def torch_runner(images, labels, bf16):
   x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / 0.25
   x = x.to(device).contiguous(memory_format=torch.channels_last)
   y = torch.from_numpy(labels).long().to(device)
-  step = make_step(model, bf16=bf16)
+  step = make_step(torch.compile(model) if compile_model else model, bf16=bf16)
 
   def run(num_steps):
     start = time.perf_counter()
@@ -72,27 +72,34 @@ def main():
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--steps-per-round', type=int, default=3)
   parser.add_argument('--bf16', action='store_true')
+  parser.add_argument(
+      '--compile', action='store_true', help='also time torch.compile'
+  )
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, args.batch).astype(np.int32)
-  dtype = jnp.bfloat16 if args.bf16 else jnp.float32
-  ours = Trainer(
-      models.ResNet32(num_classes=10, norm='nbn', dtype=dtype),
-      images,
-      labels,
-      10,
-  )
-  theirs = torch_runner(images, labels, args.bf16)
-  ours.run(2), theirs(2)  # compile, warm up
+  arms = {
+      'jax': (
+          Trainer(
+              _config('resnet32', 'nbn', args.batch, args.bf16), images, labels
+          ).run
+      ),
+      'torch': torch_runner(images, labels, args.bf16),
+  }
+  if args.compile:
+    arms['torch.compile'] = torch_runner(images, labels, args.bf16, True)
+  first_steps = {}
+  for name, run in arms.items():  # compile, warm up
+    start = time.perf_counter()
+    run(2)
+    first_steps[name] = time.perf_counter() - start
 
-  times = {'jax': [], 'torch': []}
+  times = {name: [] for name in arms}
   for r in range(args.rounds):
-    order = (('jax', ours.run), ('torch', theirs))
-    for name, run in order if r % 2 == 0 else order[::-1]:
-      times[name].append(run(args.steps_per_round))
-  ratios = [j / t for j, t in zip(times['jax'], times['torch'])]
+    for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
+      times[name].append(arms[name](args.steps_per_round))
   print(
       f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
       f'({jax.default_backend()}), torch {torch.__version__} (cuda: '
@@ -103,12 +110,14 @@ def main():
       f'ResNet-32 NBN train step, batch {args.batch}, '
       f'{"bfloat16" if args.bf16 else "float32"}:'
   )
-  print(f'  JAX     {1e3 * statistics.median(times["jax"]):8.1f} ms/step')
-  print(f'  PyTorch {1e3 * statistics.median(times["torch"]):8.1f} ms/step')
-  print(
-      f'  JAX / PyTorch = {statistics.median(ratios):.2f} (rounds '
-      f'{min(ratios):.2f}..{max(ratios):.2f})'
-  )
+  for name in arms:
+    ratios = [j / t for j, t in zip(times['jax'], times[name])]
+    print(
+        f'  {name:14} {1e3 * statistics.median(times[name]):8.1f} ms/step,'
+        f' JAX / it = {statistics.median(ratios):.2f} (rounds '
+        f'{min(ratios):.2f}..{max(ratios):.2f}); first 2 steps '
+        f'{first_steps[name]:.1f} s'
+    )
 
 
 if __name__ == '__main__':

@@ -159,11 +159,15 @@ class ResNet32(nn.Module):
     )
 
 
-def torch_inputs(images: np.ndarray, mean, std, device='cpu') -> torch.Tensor:
-  """uint8 NHWC images -> float32 NCHW, torchvision's ToTensor + Normalize."""
+def torch_inputs(images, mean, std, device=None) -> torch.Tensor:
+  """uint8 NHWC images -> float32 NCHW, torchvision's ToTensor + Normalize.
+
+  `images`: a NumPy array or a tensor; the result is on `device` (default:
+  where `images` are; NumPy arrays: the CPU).
+  """
   x = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float() / 255
-  mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-  std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+  mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+  std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
   return (x - mean) / std
 
 
