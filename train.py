@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from input_pipeline import DataError
 from nbn_jax.training import ConfigError, NonFiniteLossError, train_and_evaluate
-from nbn_jax.training import preemption, workdir as workdir_lib
+from nbn_jax.training import plan, preemption, workdir as workdir_lib
 from nbn_jax.training.checkpoints import CheckpointError
 
 # Libraries whose INFO records would drown the progress lines.
@@ -198,6 +198,9 @@ def parse_flags(argv: list[str]) -> flags.FlagValues:
 
 def run(values: flags.FlagValues) -> int:
   """Claims the workdir and trains; returns the exit status."""
+  # Before anything starts JAX's backends, which read XLA_FLAGS once.
+  if extra_flags := plan.xla_flags(values.config):
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {extra_flags}'
   if values.multihost or values.coordinator_address:
     jax.distributed.initialize(
         values.coordinator_address, values.num_processes, values.process_id

@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.decay_alpha = True  # decay NBN's alpha too (the reference default)
   config.schedule = 'step'  # step (warm-up + steps) or cosine
   config.warmup_epochs = 5.0
+  # step: the rate rises every step; epoch: LDAM-DRW's per-epoch staircase
+  # lr * (e + 1) / warmup_epochs (its cifar_train.py), for exact parity.
+  config.warmup_granularity = 'step'
   config.lr_decay_epochs = (160.0, 180.0)
   config.lr_decay_factor = 0.01
   config.num_epochs = 200.0
@@ -78,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Run ------------------------------------------------------------------
   config.seed = 0
+  # GPU runs bitwise reproducible (XLA's deterministic ops; slower).
+  config.deterministic = False
   config.log_every_steps = 50
   # On-device path: steps per jitted call on accelerators (1 on CPU, where
   # XLA runs loops of convolutions slowly).

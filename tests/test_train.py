@@ -391,7 +391,6 @@ def test_no_workdir_flag_is_one_line(capfd):
 class TestPendingLoopWiring:
   """What the loop must do with the pieces above (see the closing note)."""
 
-  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
   def test_eval_only_on_an_empty_workdir_leaves_nothing(self, tmp_path, capfd):
     workdir = tmp_path / 'workdir'
     status = train.main([
@@ -404,7 +403,6 @@ class TestPendingLoopWiring:
     assert status == 1 and 'holds no checkpoint' in line
     assert not workdir.exists()
 
-  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
   def test_the_config_is_recorded_when_training_starts(self, tmp_path):
     workdir = tmp_path / 'workdir'
     assert (
@@ -420,7 +418,6 @@ class TestPendingLoopWiring:
     recorded = json.loads((workdir / 'config.json').read_text())
     assert recorded['batch_size'] == 32
 
-  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
   def test_a_truncated_jpeg_is_refused_before_training(self, tmp_path, capfd):
     from tests.fake_data import write_jpeg_dataset
 
@@ -552,7 +549,6 @@ class TestStopAndResume:
     assert step < 8 and _checkpoint_dirs(workdir)[-1] == str(step)
     return step
 
-  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
   def test_sigterm_checkpoints_its_step_and_the_resumed_run_ends_identical(
       self, tmp_path, uninterrupted
   ):
@@ -561,7 +557,6 @@ class TestStopAndResume:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert self._results(tmp_path) == self._results(uninterrupted)
 
-  @pytest.mark.xfail(strict=True, reason='needs loop wiring (lead)')
   def test_ctrl_c_checkpoints_its_step_and_exits_75(self, tmp_path):
     # Resuming is SIGTERM's path: the handler is the same for both.
     self._stop(tmp_path, signal.SIGINT)

@@ -38,7 +38,14 @@ def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 class TrainingInput(abc.ABC):
-  """Runs train steps on the batches of one input path."""
+  """Runs train steps on the batches of one input path.
+
+  Attributes:
+    steps_per_call: steps one jitted call runs; the loop asks for at most
+      this many at a time, so it can stop between calls (a preemption).
+  """
+
+  steps_per_call: int
 
   @abc.abstractmethod
   def run(
@@ -148,6 +155,8 @@ class TfDataInput(TrainingInput):
   The pipeline is built at the first `run`, from its first step, so a
   resumed run reads exactly the batches an uninterrupted one would.
   """
+
+  steps_per_call = 1
 
   def __init__(
       self,

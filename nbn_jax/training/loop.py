@@ -1,11 +1,17 @@
 """`train_and_evaluate(config, workdir)`: the whole run.
 
-Builds the run plan from the config, resumes from the workdir's latest
-checkpoint if there is one, and trains: for each chunk of steps up to the
-next event, run it, log, evaluate, checkpoint. It ends with the results
-(`nbn_jax.training.results`): evaluated on test at the last step and, where
-the benchmark has a validation split, at the step with the best validation
-accuracy (selected on val, never on test).
+Builds the run plan from the config, checks every image file of list-file
+benchmarks, resumes from the workdir's newest intact checkpoint if there is
+one, and trains: for each chunk of steps, run it, log, evaluate, checkpoint.
+It ends with the results (`nbn_jax.training.results`): evaluated on test at
+the last step and, where the benchmark has a validation split, at the step
+with the best validation accuracy (selected on val, never on test).
+
+On SIGTERM or SIGINT (`preemption.StopSignals`) the run finishes the current
+chunk (one step, or one dispatch of several on accelerators), writes a
+checkpoint at that step and raises `preemption.Preempted`; the same command
+resumes it. The workdir's lock and recorded config are `workdir.claim`'s
+(train.py holds it around the run).
 """
 
 from typing import Any
@@ -15,9 +21,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from input_pipeline import image_check
 from nbn_jax.models.common import NBN_ALPHA
 from nbn_jax.training import plan as plan_lib
-from nbn_jax.training import reporting, results
+from nbn_jax.training import preemption, reporting, results
+from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.inputs import Evaluator
 from nbn_jax.training.plan import ConfigError, Plan
@@ -42,9 +50,14 @@ def train_and_evaluate(
 
 
 def run(plan: Plan, workdir: str) -> dict[str, Any]:
-  """Trains (unless `plan.eval_only`) and evaluates in `workdir`."""
+  """Trains (unless `plan.eval_only`) and evaluates in `workdir`.
+
+  Nothing is written to `workdir` before the images are checked and a
+  checkpoint to evaluate is found (eval_only).
+  """
+  if not plan.eval_only:
+    image_check.check_benchmark_images(plan.benchmark)
   checkpoints = Checkpoints(workdir, plan.keep_checkpoints)
-  writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0)
   try:
     state, record = plan.init_state(), results.empty_record()
     restored = checkpoints.restore_latest(state)
@@ -56,16 +69,24 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
           f'config.eval_only=True but {workdir}/checkpoints holds no '
           'checkpoint to evaluate.'
       )
-    evaluator = plan.evaluator()
-    if not plan.eval_only:
-      state = _train(plan, state, record, evaluator, checkpoints, writer)
-    return results.finish(
-        plan, state, record, evaluator, checkpoints, writer, workdir
-    )
+    if jax.process_index() == 0:
+      workdir_lib.record_config(workdir, plan.config)
+    writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    try:
+      evaluator = plan.evaluator()
+      if not plan.eval_only:
+        with preemption.StopSignals() as signals:
+          state = _train(
+              plan, state, record, evaluator, checkpoints, writer, signals
+          )
+      return results.finish(
+          plan, state, record, evaluator, checkpoints, writer, workdir
+      )
+    finally:
+      writer.close()
   finally:
     checkpoints.wait()
     checkpoints.close()
-    writer.close()
 
 
 def _train(
@@ -75,8 +96,13 @@ def _train(
     evaluator: Evaluator,
     checkpoints: Checkpoints,
     writer: reporting.MetricWriter,
+    signals: preemption.StopSignals,
 ) -> TrainState:
-  """For each chunk up to the next event: run, log, evaluate, checkpoint."""
+  """For each chunk: run, log, evaluate, checkpoint; stop on a signal.
+
+  A chunk ends at the next event (log, eval, checkpoint) or after one call
+  of the training input, whichever comes first.
+  """
   length = plan.core.length
   batch_size = plan.core.step_config.global_batch_size
   step = int(jax.device_get(state.step))
@@ -94,7 +120,7 @@ def _train(
   training_input = plan.training_input()
   pending = []  # per-step metrics on the devices since the last log
   while step < length.total_steps:
-    count = length.next_event(step) - step
+    count = min(length.next_event(step) - step, training_input.steps_per_call)
     state, chunk = training_input.run(state, step, count)
     pending.append(chunk)
     step += count
@@ -120,6 +146,16 @@ def _train(
         checkpoints.save(state, record, best=True)
     if checkpoint:
       checkpoints.save(state, record)
+    if signals.stop_requested():
+      if not checkpoint:
+        if pending:  # a NaN is never saved
+          _log_training(
+              plan, state, step, pending, progress, checkpoints, writer
+          )
+        seconds = checkpoints.save(state, record, wait=True)
+        logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)
+      checkpoints.wait()
+      raise preemption.Preempted(step, signals.signal_name)
   return state
 
 

@@ -41,6 +41,7 @@ CHOICES = {
     'shortcut': ('A', 'B'),
     'bn_scope': BN_SCOPES,
     'schedule': optim.SCHEDULES,
+    'warmup_granularity': optim.WARMUP_GRANULARITIES,
     'loss': losses.LOSSES,
 }
 POSITIVE = (
@@ -114,9 +115,27 @@ def check_config(config: ml_collections.ConfigDict, device_count: int):
     raise ConfigError(
         'config.few_threshold must not exceed config.many_threshold.'
     )
+  if config.warmup_granularity == 'epoch' and (
+      config.warmup_epochs != int(config.warmup_epochs)
+  ):
+    raise ConfigError(
+        f'config.warmup_epochs={config.warmup_epochs} must be a whole number '
+        "with config.warmup_granularity='epoch'."
+    )
 
 
 # --- Builders -----------------------------------------------------------------
+
+DETERMINISTIC_XLA_FLAGS = '--xla_gpu_deterministic_ops=true'
+
+
+def xla_flags(config: ml_collections.ConfigDict) -> str:
+  """XLA_FLAGS the run needs, to be set before JAX starts its backends.
+
+  `deterministic`: GPU reductions and scatters in a fixed order, so a
+  repeat of a seed gives the same numbers (no effect on CPU, already so).
+  """
+  return DETERMINISTIC_XLA_FLAGS if config.deterministic else ''
 
 
 def build_topology(
@@ -215,6 +234,7 @@ def build_optimizer(
       config.warmup_epochs,
       tuple(config.lr_decay_epochs),
       config.lr_decay_factor,
+      config.warmup_granularity,
   )
   tx = optim.sgd(
       schedule,

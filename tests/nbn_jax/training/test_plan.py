@@ -279,3 +279,23 @@ def test_group_scope_statistics_are_each_groups_own():
   # Not the global statistics: the groups' variances average to less.
   global_var = np.asarray(conv).reshape(-1, conv.shape[-1]).var(0)
   assert np.abs(group_var.mean(0) - global_var).max() > 1e-3
+
+
+def test_deterministic_asks_xla_for_deterministic_gpu_ops():
+  config = default.get_config()
+  assert plan.xla_flags(config) == ''
+  config.deterministic = True
+  assert '--xla_gpu_deterministic_ops=true' in plan.xla_flags(config)
+
+
+def test_epoch_warmup_is_ldams_staircase_and_needs_whole_epochs():
+  config = tiny_config(
+      warmup_granularity='epoch', warmup_epochs=2.0, num_epochs=4.0
+  )
+  core = tiny_step_plan(config)  # 100 images, batch 16: 6.25 steps/epoch
+  rates = [float(core.learning_rate(s)) for s in range(14)]
+  assert rates[:6] == pytest.approx([0.05] * 6)  # epoch 0: lr * 1 / 2
+  assert rates[6:12] == pytest.approx([0.1] * 6)  # epoch 1 starts at 6
+  config.warmup_epochs = 2.5
+  with pytest.raises(plan.ConfigError, match='must be a whole number'):
+    plan.check_config(config, device_count=8)
