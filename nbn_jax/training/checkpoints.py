@@ -202,6 +202,14 @@ def latest_params(workdir: str) -> dict:
   the checkpoint's metadata, and the arrays are restored onto this
   process's first device.
   """
+  return latest_variables(workdir)['params']
+
+
+def latest_variables(workdir: str) -> dict:
+  """{'params', 'batch_stats'} of a workdir's newest checkpoint, as NumPy.
+
+  What `model.apply` needs to evaluate it; see `latest_params`.
+  """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   step = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=False)
@@ -215,4 +223,7 @@ def latest_params(workdir: str) -> dict:
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
       checkpointer.metadata(path).item_metadata,
   )
-  return jax.device_get(checkpointer.restore(path, target)['params'])
+  state = checkpointer.restore(path, target)
+  return jax.device_get(
+      {'params': state['params'], 'batch_stats': state['batch_stats']}
+  )

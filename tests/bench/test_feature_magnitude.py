@@ -1,0 +1,82 @@
+"""bench/feature_magnitude.py on two tiny quickstart runs, BN and NBN."""
+
+import jax
+import numpy as np
+import pytest
+
+from bench import feature_magnitude
+from configs import quickstart
+from input_pipeline import on_device
+from nbn_jax.training import loop, plan
+from nbn_jax.training.checkpoints import latest_variables
+
+DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
+
+
+@pytest.fixture(scope='module')
+def workdirs(tmp_path_factory):
+  """{'bn': workdir, 'nbn': workdir}: two quickstart steps each."""
+  result = {}
+  for norm in ('bn', 'nbn'):
+    config = quickstart.get_config()
+    config.update(
+        norm=norm,
+        batch_size=16,
+        lr_batch_size=16,
+        eval_batch_size=32,
+        steps_per_dispatch=1,
+        warmup_epochs=0.0,
+        num_epochs=2 * 16 / DIGITS_TRAIN_SIZE,
+    )
+    workdir = str(tmp_path_factory.mktemp(norm))
+    loop.train_and_evaluate(config, workdir)
+    result[norm] = workdir
+  return result
+
+
+@pytest.mark.slow
+def test_features_are_what_the_classifier_reads(workdirs):
+  config = feature_magnitude._config(workdirs['nbn'])
+  benchmark = plan.load_benchmark(config)
+  spec = benchmark.spec
+  model = plan.build_model(
+      config, spec.num_classes, plan.build_topology(config, jax.devices()[:1])
+  )
+  variables = latest_variables(workdirs['nbn'])
+  images = benchmark.test.images[:40]
+  features = feature_magnitude.pooled_features(
+      model, variables, images, spec.mean, spec.std
+  )
+  logits = model.apply(
+      variables,
+      on_device.normalize_images(images, spec.mean, spec.std),
+      train=False,
+  )
+  fc = variables['params']['fc']
+  np.testing.assert_allclose(
+      features @ fc['kernel'] + fc['bias'], logits, rtol=1e-5, atol=1e-5
+  )
+
+
+@pytest.mark.slow
+def test_report_compares_bn_and_nbn_per_class(workdirs):
+  arms = {}
+  for norm, workdir in workdirs.items():
+    found_norm, counts, magnitudes = feature_magnitude.class_magnitudes(workdir)
+    assert found_norm == norm
+    assert magnitudes.shape == (10,) and (magnitudes > 0).all()
+    arms[norm] = [(counts, magnitudes)]
+  text = feature_magnitude.report(arms)
+  assert '| 0 | 124 |' in text.splitlines()[2]  # head class first
+  assert 'slope' in text and 'than under BN' in text
+
+
+def test_fall_from_head_to_tail_by_hand():
+  counts = np.array([100, 10, 1])
+  summary = feature_magnitude.fall_from_head_to_tail(counts, counts**0.5)
+  assert summary['slope'] == pytest.approx(0.5)
+  assert summary['tail / head'] == pytest.approx(0.1)
+  assert summary['spearman'] == pytest.approx(1.0)
+  flat = feature_magnitude.fall_from_head_to_tail(counts, np.ones(3) * 2)
+  assert flat['slope'] == pytest.approx(0.0, abs=1e-12)
+  assert flat['cv'] == 0
