@@ -1,0 +1,432 @@
+"""K independent training runs in one jitted program.
+
+Run k of K is the run a single program with seed `seed + k` would train: its
+own initialisation, data order and augmentation (`run_keys`; the tf.data
+path: `train_batches`). Every leaf of the train state gets a leading run axis
+of size K, and the steps map the trainer's single-run step
+(`steps.apply_batch`) over it.
+
+Layout (`run_layout`, `make_run_topology`): the mesh is ('runs', 'data'), or
+('runs', 'replica', 'bn_group') for bn_scope 'group'. The run axis of the
+state and of the training batches is split over 'runs'; each run's batch is
+split over the data axes, so a run may span several devices and a device may
+hold several runs. By default the 'runs' axis has gcd(K, devices) devices.
+
+Mapping over runs (`run_axis`):
+* 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
+  kernels differ per run become grouped convolutions (one group per run).
+* 'unroll': a Python loop over the runs inside the one jitted program; the
+  program grows K-fold and compiles K times slower, but every convolution is
+  the single run's. For backends where grouped convolutions are slow.
+
+BN statistics scopes: all three work with any layout. `RunTopology` shows
+`steps` one run's topology: its `data_axes` leave 'runs' out, so the
+`shard_map` of 'device' and 'group' splits each run's batch over the data
+axes only, and vmap's `spmd_axis_name` splits its run axis over 'runs'.
+
+A run whose loss or new parameters are not finite is stopped alone: the step
+drops its update, so its state (parameters, statistics, optimiser state and
+step counter) stays at its last finite step and its step counter falls
+behind the others'. The lag is what marks it stopped from then on: a run
+updates only while its step equals the largest step of all runs, so it never
+restarts, and a checkpoint of the stacked state records it.
+`stopped_runs(states)` lists them; the loop reports them and stops only when
+every run has stopped.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from input_pipeline import on_device
+from input_pipeline.datasets import Preprocessing
+from nbn_jax.training import steps
+from nbn_jax.training.topology import (
+    BN_GROUP_AXIS,
+    DATA_AXIS,
+    REPLICA_AXIS,
+    Topology,
+)
+
+RUNS_AXIS = 'runs'
+RUN_AXIS_MAPS = ('vmap', 'unroll')
+
+
+class RunLayoutError(ValueError):
+  """`num_runs` and the devices (or batch sizes) do not fit together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+  """How K runs sit on the devices.
+
+  Attributes:
+    num_runs: K.
+    run_shards: devices along the 'runs' mesh axis; each holds K /
+      run_shards runs.
+    data_shards: devices each run's batch is split over.
+  """
+
+  num_runs: int
+  run_shards: int
+  data_shards: int
+
+
+def run_layout(
+    num_runs: int,
+    device_count: int,
+    batch_size: int,
+    eval_batch_size: int,
+    bn_scope: str = 'global',
+    bn_group_size: int = 1,
+    run_shards: int = 0,
+) -> RunLayout:
+  """Checks that K runs fit the devices; the config check calls this.
+
+  Args:
+    num_runs: K (config.num_runs).
+    device_count: all devices of all hosts.
+    batch_size: each run's global training batch.
+    eval_batch_size: the evaluation batch (shared by all runs).
+    bn_scope, bn_group_size: the BN statistics scope.
+    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices).
+
+  Raises:
+    RunLayoutError: a one-line message naming the config field to change.
+  """
+  if num_runs < 1:
+    raise RunLayoutError(f'config.num_runs={num_runs} must be >= 1.')
+  if run_shards == 0:
+    run_shards = math.gcd(num_runs, device_count)
+  if run_shards < 1 or num_runs % run_shards or device_count % run_shards:
+    raise RunLayoutError(
+        f'config.run_shards={run_shards} must divide both config.num_runs='
+        f'{num_runs} and the {device_count} devices (0 picks a layout).'
+    )
+  data_shards = device_count // run_shards
+  for field, size in (
+      ('batch_size', batch_size),
+      ('eval_batch_size', eval_batch_size),
+  ):
+    if size % data_shards:
+      raise RunLayoutError(
+          f'config.{field}={size} is not divisible by the {data_shards} '
+          f'devices of each run ({device_count} devices, {run_shards} run '
+          f'shards for config.num_runs={num_runs}); use a multiple of '
+          f'{data_shards}.'
+      )
+  if bn_scope == 'group' and data_shards % bn_group_size:
+    raise RunLayoutError(
+        f'config.bn_group_size={bn_group_size} must divide the {data_shards} '
+        'devices of each run (config.bn_scope=group).'
+    )
+  return RunLayout(num_runs, run_shards, data_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTopology(Topology):
+  """A topology with a 'runs' axis first: one run's batch is split over the
+  other axes (`data_axes`), the runs over 'runs'.
+
+  `steps` sees it as a single run's topology (`data_axes`, `batch_sharding`
+  and `bn_axis_name` leave 'runs' out); the stacked state and batches use
+  `run_sharding` and `run_batch_sharding`.
+  """
+
+  @property
+  def data_axes(self) -> tuple[str, ...]:
+    return tuple(a for a in self.mesh.axis_names if a != RUNS_AXIS)
+
+  @property
+  def run_shards(self) -> int:
+    return self.mesh.shape[RUNS_AXIS]
+
+  @property
+  def run_sharding(self) -> NamedSharding:
+    """Leading run axis split over 'runs'; the rest replicated."""
+    return NamedSharding(self.mesh, P(RUNS_AXIS))
+
+  @property
+  def run_batch_sharding(self) -> NamedSharding:
+    """(K, B, ...) training batches: runs over 'runs', examples over data."""
+    return NamedSharding(self.mesh, P(RUNS_AXIS, self.data_axes))
+
+
+def make_run_topology(
+    layout: RunLayout,
+    bn_scope: str,
+    bn_group_size: int = 1,
+    devices=None,
+) -> RunTopology:
+  """Mesh ('runs', 'data') or ('runs', 'replica', 'bn_group') on `devices`.
+
+  `batch_sharding` (one run's batch, or the eval batch all runs share) is
+  split over the data axes and replicated over 'runs'; on-device training
+  data goes there too (`on_device.put_on_devices(split, sampler,
+  topology.batch_sharding)`).
+  """
+  devices = jax.devices() if devices is None else devices
+  if bn_scope == 'group':
+    shape = (
+        layout.run_shards,
+        layout.data_shards // bn_group_size,
+        bn_group_size,
+    )
+    names = (RUNS_AXIS, REPLICA_AXIS, BN_GROUP_AXIS)
+  else:
+    shape = (layout.run_shards, layout.data_shards)
+    names = (RUNS_AXIS, DATA_AXIS)
+  mesh = jax.make_mesh(
+      shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices
+  )
+  return RunTopology(mesh, bn_scope)
+
+
+def run_seeds(seed: int, num_runs: int) -> list[int]:
+  return [seed + k for k in range(num_runs)]
+
+
+def run_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array]:
+  """(init keys (K,), data keys (K,)): run k's are split(key(seed + k)).
+
+  The single-run trainer derives its two keys the same way from its seed.
+  """
+  keys = jnp.stack(
+      [jax.random.split(jax.random.key(s)) for s in run_seeds(seed, num_runs)]
+  )
+  return keys[:, 0], keys[:, 1]
+
+
+def create_train_states(
+    model,
+    tx,
+    init_keys: jax.Array,
+    image_shape: tuple[int, ...],
+    topology: RunTopology,
+) -> steps.TrainState:
+  """K train states stacked on a leading run axis, split over 'runs'.
+
+  Args:
+    model, tx: the network and optimiser (shared by all runs).
+    init_keys: (K,) PRNG keys, one parameter initialisation per run.
+    image_shape: (H, W, C) of one input image.
+    topology: the run topology (`make_run_topology`).
+
+  Returns:
+    A TrainState whose every leaf has shape (K, ...), split over 'runs'.
+  """
+
+  def init(key):
+    variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
+    return steps.TrainState.create(
+        apply_fn=model.apply,
+        params=variables['params'],
+        batch_stats=variables['batch_stats'],
+        tx=tx,
+    )
+
+  return jax.jit(jax.vmap(init), out_shardings=topology.run_sharding)(init_keys)
+
+
+def select_run(tree, k: int):
+  """Run k's slice of a stacked tree (a state, metrics, class hits)."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def stopped_runs(states: steps.TrainState) -> dict[int, int]:
+  """{run index: its last finite step} of the runs stopped on non-finite."""
+  step = np.asarray(jax.device_get(states.step))
+  return {int(k): int(step[k]) for k in np.flatnonzero(step < step.max())}
+
+
+def map_runs(fn: Callable, in_axes, run_axis: str = 'vmap') -> Callable:
+  """`fn` of one run -> `fn` of K stacked runs (outputs stacked on axis 0).
+
+  Args:
+    fn: a function of one run's arguments.
+    in_axes: per positional argument, 0 (stacked over runs) or None
+      (shared by all runs), as in `jax.vmap`.
+    run_axis: 'vmap' (one batched program) or 'unroll' (a Python loop over
+      the runs, for backends where grouped convolutions are slow).
+  """
+  if run_axis == 'vmap':
+    # The run axis of every intermediate (and of shard_map's blocks) is
+    # split over 'runs'.
+    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=RUNS_AXIS)
+  if run_axis != 'unroll':
+    raise ValueError(f'run_axis={run_axis!r} is not one of {RUN_AXIS_MAPS}.')
+
+  def unrolled(*args):
+    stacked = [a for a, axis in zip(args, in_axes) if axis == 0]
+    count = jax.tree.leaves(stacked[0])[0].shape[0]
+    outputs = [
+        fn(*(
+            select_run(a, k) if axis == 0 else a
+            for a, axis in zip(args, in_axes)
+        ))
+        for k in range(count)
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+  return unrolled
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(
+      jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])
+  )
+
+
+def _guarded(
+    cfg: steps.StepConfig, state, images, labels, live
+) -> tuple[Any, dict]:
+  """`steps.apply_batch`, dropping the update unless live and finite."""
+  new_state, metrics = steps.apply_batch(cfg, state, images, labels)
+  keep = live & jnp.isfinite(metrics['loss']) & _all_finite(new_state.params)
+  state = jax.tree.map(
+      lambda new, old: jnp.where(keep, new, old), new_state, state
+  )
+  return state, metrics
+
+
+def _live(states: steps.TrainState) -> jax.Array:
+  """(K,) bool: runs not stopped (their step is the largest)."""
+  return states.step == jnp.max(states.step)
+
+
+def make_train_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
+  """jit: (states, images (K, B, ...), labels (K, B)) -> (states, metrics).
+
+  Run k trains on images[k], labels[k] (host-fed batches: the tf.data path,
+  `train_batches`). Metrics are {'loss': (K,), 'correct': (K,)}. Donates
+  the states. `cfg.topology` is a `RunTopology`; `cfg.global_batch_size`
+  is B.
+  """
+  step = map_runs(functools.partial(_guarded, cfg), (0, 0, 0, 0), run_axis)
+
+  def train_step(states, images, labels):
+    return step(states, images, labels, _live(states))
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def _sample_and_apply(
+    cfg: steps.StepConfig,
+    preprocessing: Preprocessing,
+    state,
+    key: jax.Array,
+    live: jax.Array,
+    data: on_device.DeviceData,
+):
+  """One run's on-device step: its own batch and augmentation, keyed by
+  (its data key, its step) as in `steps.make_device_train_steps`."""
+  sample_key, crop_key = jax.random.split(key)
+  images, labels = on_device.sample_batch(
+      data, sample_key, state.step, cfg.global_batch_size
+  )
+  if preprocessing.kind == 'cifar':
+    images = on_device.random_crop_flip(
+        images,
+        jax.random.fold_in(crop_key, state.step),
+        preprocessing.crop_padding,
+    )
+  return _guarded(cfg, state, images, labels, live)
+
+
+def make_device_train_steps(
+    cfg: steps.StepConfig,
+    data_keys: jax.Array,
+    preprocessing: Preprocessing,
+    num_steps: int,
+    run_axis: str = 'vmap',
+):
+  """jit: (states, DeviceData) -> (states, metrics (num_steps, K)).
+
+  `steps.make_device_train_steps` for K runs: run k draws and augments its
+  batches with `data_keys[k]`, exactly as a single run with that data key.
+  `data` is shared by all runs: `on_device.put_on_devices(split, sampler,
+  cfg.topology.batch_sharding)` (images split over the data axes).
+  """
+  if preprocessing.kind not in ('cifar', 'none'):
+    raise ValueError(
+        'the on-device path augments in-memory data only; preprocessing '
+        f'kind={preprocessing.kind!r} needs the tf.data path.'
+    )
+  step = map_runs(
+      functools.partial(_sample_and_apply, cfg, preprocessing),
+      (0, 0, 0, None),
+      run_axis,
+  )
+
+  def one_step(states, data):
+    return step(states, data_keys, _live(states), data)
+
+  def run_steps(states, data):
+    if num_steps == 1:  # no loop: see `steps.steps_per_dispatch`
+      states, metrics = one_step(states, data)
+      return states, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(
+        lambda s, _: one_step(s, data), states, length=num_steps
+    )
+
+  return jax.jit(run_steps, donate_argnums=0)
+
+
+def make_eval_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
+  """jit: (states, images, labels, mask) -> per-run (correct, total), (K, C).
+
+  The eval batch (B, ...) is shared by all runs
+  (`cfg.topology.batch_sharding`).
+  """
+  step = map_runs(steps.make_eval_step(cfg), (0, None, None, None), run_axis)
+  return jax.jit(step, out_shardings=cfg.topology.replicated)
+
+
+def train_batches(
+    split,
+    preprocessing: Preprocessing,
+    *,
+    seed: int,
+    num_runs: int,
+    **kwargs,
+) -> Iterator[dict[str, np.ndarray]]:
+  """K tf.data training streams, seeds seed .. seed + K - 1, stacked.
+
+  Each stream is `tf_pipeline.train_dataset(split, preprocessing, seed=seed
+  + k, **kwargs)`, the one a single run with that seed reads. Yields
+  {'image': (K, per_host_batch, H, W, C) uint8, 'label': (K, per_host_batch)}.
+  """
+  from input_pipeline import tf_pipeline  # imports TensorFlow
+
+  return stack_runs([
+      tf_pipeline.as_numpy(
+          tf_pipeline.train_dataset(split, preprocessing, seed=s, **kwargs)
+      )
+      for s in run_seeds(seed, num_runs)
+  ])
+
+
+def stack_runs(
+    streams: Iterable[Iterator[dict[str, np.ndarray]]],
+) -> Iterator[dict[str, np.ndarray]]:
+  """Zips per-run batch streams into batches with a leading run axis."""
+  for batches in zip(*streams):
+    yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}
+
+
+def global_run_batch(array: np.ndarray, topology: RunTopology) -> jax.Array:
+  """This host's (K, per_host_batch, ...) -> the global (K, B, ...) array.
+
+  Single host: the whole array. Several hosts: each host passes its slice of
+  every run's batch, which matches the layout while the 'runs' axis has one
+  device (runs then span all hosts' devices).
+  """
+  return jax.make_array_from_process_local_data(
+      topology.run_batch_sharding, array
+  )

@@ -1,0 +1,307 @@
+"""K runs in one program train exactly as K separate runs (8 CPU devices)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import input_pipeline as ip
+from input_pipeline import on_device
+from nbn_jax import models
+from nbn_jax.training import inputs, runs, steps
+from nbn_jax.training.topology import make_topology
+
+BATCH = 16
+SEED = 5
+NUM_STEPS = 3
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+PREPROCESSING = ip.Preprocessing('cifar', crop_padding=1)
+SAMPLER = ip.SamplerSpec('sqrt')
+
+
+def _step_config(topology):
+  return steps.StepConfig(
+      model=models.ResNet8(
+          num_classes=5, widths=(4, 8, 8), bn_axis_name=topology.bn_axis_name
+      ),
+      loss_fn=optax.softmax_cross_entropy_with_integer_labels,
+      topology=topology,
+      global_batch_size=BATCH,
+      prepare=functools.partial(
+          on_device.normalize_images, mean=MEAN, std=STD, dtype=jnp.float32
+      ),
+      num_classes=5,
+  )
+
+
+TX = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))
+
+
+def _toy_split():
+  rng = np.random.default_rng(1)
+  return ip.Split(
+      'toy',
+      rng.integers(0, 5, 100).astype(np.int32),
+      5,
+      images=rng.integers(0, 256, (100, 8, 8, 3), dtype=np.uint8),
+  )
+
+
+def _run_topology(num_runs, devices, bn_scope='global', group=1, shards=0):
+  layout = runs.run_layout(
+      num_runs, len(devices), BATCH, BATCH, bn_scope, group, shards
+  )
+  return runs.make_run_topology(layout, bn_scope, group, devices)
+
+
+def _host_stream(seed):
+  """The batches the run with `seed` is fed (the tf.data path's role)."""
+  rng = np.random.default_rng(seed)
+  for _ in range(NUM_STEPS):
+    yield {
+        'image': rng.integers(0, 256, (BATCH, 8, 8, 3), dtype=np.uint8),
+        'label': rng.integers(0, 5, BATCH).astype(np.int32),
+    }
+
+
+def _separate_runs(seeds, topology, on_device_input=True):
+  """The single-run trainer's state after NUM_STEPS steps, per seed."""
+  cfg = _step_config(topology)
+  host_step = steps.make_train_step(cfg)  # compiled once for all seeds
+  results = []
+  for seed in seeds:
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    state = steps.create_train_state(
+        cfg.model, TX, init_key, (8, 8, 3), topology
+    )
+    if on_device_input:
+      data = inputs.OnDeviceInput(
+          cfg, _toy_split(), SAMPLER, PREPROCESSING, data_key, 1
+      )
+      state, _ = data.run(state, 0, NUM_STEPS)
+    else:
+      for batch in _host_stream(seed):
+        state, _ = host_step(
+            state,
+            *(
+                jax.device_put(batch[k], topology.batch_sharding)
+                for k in ('image', 'label')
+            ),
+        )
+    results.append(jax.device_get(state))
+  return results
+
+
+def _runs_in_one_program(topology, num_runs, on_device_input=True):
+  """`num_runs` runs from SEED trained side by side in one program."""
+  cfg = _step_config(topology)
+  init_keys, data_keys = runs.run_keys(SEED, num_runs)
+  states = runs.create_train_states(
+      cfg.model, TX, init_keys, (8, 8, 3), topology
+  )
+  assert states.step.sharding.spec == topology.run_sharding.spec
+  if on_device_input:
+    data = on_device.put_on_devices(
+        _toy_split(), SAMPLER, topology.batch_sharding
+    )
+    train = runs.make_device_train_steps(cfg, data_keys, PREPROCESSING, 1)
+    for _ in range(NUM_STEPS):
+      states, metrics = train(states, data)
+  else:
+    train = runs.make_train_step(cfg)
+    streams = [_host_stream(s) for s in runs.run_seeds(SEED, num_runs)]
+    for batch in runs.stack_runs(streams):
+      states, metrics = train(
+          states,
+          runs.global_run_batch(batch['image'], topology),
+          runs.global_run_batch(batch['label'], topology),
+      )
+  assert metrics['loss'].shape[-1] == num_runs
+  return jax.device_get(states)
+
+
+def _assert_each_run_equals_its_separate_run(states, separate):
+  """Parameters, BN statistics, optimiser state and step, to 1e-5."""
+  for k, single in enumerate(separate):
+    run = runs.select_run(states, k)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+        (run.params, run.batch_stats, run.opt_state, run.step),
+        (single.params, single.batch_stats, single.opt_state, single.step),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('num_devices', [1, 8])
+def test_three_runs_in_one_program_equal_three_separate_runs(num_devices):
+  devices = jax.devices()[:num_devices]
+  states = _runs_in_one_program(_run_topology(3, devices), 3)
+  separate = _separate_runs(
+      runs.run_seeds(SEED, 3), make_topology('global', devices=devices)
+  )
+  _assert_each_run_equals_its_separate_run(states, separate)
+  # The runs really differ: own initialisation, data and augmentation.
+  kernels = states.params['layer1_0']['conv1']['kernel']
+  assert np.abs(kernels[0] - kernels[1]).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'bn_scope, group', [('global', 1), ('device', 1), ('group', 2)]
+)
+def test_runs_split_over_devices_equal_separate_runs(bn_scope, group):
+  # 2 runs on 8 devices: 2 run shards of 4 devices, each run's batch split
+  # over its 4 devices; batches come from the host as on the tf.data path.
+  topology = _run_topology(2, jax.devices(), bn_scope, group, shards=2)
+  assert topology.run_shards == 2
+  states = _runs_in_one_program(topology, 2, on_device_input=False)
+  separate = _separate_runs(
+      runs.run_seeds(SEED, 2),
+      make_topology(bn_scope, group, jax.devices()[:4]),
+      on_device_input=False,
+  )
+  _assert_each_run_equals_its_separate_run(states, separate)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_non_finite_loss_stops_alone():
+  topology = _run_topology(3, jax.devices()[:1])
+  cfg = _step_config(topology)
+  init_keys, data_keys = runs.run_keys(SEED, 3)
+  states = runs.create_train_states(
+      cfg.model, TX, init_keys, (8, 8, 3), topology
+  )
+  fc = states.params['fc']
+  poisoned = {**fc, 'kernel': fc['kernel'].at[1].set(jnp.nan)}
+  states = states.replace(params={**states.params, 'fc': poisoned})
+  before = jax.device_get(states)
+  data = on_device.put_on_devices(
+      _toy_split(), SAMPLER, topology.batch_sharding
+  )
+  train = runs.make_device_train_steps(cfg, data_keys, PREPROCESSING, 1)
+  for _ in range(2):
+    states, metrics = train(states, data)
+  assert np.isnan(metrics['loss'][0, 1])
+  assert np.isfinite(metrics['loss'][0, [0, 2]]).all()
+  assert runs.stopped_runs(states) == {1: 0}
+  after = jax.device_get(states)
+  np.testing.assert_array_equal(after.step, [2, 0, 2])
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      runs.select_run(after, 1),
+      runs.select_run(before, 1),
+  )
+
+
+@pytest.mark.slow
+def test_eval_step_counts_each_runs_hits():
+  topology = _run_topology(2, jax.devices())
+  cfg = _step_config(topology)
+  init_keys, _ = runs.run_keys(SEED, 2)
+  states = runs.create_train_states(
+      cfg.model, TX, init_keys, (8, 8, 3), topology
+  )
+  batch = next(_host_stream(0))
+  batch['mask'] = np.arange(BATCH) < 11
+  names = ('image', 'label', 'mask')
+  correct, total = runs.make_eval_step(cfg)(
+      states,
+      *(jax.device_put(batch[k], topology.batch_sharding) for k in names),
+  )
+  assert correct.shape == total.shape == (2, 5)
+  single = make_topology('global')
+  single_step = steps.make_eval_step(_step_config(single))
+  for k in range(2):
+    expected = single_step(
+        jax.device_put(runs.select_run(states, k), single.replicated),
+        *(jax.device_put(batch[n], single.batch_sharding) for n in names),
+    )
+    np.testing.assert_array_equal(correct[k], expected[0])
+    np.testing.assert_array_equal(total[k], expected[1])
+
+
+def test_stack_runs_puts_the_run_axis_first():
+  streams = [
+      iter([{'label': np.full(4, k * 10 + step)} for step in range(2)])
+      for k in range(3)
+  ]
+  stacked = list(runs.stack_runs(streams))
+  assert len(stacked) == 2
+  np.testing.assert_array_equal(stacked[1]['label'][:, 0], [1, 11, 21])
+  assert stacked[0]['label'].shape == (3, 4)
+
+
+def test_run_keys_are_each_seeds_single_run_keys():
+  init_keys, data_keys = runs.run_keys(7, 3)
+  for k in range(3):
+    init_key, data_key = jax.random.split(jax.random.key(7 + k))
+    np.testing.assert_array_equal(
+        jax.random.key_data(init_keys[k]), jax.random.key_data(init_key)
+    )
+    np.testing.assert_array_equal(
+        jax.random.key_data(data_keys[k]), jax.random.key_data(data_key)
+    )
+
+
+def test_default_layouts():
+  assert runs.run_layout(4, 8, 16, 16) == runs.RunLayout(4, 4, 2)
+  assert runs.run_layout(3, 8, 16, 16) == runs.RunLayout(3, 1, 8)
+  assert runs.run_layout(16, 8, 16, 16) == runs.RunLayout(16, 8, 1)
+  assert runs.run_layout(4, 8, 16, 16, 'device') == runs.RunLayout(4, 4, 2)
+
+
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(num_runs=0), r'config.num_runs=0 must be >= 1'),
+        (dict(num_runs=4, run_shards=3), r'config.run_shards=3 must divide'),
+        (dict(num_runs=16, run_shards=16), r'config.run_shards=16 must divide'),
+        (
+            dict(num_runs=3, batch_size=12),
+            r'config.batch_size=12 .* 8 devices of each run',
+        ),
+        (
+            dict(num_runs=2, eval_batch_size=6),
+            r'config.eval_batch_size=6 .* multiple of 4',
+        ),
+        (
+            dict(num_runs=2, bn_scope='group', bn_group_size=8),
+            r'config.bn_group_size=8 must divide the 4 devices of each run',
+        ),
+        (
+            dict(num_runs=1, bn_scope='group', bn_group_size=3),
+            r'config.bn_group_size=3 must divide the 8 devices',
+        ),
+    ],
+)
+def test_runs_that_do_not_fit_the_devices_get_a_one_line_error(kwargs, message):
+  settings = dict(device_count=8, batch_size=16, eval_batch_size=16) | kwargs
+  with pytest.raises(runs.RunLayoutError, match=message) as error:
+    runs.run_layout(**settings)
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.slow
+def test_tf_data_feed_stacks_each_seeds_own_stream():
+  from input_pipeline import tf_pipeline  # imports TensorFlow
+
+  kwargs = dict(global_batch_size=BATCH, process_index=0, process_count=1)
+  stacked = runs.train_batches(
+      _toy_split(), PREPROCESSING, seed=SEED, num_runs=2, **kwargs
+  )
+  first, second = next(stacked), next(stacked)
+  assert first['image'].shape == (2, BATCH, 8, 8, 3)
+  for k in range(2):
+    alone = tf_pipeline.as_numpy(
+        tf_pipeline.train_dataset(
+            _toy_split(), PREPROCESSING, seed=SEED + k, **kwargs
+        )
+    )
+    for batch in (first, second):
+      expected = next(alone)
+      np.testing.assert_array_equal(batch['image'][k], expected['image'])
+      np.testing.assert_array_equal(batch['label'][k], expected['label'])
+  assert (first['image'][0] != first['image'][1]).any()
