@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
+from input_pipeline import image_check
 from input_pipeline.datasets import Preprocessing
 from input_pipeline.samplers import padded_eval_indices
 from input_pipeline.sources import Split
@@ -25,6 +26,9 @@ def eval_batches(
     process_count: int,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This host's padded eval batches: 'image' uint8, 'label', 'mask'."""
+  indices, mask = padded_eval_indices(
+      len(split), global_batch_size, process_index, process_count
+  )
   if not split.in_memory:
     from input_pipeline import tf_pipeline  # imports TensorFlow
 
@@ -35,11 +39,11 @@ def eval_batches(
         process_index=process_index,
         process_count=process_count,
     )
-    yield from tf_pipeline.as_numpy(dataset)
+    # An image that fails to decode stops the run with one line naming it.
+    yield from image_check.naming_bad_images(
+        tf_pipeline.as_numpy(dataset), split, lambda k: indices[k]
+    )
     return
-  indices, mask = padded_eval_indices(
-      len(split), global_batch_size, process_index, process_count
-  )
   for batch_indices, batch_mask in zip(indices, mask):
     yield {
         'image': split.images[batch_indices],

@@ -24,8 +24,9 @@ from absl import logging
 from jax.sharding import NamedSharding
 
 import input_pipeline as ip
-from input_pipeline import on_device
+from input_pipeline import image_check, on_device
 from input_pipeline.evaluation import eval_batches
+from input_pipeline.samplers import host_positions
 from nbn_jax.training import steps
 from nbn_jax.training.metrics import LongTailAccuracy
 
@@ -188,7 +189,23 @@ class TfDataInput(TrainingInput):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    return tf_pipeline.as_numpy(dataset)
+    stream = ip.IndexStream(self._split.labels, self._sampler, self._seed)
+
+    def batch_indices(k: int) -> np.ndarray:
+      """This host's example indices of the k-th batch from `first_step`."""
+      positions = host_positions(
+          first_step + k,
+          1,
+          self._cfg.global_batch_size,
+          jax.process_index(),
+          jax.process_count(),
+      )
+      return stream[positions][0]
+
+    # An image that fails to decode stops the run with one line naming it.
+    return image_check.naming_bad_images(
+        tf_pipeline.as_numpy(dataset), self._split, batch_indices
+    )
 
   def run(self, state, first_step, num_steps):
     if self._next_step != first_step:

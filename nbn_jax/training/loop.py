@@ -52,11 +52,10 @@ def train_and_evaluate(
 def run(plan: Plan, workdir: str) -> dict[str, Any]:
   """Trains (unless `plan.eval_only`) and evaluates in `workdir`.
 
-  Nothing is written to `workdir` before the images are checked and a
-  checkpoint to evaluate is found (eval_only).
+  Nothing is written to `workdir` before every image file is checked and,
+  for eval_only, a checkpoint to evaluate is found.
   """
-  if not plan.eval_only:
-    image_check.check_benchmark_images(plan.benchmark)
+  image_check.check_benchmark_images(plan.benchmark)  # cached once passed
   checkpoints = Checkpoints(workdir, plan.keep_checkpoints)
   try:
     state, record = plan.init_state(), results.empty_record()

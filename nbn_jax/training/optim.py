@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nbn_jax.models.common import is_alpha
+
 SCHEDULES = ('step', 'cosine')
 WARMUP_GRANULARITIES = ('step', 'epoch')
 
@@ -112,7 +114,7 @@ def weight_decay_mask(params, decay_alpha: bool):
 
   def decayed(path, _):
     name = getattr(path[-1], 'key', '')
-    return decay_alpha or name not in ('alpha', 'nbn_alpha')
+    return decay_alpha or not is_alpha(name)
 
   return jax.tree_util.tree_map_with_path(decayed, params)
 

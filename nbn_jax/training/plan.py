@@ -57,8 +57,17 @@ POSITIVE = (
     'samples_per_class',
     'bn_group_size',
     'learning_rate',
+    'lr_decay_factor',
 )
-NON_NEGATIVE = ('weight_decay', 'momentum', 'warmup_epochs')
+NON_NEGATIVE = (
+    'weight_decay',
+    'momentum',
+    'warmup_epochs',
+    'image_size',
+    'resize_size',
+    'logit_adjust_tau',
+    'few_threshold',
+)
 
 
 class ConfigError(ValueError):
@@ -82,6 +91,16 @@ def check_config(config: ml_collections.ConfigDict, device_count: int):
   for field in NON_NEGATIVE:
     if not config[field] >= 0:
       raise ConfigError(f'config.{field}={config[field]!r} must be >= 0.')
+  if not config.momentum < 1:
+    raise ConfigError(f'config.momentum={config.momentum!r} must be < 1.')
+  decay_epochs = tuple(config.lr_decay_epochs)
+  if not all(isinstance(e, (int, float)) and e >= 0 for e in decay_epochs) or (
+      list(decay_epochs) != sorted(decay_epochs)
+  ):
+    raise ConfigError(
+        f'config.lr_decay_epochs={decay_epochs!r} must be epochs >= 0 in '
+        'ascending order, e.g. (160.0, 180.0).'
+    )
   if not config.imbalance_factor >= 1:
     raise ConfigError(
         f'config.imbalance_factor={config.imbalance_factor!r} must be >= 1 '

@@ -33,6 +33,12 @@ from tests.nbn_jax.training.builders import (
         ('learning_rate', -0.1, 'config.learning_rate=-0.1 must be > 0'),
         ('weight_decay', -1e-4, 'config.weight_decay=-0.0001 must be >= 0'),
         ('imbalance_factor', 0.5, 'config.imbalance_factor=0.5 must be >= 1'),
+        ('momentum', 1.5, 'config.momentum=1.5 must be < 1'),
+        ('lr_decay_factor', 0.0, 'config.lr_decay_factor=0.0 must be > 0'),
+        ('image_size', -3, 'config.image_size=-3 must be >= 0'),
+        ('logit_adjust_tau', -1.0, 'config.logit_adjust_tau=-1.0 must be'),
+        ('lr_decay_epochs', (50.0, 10.0), 'must be epochs >= 0 in ascending'),
+        ('lr_decay_epochs', ('abc',), 'must be epochs >= 0 in ascending'),
         (
             'batch_size',
             100,
