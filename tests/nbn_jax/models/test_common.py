@@ -15,9 +15,7 @@ from nbn_jax import models
         (models.ResNet8, (1, 1, 1)),
     ],
 )
-def test_num_classes_is_positional_and_fields_are_keywords(
-    family, stage_sizes
-):
+def test_num_classes_is_positional_and_fields_are_keywords(family, stage_sizes):
   model = family(1000, norm='bn')
   assert (model.num_classes, model.norm, model.stage_sizes) == (
       1000,
