@@ -1,6 +1,6 @@
 """Our jitted ResNet-32 NBN train step against the same step in PyTorch.
 
-    pip install torch==2.13.0          # bench-only dependency
+    pip install -r requirements-test.txt   # PyTorch: test/bench only
     python bench/jax_vs_torch.py [--bf16] [--batch=128] [--rounds=7]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot \
         python bench/jax_vs_torch.py

@@ -21,8 +21,13 @@ one. `running_var='biased'` makes the oracle keep Flax's, so that running
 statistics can be compared exactly; the default, 'unbiased', is PyTorch's
 own kernel (LDAM's). Training itself never reads the running statistics.
 
-Used by tests/nbn_jax/training/test_oracle.py (CPU), bench/jax_vs_torch.py
-and bench/fidelity_gpu.py. Imports only torch and numpy.
+The one PyTorch ResNet-32 of the repository, used by
+tests/nbn_jax/training/test_oracle.py (CPU), bench/jax_vs_torch.py and
+bench/fidelity_gpu.py. It lives in bench/, not in the installed packages,
+because PyTorch is a test- and bench-only dependency (requirements-test.txt):
+tests import it as `bench.torch_resnet32` (pytest puts the repository root
+on sys.path), bench scripts from their own folder. Imports only torch and
+numpy.
 """
 
 import re
