@@ -1,7 +1,7 @@
 """K training runs in one program against one run alone, in one process.
 
     python bench/many_runs.py                          # K = 1, 2, 4, 8, 16
-    python bench/many_runs.py --runs=1,2 --run-axis=vmap,unroll   # a CPU
+    python bench/many_runs.py --runs=1,2 --run-axis=vmap,unroll   # both maps
 
 ResNet-32 (NBN) trains on synthetic CIFAR-10-LT-sized data (12,406 32x32
 images, IF 100 class counts) with the on-device input path, batch 128,
@@ -102,14 +102,16 @@ class Program:
           cfg.model, tx, init_key, (32, 32, 3), topology
       )
       single = inputs.OnDeviceInput(
-          cfg, split, sampler, preprocessing, data_key, dispatch
+          on_device.put_on_devices(split, sampler, topology.batch_sharding),
+          functools.partial(inputs.device_steps, cfg, data_key, preprocessing),
+          dispatch,
       )
       self._call = lambda state: single.run(state, 0, dispatch)
     else:
       layout = runs.run_layout(
           num_runs, jax.device_count(), batch, batch, 'global'
       )
-      topology = runs.make_run_topology(layout, 'global')
+      topology = make_topology('global', run_shards=layout.run_shards)
       cfg = step_config(topology, batch, dtype)
       init_keys, data_keys = runs.run_keys(0, num_runs)
       self.state = runs.create_train_states(
@@ -133,7 +135,11 @@ class Program:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--runs', default='1,2,4,8,16')
-  parser.add_argument('--run-axis', default='vmap', help='vmap, unroll or both')
+  parser.add_argument(
+      '--run-axis',
+      default=runs.default_run_axis(),
+      help='vmap, unroll or both (default: unroll on CPU, else vmap)',
+  )
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--dispatches', type=int, default=2)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from input_pipeline.datasets import Preprocessing
 from input_pipeline.samplers import SamplerSpec, class_probabilities, epoch_size
 from input_pipeline.sources import Split
 
@@ -270,6 +271,33 @@ def sample_batch(
       _gather_rows(data.images, indices, data.batch_sharding),
       _gather_rows(data.labels, indices, data.batch_sharding),
   )
+
+
+def training_batch(
+    data: DeviceData,
+    key: jax.Array,
+    step: jax.Array,
+    batch_size: int,
+    preprocessing: Preprocessing,
+) -> tuple[jax.Array, jax.Array]:
+  """Global batch `step`, sampled and augmented: what a train step reads.
+
+  `key` is the run's data key: sampling and augmentation keys are split
+  from it and folded with `step`, so the batch depends only on (key, step).
+  Augmentation: 'cifar' pad-crop-flip, 'none' as stored.
+  """
+  if preprocessing.kind not in ('cifar', 'none'):
+    raise ValueError(
+        'the on-device path augments in-memory data only; preprocessing '
+        f'kind={preprocessing.kind!r} needs the tf.data path.'
+    )
+  sample_key, crop_key = jax.random.split(key)
+  images, labels = sample_batch(data, sample_key, step, batch_size)
+  if preprocessing.kind == 'cifar':
+    images = random_crop_flip(
+        images, jax.random.fold_in(crop_key, step), preprocessing.crop_padding
+    )
+  return images, labels
 
 
 def _gather_rows(array: jax.Array, indices: jax.Array, sharding: NamedSharding):

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -116,7 +117,7 @@ class Checkpoints:
       device-to-host copy before the write goes on in the background.
     """
     start = time.perf_counter()
-    step = int(jax.device_get(state.step))
+    step = int(np.max(jax.device_get(state.step)))  # K runs: the furthest
     self._save(self.latest, step, state, record)
     if best:
       self._save(self.best, step, state, record)

@@ -15,7 +15,8 @@ batches, so no example is dropped or counted twice.
 
 import abc
 import dataclasses
-from typing import Any
+import functools
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -73,38 +74,35 @@ def steps_per_dispatch(requested: int) -> int:
 class OnDeviceInput(TrainingInput):
   """Batches drawn and augmented on the devices, inside the train step.
 
-  Step s's batch depends only on (key, s): a resumed run continues the same
-  stream. Augmentation: 'cifar' pad-crop-flip, 'none' as stored.
+  Step s's batch depends only on (the run's data key, s): a resumed run
+  continues the same stream (`on_device.training_batch`).
   """
 
   def __init__(
       self,
-      cfg: steps.StepConfig,
-      split: ip.Split,
-      sampler: ip.SamplerSpec,
-      preprocessing: ip.Preprocessing,
-      key: jax.Array,
+      data: on_device.DeviceData,
+      make_steps: Callable[[int], Callable],
       steps_per_call: int,
   ):
-    if preprocessing.kind not in ('cifar', 'none'):
-      raise ValueError(
-          'the on-device path augments in-memory data only; preprocessing '
-          f'kind={preprocessing.kind!r} needs the tf.data path.'
-      )
-    self._data = on_device.put_on_devices(
-        split, sampler, cfg.topology.batch_sharding
-    )
+    """
+    Args:
+      data: the training split on the devices.
+      make_steps: n -> jit (state, data) -> (state, metrics of n steps):
+        `device_steps` (one run) or `runs.make_device_train_steps`.
+      steps_per_call: steps per jitted call on accelerators (1 on CPU).
+    """
+    self._data = data
     self.steps_per_call = steps_per_dispatch(steps_per_call)
     if self.steps_per_call != steps_per_call:
       logging.info(
           'One step per dispatch on %s (XLA:CPU is slow in loops).',
           jax.default_backend(),
       )
-    self._single = _device_steps(cfg, key, preprocessing, 1)
+    self._single = make_steps(1)
     self._many = (
         self._single
         if self.steps_per_call == 1
-        else _device_steps(cfg, key, preprocessing, self.steps_per_call)
+        else make_steps(self.steps_per_call)
     )
 
   def run(self, state, first_step, num_steps):
@@ -120,40 +118,37 @@ class OnDeviceInput(TrainingInput):
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
 
-def _device_steps(
+def device_steps(
     cfg: steps.StepConfig,
     key: jax.Array,
     preprocessing: ip.Preprocessing,
     num_steps: int,
 ):
   """jit: (state, DeviceData) -> (state, per-step metrics) for `num_steps`."""
-  sample_key, crop_key = jax.random.split(key)
 
   def one_step(state, data):
-    images, labels = on_device.sample_batch(
-        data, sample_key, state.step, cfg.global_batch_size
+    images, labels = on_device.training_batch(
+        data, key, state.step, cfg.global_batch_size, preprocessing
     )
-    if preprocessing.kind == 'cifar':
-      images = on_device.random_crop_flip(
-          images,
-          jax.random.fold_in(crop_key, state.step),
-          preprocessing.crop_padding,
-      )
     return steps.apply_batch(cfg, state, images, labels)
 
-  def run(state, data):
-    if num_steps == 1:  # no loop: see `steps_per_dispatch`
-      state, metrics = one_step(state, data)
-      return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
+  return jax.jit(
+      functools.partial(scan_steps, one_step, num_steps), donate_argnums=0
+  )
 
-  return jax.jit(run, donate_argnums=0)
+
+def scan_steps(one_step, num_steps: int, state, data):
+  """`num_steps` of `one_step`, metrics stacked on a leading step axis."""
+  if num_steps == 1:  # no loop: see `steps_per_dispatch`
+    state, metrics = one_step(state, data)
+    return state, jax.tree.map(lambda m: m[None], metrics)
+  return jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
 
 
 class TfDataInput(TrainingInput):
   """Host batches from tf.data, one jitted call per step.
 
-  The pipeline is built at the first `run`, from its first step, so a
+  The stream is opened at the first `run`, from its first step, so a
   resumed run reads exactly the batches an uninterrupted one would.
   """
 
@@ -161,94 +156,104 @@ class TfDataInput(TrainingInput):
 
   def __init__(
       self,
-      cfg: steps.StepConfig,
-      split: ip.Split,
-      sampler: ip.SamplerSpec,
-      preprocessing: ip.Preprocessing,
-      seed: int,
+      stream: Callable[[int], Iterator[dict[str, np.ndarray]]],
+      train_step: Callable,
+      sharding: NamedSharding,
   ):
-    self._cfg = cfg
-    self._split = split
-    self._sampler = sampler
-    self._preprocessing = preprocessing
-    self._seed = seed
-    self._train_step = steps.make_train_step(cfg)
+    """
+    Args:
+      stream: first step -> this host's batches from that step on:
+        `tf_data_stream` (one run) or `runs.train_batches` (K stacked).
+      train_step: jit (state, images, labels) -> (state, metrics).
+      sharding: the global layout of a batch.
+    """
+    self._stream = stream
+    self._train_step = train_step
+    self._sharding = sharding
     self._batches = None
     self._next_step = None
-
-  def _stream(self, first_step: int):
-    from input_pipeline import tf_pipeline  # imports TensorFlow
-
-    dataset = tf_pipeline.train_dataset(
-        self._split,
-        self._preprocessing,
-        global_batch_size=self._cfg.global_batch_size,
-        sampler=self._sampler,
-        seed=self._seed,
-        start_step=first_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    stream = ip.IndexStream(self._split.labels, self._sampler, self._seed)
-
-    def batch_indices(k: int) -> np.ndarray:
-      """This host's example indices of the k-th batch from `first_step`."""
-      positions = host_positions(
-          first_step + k,
-          1,
-          self._cfg.global_batch_size,
-          jax.process_index(),
-          jax.process_count(),
-      )
-      return stream[positions][0]
-
-    # An image that fails to decode stops the run with one line naming it.
-    return image_check.naming_bad_images(
-        tf_pipeline.as_numpy(dataset), self._split, batch_indices
-    )
 
   def run(self, state, first_step, num_steps):
     if self._next_step != first_step:
       self._batches = self._stream(first_step)
-    sharding = self._cfg.topology.batch_sharding
     metrics = []
     for _ in range(num_steps):
       batch = next(self._batches)
       state, step_metrics = self._train_step(
           state,
-          to_global(batch['image'], sharding),
-          to_global(batch['label'], sharding),
+          to_global(batch['image'], self._sharding),
+          to_global(batch['label'], self._sharding),
       )
       metrics.append(step_metrics)
     self._next_step = first_step + num_steps
     return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
 
+def tf_data_stream(
+    split: ip.Split,
+    preprocessing: ip.Preprocessing,
+    sampler: ip.SamplerSpec,
+    global_batch_size: int,
+    seed: int,
+    first_step: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One run's host batches from `first_step` on; names undecodable files."""
+  from input_pipeline import tf_pipeline  # imports TensorFlow
+
+  dataset = tf_pipeline.train_dataset(
+      split,
+      preprocessing,
+      global_batch_size=global_batch_size,
+      sampler=sampler,
+      seed=seed,
+      start_step=first_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  stream = ip.IndexStream(split.labels, sampler, seed)
+
+  def batch_indices(k: int) -> np.ndarray:
+    """This host's example indices of the k-th batch from `first_step`."""
+    positions = host_positions(
+        first_step + k,
+        1,
+        global_batch_size,
+        jax.process_index(),
+        jax.process_count(),
+    )
+    return stream[positions][0]
+
+  # An image that fails to decode stops the run with one line naming it.
+  return image_check.naming_bad_images(
+      tf_pipeline.as_numpy(dataset), split, batch_indices
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
-  """Exact long-tail accuracy of a train state on a split.
+  """Exact long-tail accuracy of each run of a train state on a split.
 
   Attributes:
-    cfg: the step settings (model, topology, input preparation).
+    eval_step: jit (state, images, labels, mask) -> per-class (correct,
+      total), (C,) each for one run (`steps.make_eval_step`) or (K, C) for
+      K stacked runs (`runs.make_eval_step`).
+    sharding: the global layout of an eval batch.
     preprocessing: the eval-time resizing of image files.
     batch_size: global eval batch (the last one is padded and masked).
     groups: Many/Medium/Few class ids.
   """
 
-  cfg: steps.StepConfig
+  eval_step: Callable
+  sharding: NamedSharding
   preprocessing: ip.Preprocessing
   batch_size: int
   groups: dict[str, np.ndarray]
-  _step: Any = dataclasses.field(init=False, repr=False, compare=False)
-
-  def __post_init__(self):
-    object.__setattr__(self, '_step', steps.make_eval_step(self.cfg))
 
   def __call__(
       self, state: steps.TrainState, split: ip.Split
-  ) -> LongTailAccuracy:
-    sharding = self.cfg.topology.batch_sharding
-    accuracy = LongTailAccuracy.empty(self.cfg.num_classes, self.groups)
+  ) -> list[LongTailAccuracy]:
+    """One accuracy per run (a list of one for a single run)."""
+    correct = total = 0
     for batch in eval_batches(
         split,
         self.preprocessing,
@@ -256,14 +261,25 @@ class Evaluator:
         jax.process_index(),
         jax.process_count(),
     ):
-      correct, total = self._step(
+      hits = self.eval_step(
           state,
-          *(to_global(batch[k], sharding) for k in ('image', 'label', 'mask')),
+          *(
+              to_global(batch[k], self.sharding)
+              for k in ('image', 'label', 'mask')
+          ),
       )
-      accuracy.update(*jax.device_get((correct, total)))
-    if accuracy.num_examples != len(split):
-      raise RuntimeError(
-          f'evaluated {accuracy.num_examples} of {len(split)} examples of '
-          f'{split.name}'
-      )
-    return accuracy
+      batch_correct, batch_total = jax.device_get(hits)
+      correct, total = correct + batch_correct, total + batch_total
+    runs = []
+    for run_correct, run_total in zip(
+        np.atleast_2d(correct), np.atleast_2d(total)
+    ):
+      accuracy = LongTailAccuracy.empty(len(run_correct), self.groups)
+      accuracy.update(run_correct, run_total)
+      if accuracy.num_examples != len(split):
+        raise RuntimeError(
+            f'evaluated {accuracy.num_examples} of {len(split)} examples of '
+            f'{split.name}'
+        )
+      runs.append(accuracy)
+    return runs

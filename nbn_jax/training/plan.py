@@ -10,7 +10,7 @@ from the builders below, never from the config.
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ from input_pipeline import on_device
 from input_pipeline.samplers import epoch_size
 from nbn_jax import models
 from nbn_jax.models.common import NORMS, nbn_layer_paths
-from nbn_jax.training import inputs, losses, metrics, optim, steps
+from nbn_jax.training import inputs, losses, metrics, optim, runs, steps
 from nbn_jax.training.topology import BN_SCOPES, Topology, make_topology
 
 MODELS = ('ResNet8', 'ResNet14', 'ResNet32', 'ResNet50', 'ResNeXt50')
@@ -42,6 +42,7 @@ CHOICES = {
     'bn_scope': BN_SCOPES,
     'schedule': optim.SCHEDULES,
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
+    'run_axis': runs.RUN_AXIS_MAPS,
     'loss': losses.LOSSES,
 }
 POSITIVE = (
@@ -58,6 +59,7 @@ POSITIVE = (
     'bn_group_size',
     'learning_rate',
     'lr_decay_factor',
+    'num_runs',
 )
 NON_NEGATIVE = (
     'weight_decay',
@@ -67,6 +69,7 @@ NON_NEGATIVE = (
     'resize_size',
     'logit_adjust_tau',
     'few_threshold',
+    'run_shards',
 )
 
 
@@ -134,6 +137,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int):
     raise ConfigError(
         'config.few_threshold must not exceed config.many_threshold.'
     )
+  if config.num_runs > 1:
+    run_layout(config, device_count)
   if config.warmup_granularity == 'epoch' and (
       config.warmup_epochs != int(config.warmup_epochs)
   ):
@@ -157,11 +162,36 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
   return DETERMINISTIC_XLA_FLAGS if config.deterministic else ''
 
 
+def run_layout(
+    config: ml_collections.ConfigDict, device_count: int
+) -> runs.RunLayout:
+  """How `config.num_runs` runs sit on the devices (ConfigError if not)."""
+  try:
+    return runs.run_layout(
+        config.num_runs,
+        device_count,
+        config.batch_size,
+        config.eval_batch_size,
+        config.bn_scope,
+        config.bn_group_size,
+        config.run_shards,
+    )
+  except runs.RunLayoutError as e:
+    raise ConfigError(str(e)) from None
+
+
 def build_topology(
     config: ml_collections.ConfigDict,
     devices: Sequence[jax.Device] | None = None,
 ) -> Topology:
-  return make_topology(config.bn_scope, config.bn_group_size, devices)
+  """The mesh; with a leading 'runs' axis when config.num_runs > 1."""
+  devices = list(jax.devices() if devices is None else devices)
+  run_shards = None
+  if config.num_runs > 1:
+    run_shards = run_layout(config, len(devices)).run_shards
+  return make_topology(
+      config.bn_scope, config.bn_group_size, devices, run_shards
+  )
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -351,9 +381,12 @@ class RunLength:
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-  """The model, optimiser and steps of a run, without its data.
+  """The model, optimiser and steps of a run (or of K runs), without data.
 
   What bench scripts and step-level tests need; `Plan.core` of a full run.
+  With `num_runs` K > 1 every state leaf has a leading run axis of size K
+  and the steps are `nbn_jax.training.runs`' (the single-run step mapped
+  over runs).
 
   Attributes:
     topology: the mesh and the BN statistics scope.
@@ -363,6 +396,8 @@ class StepPlan:
     tx, learning_rate: the optimiser and its schedule.
     step_config: what the train and eval steps need.
     length: the run's length and event periods.
+    num_runs: K runs trained side by side.
+    run_axis: how the steps map over runs ('vmap' or 'unroll').
   """
 
   topology: Topology
@@ -373,12 +408,56 @@ class StepPlan:
   learning_rate: optax.Schedule
   step_config: steps.StepConfig
   length: RunLength
+  num_runs: int = 1
+  run_axis: str = 'vmap'
 
   def init_state(self, key: jax.Array) -> steps.TrainState:
-    """The initial train state from parameter key `key`, on the mesh."""
-    return steps.create_train_state(
+    """The initial train state(s) from parameter key(s) `key`, on the mesh.
+
+    `key`: one key, or (K,) keys for K runs (`runs.run_keys`).
+    """
+    if self.num_runs == 1:
+      return steps.create_train_state(
+          self.model, self.tx, key, self.image_shape, self.topology
+      )
+    return runs.create_train_states(
         self.model, self.tx, key, self.image_shape, self.topology
     )
+
+  @property
+  def train_batch_sharding(self):
+    """The layout of a training batch: (B, ...) or (K, B, ...)."""
+    if self.num_runs == 1:
+      return self.topology.batch_sharding
+    return self.topology.run_batch_sharding
+
+  def train_step(self):
+    """jit (state, images, labels) -> (state, metrics)."""
+    if self.num_runs == 1:
+      return steps.make_train_step(self.step_config)
+    return runs.make_train_step(self.step_config, self.run_axis)
+
+  def device_steps(
+      self, data_key: jax.Array, preprocessing: ip.Preprocessing
+  ) -> Callable[[int], Callable]:
+    """n -> jit (state, DeviceData) -> (state, metrics of n steps)."""
+    if self.num_runs == 1:
+      return functools.partial(
+          inputs.device_steps, self.step_config, data_key, preprocessing
+      )
+    return functools.partial(
+        runs.make_device_train_steps,
+        self.step_config,
+        data_key,
+        preprocessing,
+        run_axis=self.run_axis,
+    )
+
+  def eval_step(self):
+    """jit (state, images, labels, mask) -> per-class (correct, total)."""
+    if self.num_runs == 1:
+      return steps.make_eval_step(self.step_config)
+    return runs.make_eval_step(self.step_config, self.run_axis)
 
 
 def build_step_plan(
@@ -415,6 +494,8 @@ def build_step_plan(
           config, model, topology, spec, train_counts
       ),
       length=length,
+      num_runs=config.num_runs,
+      run_axis=config.run_axis,
   )
 
 
@@ -425,7 +506,8 @@ class Plan:
   Attributes:
     config: the config as plain data (recorded with the results).
     label: 'ResNet32 NBN on cifar10-lt-if100', for tables and plots.
-    seed: the run's seed (initialisation and data order).
+    seed: the run's seed (initialisation and data order); run k of
+      `num_runs` uses `seed + k`.
     eval_only: evaluate the workdir's latest checkpoint, do not train.
     keep_checkpoints: periodic checkpoints kept.
     benchmark: the splits; `val` None where the benchmark has none.
@@ -458,8 +540,19 @@ class Plan:
     """The split evaluated during training: val, or test where there is none."""
     return 'val' if self.benchmark.val is not None else 'test'
 
+  @property
+  def num_runs(self) -> int:
+    return self.core.num_runs
+
+  @property
+  def seeds(self) -> list[int]:
+    """Run k's seed: `seed + k`."""
+    return runs.run_seeds(self.seed, self.num_runs)
+
   def keys(self) -> tuple[jax.Array, jax.Array]:
-    """(parameter initialisation key, data key) of the run's seed."""
+    """(parameter initialisation key, data key), (K,) each for K runs."""
+    if self.num_runs > 1:
+      return runs.run_keys(self.seed, self.num_runs)
     init_key, data_key = jax.random.split(jax.random.key(self.seed))
     return init_key, data_key
 
@@ -467,23 +560,36 @@ class Plan:
     return self.core.init_state(self.keys()[0])
 
   def training_input(self) -> inputs.TrainingInput:
-    cfg = self.core.step_config
+    core, train = self.core, self.benchmark.train
     if self.input_path == 'on_device':
       return inputs.OnDeviceInput(
-          cfg,
-          self.benchmark.train,
-          self.sampler,
-          self.preprocessing,
-          self.keys()[1],
+          on_device.put_on_devices(
+              train, self.sampler, core.topology.batch_sharding
+          ),
+          core.device_steps(self.keys()[1], self.preprocessing),
           self.steps_per_dispatch,
       )
+    stream_args = (
+        train,
+        self.preprocessing,
+        self.sampler,
+        core.step_config.global_batch_size,
+        self.seed,
+    )
+    if self.num_runs == 1:
+      stream = functools.partial(inputs.tf_data_stream, *stream_args)
+    else:
+      stream = functools.partial(
+          runs.train_batches, *stream_args, self.num_runs
+      )
     return inputs.TfDataInput(
-        cfg, self.benchmark.train, self.sampler, self.preprocessing, self.seed
+        stream, core.train_step(), core.train_batch_sharding
     )
 
   def evaluator(self) -> inputs.Evaluator:
     return inputs.Evaluator(
-        self.core.step_config,
+        self.core.eval_step(),
+        self.core.topology.batch_sharding,
         self.preprocessing,
         self.eval_batch_size,
         self.groups,

@@ -1,28 +1,42 @@
-"""A run's record and results: evaluation history, selection, outputs.
+"""Runs' records and results: evaluation history, selection, outputs.
 
-The record travels with every checkpoint (JSON): the evaluation history and
-the best result so far, selected on val where the benchmark has one (the
-best checkpoint is kept separately) or, labelled as such, on test.
-`finish` evaluates the final state and writes results.json, the summary
-table, TensorBoard scalars and the PNG plots.
+The record travels with every checkpoint (JSON), one entry per run: the
+evaluation history and the best result so far, selected on val where the
+benchmark has one (test is evaluated at each new best, and a single run also
+keeps that checkpoint in checkpoints_best/) or, labelled as such, on test.
+`finish` evaluates the final state and writes, per run, results.json, the
+summary table, TensorBoard scalars and the PNG plots (in the workdir for one
+run; in workdir/run_<k>/ for K runs, with summary.json over them).
 """
 
 import os
 from typing import Any
 
 import jax
+import numpy as np
 
-from nbn_jax.training import reporting
-from nbn_jax.training.checkpoints import Checkpoints
+from nbn_jax.training import reporting, runs
 from nbn_jax.training.inputs import Evaluator
+from nbn_jax.training.metrics import LongTailAccuracy
 from nbn_jax.training.plan import Plan
 
 # Version of results.json's layout; bumped when a field changes meaning.
-RESULTS_SCHEMA = 2
+RESULTS_SCHEMA = 3
+GROUPS = ('top1', 'many', 'medium', 'few')
 
 
-def empty_record() -> dict[str, Any]:
-  return {'history': [], 'best': None, 'best_test_during_training': None}
+def run_dir(workdir: str, num_runs: int, k: int) -> str:
+  """Where run k's outputs go: the workdir itself for a single run."""
+  return workdir if num_runs == 1 else os.path.join(workdir, f'run_{k}')
+
+
+def empty_record(num_runs: int) -> dict[str, Any]:
+  return {
+      'runs': [
+          {'history': [], 'best': None, 'best_test_during_training': None}
+          for _ in range(num_runs)
+      ]
+  }
 
 
 def record_evaluation(
@@ -32,7 +46,7 @@ def record_evaluation(
     split: str,
     summary: dict[str, float],
 ) -> bool:
-  """Adds an evaluation to `record`; True if it is a new best on val."""
+  """Adds an evaluation to one run's `record`; True if a new best on val."""
   record['history'].append({'step': step, 'epoch': epoch, split: summary})
   key = 'best' if split == 'val' else 'best_test_during_training'
   best = record[key]
@@ -40,6 +54,12 @@ def record_evaluation(
     return False
   record[key] = {'step': step, 'epoch': epoch, split: summary}
   return split == 'val'
+
+
+def record_best_test(record: dict[str, Any], test: LongTailAccuracy):
+  """Test accuracy at a run's new best-on-val step, into its record."""
+  record['best']['test'] = test.summary()
+  record['best']['test_per_class'] = test.per_class().tolist()
 
 
 def format_summary(summary: dict[str, float]) -> str:
@@ -51,21 +71,67 @@ def finish(
     state,
     record: dict[str, Any],
     evaluator: Evaluator,
-    checkpoints: Checkpoints,
-    writer: reporting.MetricWriter,
+    writers: list[reporting.MetricWriter],
     workdir: str,
 ) -> dict[str, Any]:
-  """Final evaluations, results.json, the summary table and the plots."""
-  benchmark = plan.benchmark
-  step = int(jax.device_get(state.step))
-  test = evaluator(state, benchmark.test)
-  rows = {f'last (step {step}) test': test.summary()}
+  """Final evaluations and every run's outputs; returns what was written.
+
+  Returns:
+    One run: its results.json. K runs: {'runs': [each run's results],
+    'summary': `summarize` of them} (summary.json).
+  """
+  benchmark, k_runs = plan.benchmark, plan.num_runs
+  step = int(np.max(jax.device_get(state.step)))
+  tests = evaluator(state, benchmark.test)
+  vals = evaluator(state, benchmark.val) if benchmark.val is not None else None
+  params = jax.device_get(state.params)
+  per_run = []
+  for k in range(k_runs):
+    run_params = params if k_runs == 1 else runs.select_run(params, k)
+    run_results, rows = _run_results(
+        plan, record['runs'][k], tests[k], vals and vals[k], step
+    )
+    run_results['seed'] = plan.seeds[k]
+    scales = reporting.site_scales(run_params, plan.core.nbn_sites)
+    run_results['scale_spread'] = {
+        name: reporting.spread(scale) for name, scale in scales.items()
+    }
+    if jax.process_index() == 0:
+      _write_outputs(
+          plan,
+          run_dir(workdir, k_runs, k),
+          writers[k],
+          run_results,
+          rows,
+          tests[k],
+          scales,
+          step,
+      )
+    per_run.append(run_results)
+  if k_runs == 1:
+    return per_run[0]
+  summary = summarize(per_run)
+  if jax.process_index() == 0:
+    suffix = '_eval' if plan.eval_only else ''
+    reporting.write_json(
+        os.path.join(workdir, f'summary{suffix}.json'), summary
+    )
+    print(
+        f'\n{plan.label}, {k_runs} runs (seeds {plan.seeds[0]}..'
+        f'{plan.seeds[-1]})\n{summary_table(summary)}'
+    )
+  return {'runs': per_run, 'summary': summary}
+
+
+def _run_results(plan, record, test, val, step):
+  """One run's results.json and its rows of the summary table."""
   many, few = plan.shot_thresholds
+  rows = {f'last (step {step}) test': test.summary()}
   results = {
       'schema': RESULTS_SCHEMA,
       'config': plan.config,
-      'dataset': benchmark.train.name,
-      'train_counts': benchmark.train_counts().tolist(),
+      'dataset': plan.benchmark.train.name,
+      'train_counts': plan.benchmark.train_counts().tolist(),
       'shot_groups': {k: v.tolist() for k, v in plan.groups.items()},
       'shot_thresholds': {'many': many, 'few': few},
       'nbn_sites': list(plan.core.nbn_sites),
@@ -75,22 +141,13 @@ def finish(
           'test_per_class': test.per_class().tolist(),
       },
   }
-  if benchmark.val is not None:
-    val = evaluator(state, benchmark.val).summary()
-    results['last']['val'] = val
-    rows[f'last (step {step}) val'] = val
-    restored = checkpoints.restore_best(state)
-    if restored is not None:
-      best_state, best_record = restored
-      best_step = best_record['best']['step']
-      best_test = evaluator(best_state, benchmark.test)
-      results['best_on_val'] = {
-          'step': best_step,
-          'val': best_record['best']['val'],
-          'test': best_test.summary(),
-          'test_per_class': best_test.per_class().tolist(),
-      }
-      rows[f'best on val (step {best_step}) test'] = best_test.summary()
+  if val is not None:
+    results['last']['val'] = val.summary()
+    rows[f'last (step {step}) val'] = val.summary()
+    best = record['best']
+    if best is not None:
+      results['best_on_val'] = best
+      rows[f'best on val (step {best["step"]}) test'] = best['test']
   elif record['best_test_during_training'] is not None:
     best = record['best_test_during_training']
     results['best_test_during_training'] = best
@@ -98,29 +155,62 @@ def finish(
         f'best during training (step {best["step"]}) test, selected on test'
     ] = best['test']
   results['history'] = record['history']
-  scales = reporting.site_scales(
-      jax.device_get(state.params), plan.core.nbn_sites
-  )
-  results['scale_spread'] = {
-      name: reporting.spread(scale) for name, scale in scales.items()
-  }
-  if jax.process_index() == 0:
-    _write_outputs(plan, workdir, writer, results, rows, test, scales, step)
-  return results
+  return results, rows
 
 
-def _write_outputs(plan, workdir, writer, results, rows, test, scales, step):
+def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+  """Mean, standard deviation (ddof 1) and each run's value, per result.
+
+  Results: 'last' test and, where the runs have them, 'best_on_val' test
+  and 'best_test_during_training' test; each over top-1 and the groups.
+  """
+  summary = {'seeds': [r['seed'] for r in per_run]}
+  for name in ('last', 'best_on_val', 'best_test_during_training'):
+    if not all(name in r for r in per_run):
+      continue
+    summary[name] = {}
+    for group in GROUPS:
+      values = np.array([r[name]['test'][group] for r in per_run], float)
+      summary[name][group] = {
+          'mean': float(np.mean(values)),
+          'std': float(np.std(values, ddof=1)),
+          'runs': values.tolist(),
+      }
+  return summary
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+  """mean +- std (in %) per result and group."""
+  names = [
+      n
+      for n in ('last', 'best_on_val', 'best_test_during_training')
+      if n in summary
+  ]
+  width = max(len(n) for n in names) + 7
+  lines = [' ' * width + ''.join(f'{g:>17}' for g in GROUPS)]
+  for name in names:
+    cells = ''.join(
+        f'{100 * summary[name][g]["mean"]:9.2f} +-'
+        f' {100 * summary[name][g]["std"]:4.2f}'
+        for g in GROUPS
+    )
+    lines.append(f'{name + " test":{width}}' + cells)
+  return '\n'.join(lines) + '\n(accuracy in %, mean +- std over runs)'
+
+
+def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
   suffix = '_eval' if plan.eval_only else ''
-  reporting.write_json(os.path.join(workdir, f'results{suffix}.json'), results)
+  os.makedirs(out_dir, exist_ok=True)
+  reporting.write_json(os.path.join(out_dir, f'results{suffix}.json'), results)
   reporting.plot_per_class_accuracy(
-      os.path.join(workdir, f'per_class_accuracy{suffix}.png'),
+      os.path.join(out_dir, f'per_class_accuracy{suffix}.png'),
       test.per_class(),
       plan.benchmark.train_counts(),
-      f'{plan.label}, step {step}',
+      f'{plan.label}, seed {results["seed"]}, step {step}',
   )
   if scales:
     reporting.plot_scale_spread(
-        os.path.join(workdir, f'scale_spread{suffix}.png'),
+        os.path.join(out_dir, f'scale_spread{suffix}.png'),
         scales,
         f'{plan.label}\neffective BN scales at the NBN sites',
     )
@@ -130,4 +220,7 @@ def _write_outputs(plan, workdir, writer, results, rows, test, scales, step):
       | {f'scale_spread/{k}': v for k, v in results['scale_spread'].items()},
   )
   table = reporting.summary_table(rows)
-  print(f'\n{plan.label}\n{table}\nresults: {workdir}/results{suffix}.json')
+  print(
+      f'\n{plan.label}, seed {results["seed"]}\n{table}\nresults: '
+      f'{out_dir}/results{suffix}.json'
+  )

@@ -6,20 +6,22 @@ path: `train_batches`). Every leaf of the train state gets a leading run axis
 of size K, and the steps map the trainer's single-run step
 (`steps.apply_batch`) over it.
 
-Layout (`run_layout`, `make_run_topology`): the mesh is ('runs', 'data'), or
+Layout (`run_layout`; `topology.make_topology(..., run_shards)`): the mesh is ('runs', 'data'), or
 ('runs', 'replica', 'bn_group') for bn_scope 'group'. The run axis of the
 state and of the training batches is split over 'runs'; each run's batch is
 split over the data axes, so a run may span several devices and a device may
 hold several runs. By default the 'runs' axis has gcd(K, devices) devices.
 
-Mapping over runs (`run_axis`):
+Mapping over runs (`run_axis`, default `default_run_axis()`):
 * 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
   kernels differ per run become grouped convolutions (one group per run).
 * 'unroll': a Python loop over the runs inside the one jitted program; the
-  program grows K-fold and compiles K times slower, but every convolution is
-  the single run's. For backends where grouped convolutions are slow.
+  program grows K-fold, but every convolution is the single run's. XLA:CPU
+  runs grouped convolutions slowly (measured, bench/many_runs.py, ResNet-32
+  batch 128: per-run step time at K = 2 is 2.4x a single run's with 'vmap',
+  1.02x with 'unroll'), so CPUs unroll.
 
-BN statistics scopes: all three work with any layout. `RunTopology` shows
+BN statistics scopes: all three work with any layout. The topology shows
 `steps` one run's topology: its `data_axes` leave 'runs' out, so the
 `shard_map` of 'device' and 'group' splits each run's batch over the data
 axes only, and vmap's `spmd_axis_name` splits its run axis over 'runs'.
@@ -42,19 +44,13 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
 
 from input_pipeline import on_device
 from input_pipeline.datasets import Preprocessing
-from nbn_jax.training import steps
-from nbn_jax.training.topology import (
-    BN_GROUP_AXIS,
-    DATA_AXIS,
-    REPLICA_AXIS,
-    Topology,
-)
+from nbn_jax.training import inputs, steps
+from nbn_jax.training.topology import RUNS_AXIS, Topology
 
-RUNS_AXIS = 'runs'
 RUN_AXIS_MAPS = ('vmap', 'unroll')
 
 
@@ -129,65 +125,6 @@ def run_layout(
   return RunLayout(num_runs, run_shards, data_shards)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunTopology(Topology):
-  """A topology with a 'runs' axis first: one run's batch is split over the
-  other axes (`data_axes`), the runs over 'runs'.
-
-  `steps` sees it as a single run's topology (`data_axes`, `batch_sharding`
-  and `bn_axis_name` leave 'runs' out); the stacked state and batches use
-  `run_sharding` and `run_batch_sharding`.
-  """
-
-  @property
-  def data_axes(self) -> tuple[str, ...]:
-    return tuple(a for a in self.mesh.axis_names if a != RUNS_AXIS)
-
-  @property
-  def run_shards(self) -> int:
-    return self.mesh.shape[RUNS_AXIS]
-
-  @property
-  def run_sharding(self) -> NamedSharding:
-    """Leading run axis split over 'runs'; the rest replicated."""
-    return NamedSharding(self.mesh, P(RUNS_AXIS))
-
-  @property
-  def run_batch_sharding(self) -> NamedSharding:
-    """(K, B, ...) training batches: runs over 'runs', examples over data."""
-    return NamedSharding(self.mesh, P(RUNS_AXIS, self.data_axes))
-
-
-def make_run_topology(
-    layout: RunLayout,
-    bn_scope: str,
-    bn_group_size: int = 1,
-    devices=None,
-) -> RunTopology:
-  """Mesh ('runs', 'data') or ('runs', 'replica', 'bn_group') on `devices`.
-
-  `batch_sharding` (one run's batch, or the eval batch all runs share) is
-  split over the data axes and replicated over 'runs'; on-device training
-  data goes there too (`on_device.put_on_devices(split, sampler,
-  topology.batch_sharding)`).
-  """
-  devices = jax.devices() if devices is None else devices
-  if bn_scope == 'group':
-    shape = (
-        layout.run_shards,
-        layout.data_shards // bn_group_size,
-        bn_group_size,
-    )
-    names = (RUNS_AXIS, REPLICA_AXIS, BN_GROUP_AXIS)
-  else:
-    shape = (layout.run_shards, layout.data_shards)
-    names = (RUNS_AXIS, DATA_AXIS)
-  mesh = jax.make_mesh(
-      shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices
-  )
-  return RunTopology(mesh, bn_scope)
-
-
 def run_seeds(seed: int, num_runs: int) -> list[int]:
   return [seed + k for k in range(num_runs)]
 
@@ -208,7 +145,7 @@ def create_train_states(
     tx,
     init_keys: jax.Array,
     image_shape: tuple[int, ...],
-    topology: RunTopology,
+    topology: Topology,
 ) -> steps.TrainState:
   """K train states stacked on a leading run axis, split over 'runs'.
 
@@ -216,7 +153,8 @@ def create_train_states(
     model, tx: the network and optimiser (shared by all runs).
     init_keys: (K,) PRNG keys, one parameter initialisation per run.
     image_shape: (H, W, C) of one input image.
-    topology: the run topology (`make_run_topology`).
+    topology: a topology with a 'runs' axis (`make_topology(...,
+      run_shards=layout.run_shards)`).
 
   Returns:
     A TrainState whose every leaf has shape (K, ...), split over 'runs'.
@@ -243,6 +181,11 @@ def stopped_runs(states: steps.TrainState) -> dict[int, int]:
   """{run index: its last finite step} of the runs stopped on non-finite."""
   step = np.asarray(jax.device_get(states.step))
   return {int(k): int(step[k]) for k in np.flatnonzero(step < step.max())}
+
+
+def default_run_axis() -> str:
+  """'unroll' on CPU (slow grouped convolutions), 'vmap' elsewhere."""
+  return 'unroll' if jax.default_backend() == 'cpu' else 'vmap'
 
 
 def map_runs(fn: Callable, in_axes, run_axis: str = 'vmap') -> Callable:
@@ -305,7 +248,7 @@ def make_train_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
 
   Run k trains on images[k], labels[k] (host-fed batches: the tf.data path,
   `train_batches`). Metrics are {'loss': (K,), 'correct': (K,)}. Donates
-  the states. `cfg.topology` is a `RunTopology`; `cfg.global_batch_size`
+  the states. `cfg.topology` has a 'runs' axis; `cfg.global_batch_size`
   is B.
   """
   step = map_runs(functools.partial(_guarded, cfg), (0, 0, 0, 0), run_axis)
@@ -325,17 +268,10 @@ def _sample_and_apply(
     data: on_device.DeviceData,
 ):
   """One run's on-device step: its own batch and augmentation, keyed by
-  (its data key, its step) as in `steps.make_device_train_steps`."""
-  sample_key, crop_key = jax.random.split(key)
-  images, labels = on_device.sample_batch(
-      data, sample_key, state.step, cfg.global_batch_size
+  (its data key, its step) as a single run's (`inputs.device_steps`)."""
+  images, labels = on_device.training_batch(
+      data, key, state.step, cfg.global_batch_size, preprocessing
   )
-  if preprocessing.kind == 'cifar':
-    images = on_device.random_crop_flip(
-        images,
-        jax.random.fold_in(crop_key, state.step),
-        preprocessing.crop_padding,
-    )
   return _guarded(cfg, state, images, labels, live)
 
 
@@ -353,11 +289,6 @@ def make_device_train_steps(
   `data` is shared by all runs: `on_device.put_on_devices(split, sampler,
   cfg.topology.batch_sharding)` (images split over the data axes).
   """
-  if preprocessing.kind not in ('cifar', 'none'):
-    raise ValueError(
-        'the on-device path augments in-memory data only; preprocessing '
-        f'kind={preprocessing.kind!r} needs the tf.data path.'
-    )
   step = map_runs(
       functools.partial(_sample_and_apply, cfg, preprocessing),
       (0, 0, 0, None),
@@ -367,15 +298,10 @@ def make_device_train_steps(
   def one_step(states, data):
     return step(states, data_keys, _live(states), data)
 
-  def run_steps(states, data):
-    if num_steps == 1:  # no loop: see `steps.steps_per_dispatch`
-      states, metrics = one_step(states, data)
-      return states, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(
-        lambda s, _: one_step(s, data), states, length=num_steps
-    )
-
-  return jax.jit(run_steps, donate_argnums=0)
+  return jax.jit(
+      functools.partial(inputs.scan_steps, one_step, num_steps),
+      donate_argnums=0,
+  )
 
 
 def make_eval_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
@@ -391,22 +317,21 @@ def make_eval_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
 def train_batches(
     split,
     preprocessing: Preprocessing,
-    *,
+    sampler,
+    global_batch_size: int,
     seed: int,
     num_runs: int,
-    **kwargs,
+    first_step: int,
 ) -> Iterator[dict[str, np.ndarray]]:
   """K tf.data training streams, seeds seed .. seed + K - 1, stacked.
 
-  Each stream is `tf_pipeline.train_dataset(split, preprocessing, seed=seed
-  + k, **kwargs)`, the one a single run with that seed reads. Yields
-  {'image': (K, per_host_batch, H, W, C) uint8, 'label': (K, per_host_batch)}.
+  Stream k is `inputs.tf_data_stream` with seed `seed + k`, the one a
+  single run with that seed reads. Yields {'image': (K, per_host_batch, H,
+  W, C) uint8, 'label': (K, per_host_batch)}.
   """
-  from input_pipeline import tf_pipeline  # imports TensorFlow
-
   return stack_runs([
-      tf_pipeline.as_numpy(
-          tf_pipeline.train_dataset(split, preprocessing, seed=s, **kwargs)
+      inputs.tf_data_stream(
+          split, preprocessing, sampler, global_batch_size, s, first_step
       )
       for s in run_seeds(seed, num_runs)
   ])
@@ -420,7 +345,7 @@ def stack_runs(
     yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}
 
 
-def global_run_batch(array: np.ndarray, topology: RunTopology) -> jax.Array:
+def global_run_batch(array: np.ndarray, topology: Topology) -> jax.Array:
   """This host's (K, per_host_batch, ...) -> the global (K, B, ...) array.
 
   Single host: the whole array. Several hosts: each host passes its slice of

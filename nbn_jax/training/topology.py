@@ -14,6 +14,12 @@ statistics are computed is `bn_scope`:
 * 'group': over groups of `bn_group_size` consecutive devices. Mesh
   ('replica', 'bn_group') with the inner axis of size `bn_group_size`; BN
   layers average over 'bn_group' under `shard_map`.
+
+Several runs in one program (`nbn_jax.training.runs`) put a 'runs' axis in
+front: ('runs', 'data') or ('runs', 'replica', 'bn_group'). Stacked states
+and batches have a leading run axis split over 'runs'; each run's batch is
+split over the data axes, which leave 'runs' out, so the single-run step
+sees one run's topology.
 """
 
 import dataclasses
@@ -26,6 +32,7 @@ BN_SCOPES = ('global', 'device', 'group')
 DATA_AXIS = 'data'
 REPLICA_AXIS = 'replica'
 BN_GROUP_AXIS = 'bn_group'
+RUNS_AXIS = 'runs'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +50,23 @@ class Topology:
 
   @property
   def data_axes(self) -> tuple[str, ...]:
-    """The axes the batch's leading dimension is split over (all of them)."""
-    return tuple(self.mesh.axis_names)
+    """The axes one run's batch is split over (all but 'runs')."""
+    return tuple(a for a in self.mesh.axis_names if a != RUNS_AXIS)
+
+  @property
+  def run_shards(self) -> int:
+    """Devices along the 'runs' axis (1 without one)."""
+    return dict(self.mesh.shape).get(RUNS_AXIS, 1)
+
+  @property
+  def run_sharding(self) -> NamedSharding:
+    """A leading run axis split over 'runs'; the rest replicated."""
+    return NamedSharding(self.mesh, P(RUNS_AXIS))
+
+  @property
+  def run_batch_sharding(self) -> NamedSharding:
+    """(K, B, ...) batches: runs over 'runs', examples over the data axes."""
+    return NamedSharding(self.mesh, P(RUNS_AXIS, self.data_axes))
 
   @property
   def bn_axis_name(self) -> str | None:
@@ -74,15 +96,20 @@ def make_topology(
     bn_scope: str,
     bn_group_size: int = 1,
     devices: Sequence[jax.Device] | None = None,
+    run_shards: int | None = None,
 ) -> Topology:
   """The mesh for `bn_scope` over `devices` (default: every device).
+
+  `run_shards`: None for a single run; else the size of a leading 'runs'
+  axis (`runs.run_layout` picks it), the rest of the devices carrying each
+  run's batch.
 
   Raises:
     ValueError: unknown scope, or a group size that does not divide the
       device count.
   """
   devices = list(jax.devices() if devices is None else devices)
-  count = len(devices)
+  count = len(devices) // (run_shards or 1)
   if bn_scope not in BN_SCOPES:
     raise ValueError(f'bn_scope={bn_scope!r} is not one of {BN_SCOPES}.')
   if bn_scope == 'group':
@@ -94,6 +121,8 @@ def make_topology(
     names = (REPLICA_AXIS, BN_GROUP_AXIS)
   else:
     shape, names = (count,), (DATA_AXIS,)
+  if run_shards is not None:
+    shape, names = (run_shards, *shape), (RUNS_AXIS, *names)
   mesh = jax.make_mesh(
       shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices
   )

@@ -138,6 +138,7 @@ def check_config(
 
 def record_config(workdir: str, config: Mapping[str, Any]):
   """Writes `config` to ``config.json`` atomically (process 0 only)."""
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   partial = f'{path}.partial'
   with open(partial, 'w') as f:

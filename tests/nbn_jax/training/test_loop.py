@@ -76,7 +76,7 @@ def _list_dataset(tmp_path, num_classes, test_size, distinct=12):
   )
 
 
-def _check_outputs(workdir, results, steps):
+def _check_outputs(workdir, results, steps, checkpoints=True):
   assert 0.0 <= results['last']['test']['top1'] <= 1.0
   assert results['last']['step'] == steps
   for name in (
@@ -87,10 +87,13 @@ def _check_outputs(workdir, results, steps):
   ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
-  assert (
-      ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).latest_step()
-      == steps
-  )
+  if checkpoints:
+    assert (
+        ocp.CheckpointManager(
+            os.path.join(workdir, 'checkpoints')
+        ).latest_step()
+        == steps
+    )
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
@@ -203,19 +206,21 @@ def _kill_after(monkeypatch, kill_step):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    'input_path, kill_step',
+    'input_path, kill_step, num_runs',
     [
-        ('on_device', 5),  # between checkpoints: steps 5..6 are redone
-        ('tf_data', 4),  # right at a checkpoint
+        ('on_device', 5, 1),  # between checkpoints: steps 5..6 are redone
+        ('tf_data', 4, 1),  # right at a checkpoint
+        ('on_device', 5, 2),  # two runs in one program
     ],
 )
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
-    tmp_path, monkeypatch, input_path, kill_step
+    tmp_path, monkeypatch, input_path, kill_step, num_runs
 ):
   def config():
     return _tiny(
         quickstart.get_config(),
         input_path=input_path,
+        num_runs=num_runs,
         num_epochs=_epochs_for(8, 503),
         checkpoint_every_epochs=_epochs_for(4, 503),
         eval_every_epochs=_epochs_for(4, 503),
@@ -233,8 +238,35 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
       latest_params(str(tmp_path / 'resumed')),
       latest_params(str(tmp_path / 'whole')),
   )
-  assert resumed['last']['test'] == pytest.approx(whole['last']['test'])
+  if num_runs > 1:
+    assert resumed['summary'] == whole['summary']
+    resumed = resumed['runs'][1]
+  else:
+    whole = {'runs': [whole]}
+  assert resumed['last']['test'] == pytest.approx(
+      whole['runs'][-1]['last']['test']
+  )
   assert [h['step'] for h in resumed['history']] == [4, 8]
+
+
+def test_runs_side_by_side_write_each_runs_outputs_and_a_summary(tmp_path):
+  config = _tiny(
+      quickstart.get_config(), num_runs=2, num_epochs=_epochs_for(2, 503)
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  for k, run in enumerate(results['runs']):
+    _check_outputs(str(tmp_path / f'run_{k}'), run, steps=2, checkpoints=False)
+    assert run['seed'] == k
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['seeds'] == [0, 1]
+  top1 = [run['last']['test']['top1'] for run in results['runs']]
+  assert summary['last']['top1']['runs'] == pytest.approx(top1)
+  assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
+  assert summary['last']['top1']['std'] == pytest.approx(np.std(top1, ddof=1))
+  assert (
+      ocp.CheckpointManager(os.path.join(tmp_path, 'checkpoints')).latest_step()
+      == 2
+  )
 
 
 @pytest.mark.parametrize(

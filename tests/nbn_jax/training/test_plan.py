@@ -13,7 +13,7 @@ import pytest
 from configs import cifar10_lt, cifar100_lt, default, imagenet_lt, inat2018
 from configs import quickstart
 from nbn_jax import models
-from nbn_jax.training import optim, plan, steps
+from nbn_jax.training import optim, plan, runs, steps
 from tests.nbn_jax.training.builders import (
     first_devices,
     random_batches,
@@ -305,3 +305,25 @@ def test_epoch_warmup_is_ldams_staircase_and_needs_whole_epochs():
   config.warmup_epochs = 2.5
   with pytest.raises(plan.ConfigError, match='must be a whole number'):
     plan.check_config(config, device_count=8)
+
+
+def test_runs_that_cannot_be_laid_out_are_one_line_config_errors():
+  config = default.get_config()
+  config.num_runs, config.run_shards = 4, 3
+  with pytest.raises(plan.ConfigError, match='config.run_shards=3 must divide'):
+    plan.check_config(config, device_count=8)
+  config.run_shards, config.batch_size = 4, 126  # 2 devices per run
+  with pytest.raises(plan.ConfigError, match='config.batch_size=126') as e:
+    plan.check_config(config, device_count=8)
+  assert '\n' not in str(e.value)
+
+
+def test_k_runs_get_a_runs_axis_and_stacked_states():
+  config = tiny_config(num_runs=4)
+  core = tiny_step_plan(config)
+  assert core.topology.mesh.axis_names == ('runs', 'data')
+  assert core.topology.run_shards == 4
+  keys, _ = runs.run_keys(0, 4)
+  state = core.init_state(keys)
+  assert state.step.shape == (4,)
+  assert state.params['nbn_alpha'].shape == (4,)

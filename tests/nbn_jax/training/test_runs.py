@@ -54,7 +54,7 @@ def _run_topology(num_runs, devices, bn_scope='global', group=1, shards=0):
   layout = runs.run_layout(
       num_runs, len(devices), BATCH, BATCH, bn_scope, group, shards
   )
-  return runs.make_run_topology(layout, bn_scope, group, devices)
+  return make_topology(bn_scope, group, devices, run_shards=layout.run_shards)
 
 
 def _host_stream(seed):
@@ -79,7 +79,11 @@ def _separate_runs(seeds, topology, on_device_input=True):
     )
     if on_device_input:
       data = inputs.OnDeviceInput(
-          cfg, _toy_split(), SAMPLER, PREPROCESSING, data_key, 1
+          on_device.put_on_devices(
+              _toy_split(), SAMPLER, topology.batch_sharding
+          ),
+          functools.partial(inputs.device_steps, cfg, data_key, PREPROCESSING),
+          1,
       )
       state, _ = data.run(state, 0, NUM_STEPS)
     else:
@@ -95,7 +99,9 @@ def _separate_runs(seeds, topology, on_device_input=True):
   return results
 
 
-def _runs_in_one_program(topology, num_runs, on_device_input=True):
+def _runs_in_one_program(
+    topology, num_runs, run_axis='vmap', on_device_input=True
+):
   """`num_runs` runs from SEED trained side by side in one program."""
   cfg = _step_config(topology)
   init_keys, data_keys = runs.run_keys(SEED, num_runs)
@@ -107,11 +113,13 @@ def _runs_in_one_program(topology, num_runs, on_device_input=True):
     data = on_device.put_on_devices(
         _toy_split(), SAMPLER, topology.batch_sharding
     )
-    train = runs.make_device_train_steps(cfg, data_keys, PREPROCESSING, 1)
+    train = runs.make_device_train_steps(
+        cfg, data_keys, PREPROCESSING, 1, run_axis
+    )
     for _ in range(NUM_STEPS):
       states, metrics = train(states, data)
   else:
-    train = runs.make_train_step(cfg)
+    train = runs.make_train_step(cfg, run_axis)
     streams = [_host_stream(s) for s in runs.run_seeds(SEED, num_runs)]
     for batch in runs.stack_runs(streams):
       states, metrics = train(
@@ -135,10 +143,14 @@ def _assert_each_run_equals_its_separate_run(states, separate):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('num_devices', [1, 8])
-def test_three_runs_in_one_program_equal_three_separate_runs(num_devices):
+@pytest.mark.parametrize(
+    'num_devices, run_axis', [(1, 'vmap'), (8, 'vmap'), (1, 'unroll')]
+)
+def test_three_runs_in_one_program_equal_three_separate_runs(
+    num_devices, run_axis
+):
   devices = jax.devices()[:num_devices]
-  states = _runs_in_one_program(_run_topology(3, devices), 3)
+  states = _runs_in_one_program(_run_topology(3, devices), 3, run_axis)
   separate = _separate_runs(
       runs.run_seeds(SEED, 3), make_topology('global', devices=devices)
   )
@@ -290,14 +302,18 @@ def test_tf_data_feed_stacks_each_seeds_own_stream():
 
   kwargs = dict(global_batch_size=BATCH, process_index=0, process_count=1)
   stacked = runs.train_batches(
-      _toy_split(), PREPROCESSING, seed=SEED, num_runs=2, **kwargs
+      _toy_split(), PREPROCESSING, SAMPLER, BATCH, SEED, 2, first_step=0
   )
   first, second = next(stacked), next(stacked)
   assert first['image'].shape == (2, BATCH, 8, 8, 3)
   for k in range(2):
     alone = tf_pipeline.as_numpy(
         tf_pipeline.train_dataset(
-            _toy_split(), PREPROCESSING, seed=SEED + k, **kwargs
+            _toy_split(),
+            PREPROCESSING,
+            sampler=SAMPLER,
+            seed=SEED + k,
+            **kwargs,
         )
     )
     for batch in (first, second):

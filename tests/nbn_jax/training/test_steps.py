@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import input_pipeline as ip
+from input_pipeline import on_device
 from nbn_jax.training import inputs, steps
 from tests.nbn_jax.training.builders import (
     IMAGE_SHAPE,
@@ -67,11 +68,12 @@ def _on_device_input(core, steps_per_call, monkeypatch):
   # Force the requested steps per call on CPU too (it normally runs one).
   monkeypatch.setattr(inputs, 'steps_per_dispatch', lambda requested: requested)
   return inputs.OnDeviceInput(
-      core.step_config,
-      _toy_split(),
-      ip.SamplerSpec('sqrt'),
-      ip.Preprocessing('cifar', crop_padding=1),
-      jax.random.key(2),
+      on_device.put_on_devices(
+          _toy_split(), ip.SamplerSpec('sqrt'), core.topology.batch_sharding
+      ),
+      core.device_steps(
+          jax.random.key(2), ip.Preprocessing('cifar', crop_padding=1)
+      ),
       steps_per_call,
   )
 
