@@ -58,6 +58,30 @@ def schedule_flags(epochs: float) -> list[str]:
   ]
 
 
+def train_command(
+    workdir: str,
+    data_dir: str,
+    cache_dir: str,
+    imbalance_factor: float,
+    epochs: float,
+    flags: list[str],
+) -> list[str]:
+  """train.py on CIFAR-10-LT from the JPEG copy, the schedule compressed to
+  `epochs`, plus `flags`."""
+  return [
+      sys.executable,
+      os.path.join(ROOT, 'train.py'),
+      f'--config={os.path.join(ROOT, "configs", "cifar10_lt.py")}',
+      f'--workdir={workdir}',
+      '--config.data_source=jpeg',
+      f'--config.data_dir={data_dir}',
+      f'--config.cache_dir={cache_dir}',
+      f'--config.imbalance_factor={imbalance_factor:g}',
+      *schedule_flags(epochs),
+      *flags,
+  ]
+
+
 def run(args):
   for seed in args.seeds:
     for arm in args.arms:
@@ -65,20 +89,14 @@ def run(args):
       if os.path.exists(os.path.join(workdir, 'results.json')):
         print(f'done already: {workdir}')
         continue
-      command = [
-          sys.executable,
-          os.path.join(ROOT, 'train.py'),
-          f'--config={os.path.join(ROOT, "configs", "cifar10_lt.py")}',
-          f'--workdir={workdir}',
-          '--config.data_source=jpeg',
-          f'--config.data_dir={args.data_dir}',
-          f'--config.cache_dir={os.path.join(args.root, "cache")}',
-          f'--config.imbalance_factor={args.imbalance_factor:g}',
-          f'--config.seed={seed}',
-          *schedule_flags(args.epochs),
-          *ARMS[arm],
-          *args.extra,
-      ]
+      command = train_command(
+          workdir,
+          args.data_dir,
+          os.path.join(args.root, 'cache'),
+          args.imbalance_factor,
+          args.epochs,
+          [f'--config.seed={seed}', *ARMS[arm], *args.extra],
+      )
       print(' '.join(command), flush=True)
       subprocess.run(command, check=True)
 

@@ -18,7 +18,8 @@
 #     with the test evaluated after every epoch and LDAM's per-epoch
 #     warm-up (seeds 0 and 1; OUR_EXTRA_FLAGS replaces those extra flags),
 #     all four sharing the GPU. Table: OUT_DIR/fidelity.md.
-# (b) BN vs NBN seed sweep: a marked place below, for many runs per program.
+# (b) BN vs NBN (and both with logit-adjusted CE) at IF 100, then 50 and 10,
+#     5 seeds each, one program of 5 runs per cell (bench/sweep.py).
 # (c) Speed: our ResNet-32 step against PyTorch eager and torch.compile,
 #     then ResNet-50 bf16 training images/s (and NBN/BN step time).
 #
@@ -95,15 +96,25 @@ part_a_oracle() {
     --out="$out/fidelity.md"
 }
 
-# --- (b) BN vs NBN seed sweep: PLACEHOLDER ------------------------------------
-# Another engineer is building many runs in one program
-# (`--config.num_runs=K`). Put the sweep here: BN and NBN at IF 100 with at
-# least 5 seeds each, then IF 50 and 10, then both with logit-adjusted CE;
-# whatever runs here has the time left before $speed_reserve, and its
-# workdirs belong under "$out/sweep" (bench/feature_magnitude.py reads their
-# checkpoints on a CPU afterwards).
+# --- (b) BN vs NBN seed sweep ------------------------------------------------
+# bench/sweep.py: each (imbalance factor, arm) cell is one program of 5 runs
+# (--config.num_runs=5, seeds 0..4); IF 100 first (BN, NBN, then both with
+# logit-adjusted CE), then IF 50 and 10. Cells past the deadline are left
+# for a second call (a stopped cell resumes from its checkpoint). Report:
+# OUT_DIR/sweep/report/sweep.md (paired NBN - BN per seed, 95% CI).
 part_b_seed_sweep() {
-  stamp '(b) seed sweep: not wired yet (needs --config.num_runs)'
+  stamp '(b) seed sweep: 5 seeds per arm, one program per cell'
+  local deadline=$(( $(date +%s) + $(left) - speed_reserve ))
+  local imbalance
+  for imbalance in 100 50 10; do
+    python3 "$here/sweep.py" run --root="$out/sweep" --data-dir="$data_dir" \
+      --cache-dir="$out/cache" --seeds=5 --imbalance-factors=$imbalance \
+      --arms=bn,nbn,bn_la,nbn_la --deadline=$deadline \
+      --config.eval_every_epochs=1 >>"$out/sweep.log" 2>&1
+  done
+  python3 "$here/sweep.py" report --root="$out/sweep" \
+    --out="$out/sweep/report" || true
+  stamp '(b) ended'
 }
 
 # --- (c) speed -----------------------------------------------------------------
