@@ -30,12 +30,14 @@ on sys.path), bench scripts from their own folder. Imports only torch and
 numpy.
 """
 
-import re
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nbn_jax import convert
+from nbn_jax.models.common import NBN_ALPHA
 
 RUNNING_VARS = ('unbiased', 'biased')
 
@@ -230,29 +232,16 @@ def make_step(model, optimizer=None, bf16=False):
 
 # --- our Flax variables <-> the oracle's state --------------------------------
 
-_LEAVES = {
-    'kernel': 'weight',
-    'scale': 'weight',
-    'bias': 'bias',
-    'mean': 'running_mean',
-    'var': 'running_var',
-}
-
 
 def torch_key(path: tuple[str, ...]) -> str:
-  """Our variable path (e.g. ('layer3_4', 'bn2', 'scale')) -> state-dict key."""
-  *modules, leaf = path
-  if not modules and leaf == 'nbn_alpha':
+  """Our variable path (e.g. ('layer3_4', 'bn2', 'scale')) -> state-dict key.
+
+  LDAM's CIFAR names, as the converter writes them (`nbn_jax.convert`),
+  except the shared alpha: a scalar parameter 'alpha' here.
+  """
+  if path == (NBN_ALPHA,):
     return 'alpha'
-  names = []
-  for module in modules:
-    block = re.fullmatch(r'layer(\d+)_(\d+)', module)
-    names.append(
-        f'layer{block[1]}.{block[2]}'
-        if block
-        else {'fc': 'linear'}.get(module, module)
-    )
-  return '.'.join([*names, _LEAVES[leaf]])
+  return convert.torch_name('params', path, cifar=True)
 
 
 def to_torch_layout(array: np.ndarray) -> np.ndarray:
