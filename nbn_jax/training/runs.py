@@ -232,10 +232,10 @@ def _guarded(
   """`steps.apply_batch`, dropping the update unless live and finite."""
   new_state, metrics = steps.apply_batch(cfg, state, images, labels)
   keep = live & jnp.isfinite(metrics['loss']) & _all_finite(new_state.params)
-  state = jax.tree.map(
-      lambda new, old: jnp.where(keep, new, old), new_state, state
-  )
-  return state, metrics
+  # A cond, not a select per leaf: XLA:CPU compiles the selects next to the
+  # finiteness reductions slowly (ResNet-32 step: 23 s against 11 s). Under
+  # vmap it becomes a select anyway.
+  return jax.lax.cond(keep, lambda: new_state, lambda: state), metrics
 
 
 def _live(states: steps.TrainState) -> jax.Array:

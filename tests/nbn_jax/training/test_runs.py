@@ -179,7 +179,8 @@ def test_runs_split_over_devices_equal_separate_runs(bn_scope, group):
 
 
 @pytest.mark.slow
-def test_a_run_with_a_non_finite_loss_stops_alone():
+@pytest.mark.parametrize('run_axis', ['vmap', 'unroll'])
+def test_a_run_with_a_non_finite_loss_stops_alone(run_axis):
   topology = _run_topology(3, jax.devices()[:1])
   cfg = _step_config(topology)
   init_keys, data_keys = runs.run_keys(SEED, 3)
@@ -193,7 +194,9 @@ def test_a_run_with_a_non_finite_loss_stops_alone():
   data = on_device.put_on_devices(
       _toy_split(), SAMPLER, topology.batch_sharding
   )
-  train = runs.make_device_train_steps(cfg, data_keys, PREPROCESSING, 1)
+  train = runs.make_device_train_steps(
+      cfg, data_keys, PREPROCESSING, 1, run_axis
+  )
   for _ in range(2):
     states, metrics = train(states, data)
   assert np.isnan(metrics['loss'][0, 1])
