@@ -84,10 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   # K runs in one program, seeds seed .. seed + K - 1 (nbn_jax.training.runs):
   # outputs in workdir/run_<k>/ and a summary over runs. run_shards: devices
   # the runs are split over (0: chosen); run_axis: vmap (one batched
-  # program) or unroll (a loop inside it, for slow grouped convolutions).
+  # program), unroll (a loop inside it: XLA:CPU's grouped convolutions are
+  # slow) or auto (unroll on CPU, vmap on accelerators).
   config.num_runs = 1
   config.run_shards = 0
-  config.run_axis = 'vmap'
+  config.run_axis = 'auto'
   # GPU runs bitwise reproducible (XLA's deterministic ops; slower).
   config.deterministic = False
   config.log_every_steps = 50

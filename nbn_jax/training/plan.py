@@ -42,7 +42,7 @@ CHOICES = {
     'bn_scope': BN_SCOPES,
     'schedule': optim.SCHEDULES,
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
-    'run_axis': runs.RUN_AXIS_MAPS,
+    'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
     'loss': losses.LOSSES,
 }
 POSITIVE = (
@@ -495,7 +495,11 @@ def build_step_plan(
       ),
       length=length,
       num_runs=config.num_runs,
-      run_axis=config.run_axis,
+      run_axis=(
+          runs.default_run_axis()
+          if config.run_axis == 'auto'
+          else config.run_axis
+      ),
   )
 
 

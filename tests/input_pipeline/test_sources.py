@@ -215,6 +215,7 @@ class TestDecodeIntoMemory:
 
 class TestCifar10Jpeg:
 
+  @pytest.mark.slow
   def test_first_images_of_the_real_archive(self, shared_data, tmp_path):
     root = shared_data / 'cifar10-jpeg'
     lines = (root / 'train.txt').read_text().splitlines()[:64]

@@ -9,6 +9,7 @@ from input_pipeline.tfds_source import load_tfds_cifar, official_order
 from tests.fake_data import mock_tfds_cifar, official_index
 
 
+@pytest.mark.slow
 def test_lt_subset_from_jpeg_lists_equals_subset_from_tfds(shared_data):
   _, labels = ip.read_list_file(
       str(shared_data / 'cifar10-jpeg' / 'train.txt'), 10

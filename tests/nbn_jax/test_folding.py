@@ -72,6 +72,7 @@ class TestFold:
   def test_resnet50(self):
     _assert_folds(models.ResNet50(10), (2, 32, 32, 3))
 
+  @pytest.mark.slow
   def test_per_layer_alphas_and_two_stages(self):
     placement = NBNPlacement(
         stages=(1, 2), block_norms=('bn1', 'bn2'), shared_alpha=False

@@ -74,6 +74,7 @@ class TestNBNPlacement:
     assert len(every) == 10 and not with_alpha
     assert param_count(abstract_variables(model, CIFAR)) == 464_154 + 10
 
+  @pytest.mark.slow
   def test_changing_alpha_changes_only_what_follows_the_first_nbn(self, images):
     assert_alpha_changes_only_from(
         models.ResNet32(num_classes=10), images(CIFAR), 'layer3_0/bn2'
@@ -102,6 +103,7 @@ class TestLayout:
     assert outputs['layer3_4'].shape == (2, 8, 8, 64)
     assert outputs['fc'].shape == (2, 10)
 
+  @pytest.mark.slow
   def test_he_normal_fan_in_init_of_convolutions_and_classifier(self):
     params = jax.jit(
         lambda: models.ResNet32(num_classes=100).init(

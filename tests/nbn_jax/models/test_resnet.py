@@ -87,11 +87,13 @@ class TestNBNPlacement:
     }
     assert every == with_alpha == expected
 
+  @pytest.mark.slow
   def test_changing_alpha_changes_only_what_follows_the_first_nbn(self, images):
     assert_alpha_changes_only_from(
         models.ResNet50(num_classes=10), images((2, 32, 32, 3)), 'layer4_0/bn3'
     )
 
+  @pytest.mark.slow
   def test_nbn_scales_start_at_one(self, images):
     variables = models.ResNet50(num_classes=10).init(
         jax.random.key(0), images((1, 32, 32, 3)), train=False
@@ -105,6 +107,7 @@ class TestNBNPlacement:
 
 class TestLayout:
 
+  @pytest.mark.slow
   def test_stride_is_on_the_three_by_three_convolution(self, images):
     model = models.ResNet50(num_classes=10, norm='bn')
     _, state = model.apply(
@@ -133,6 +136,7 @@ class TestLayout:
     assert params['layer4_0']['conv2']['kernel'].shape == (3, 3, 32, 1024)
     assert params['layer4_0']['conv3']['kernel'].shape == (1, 1, 1024, 2048)
 
+  @pytest.mark.slow
   def test_convolutions_use_he_normal_fan_out_init(self):
     variables = jax.jit(
         lambda: models.ResNet50(num_classes=10).init(
@@ -162,6 +166,7 @@ class TestOptions:
           models.ResNet50(num_classes=10, nbn_placement=bad), (1, 32, 32, 3)
       )
 
+  @pytest.mark.slow
   def test_logit_rectification_standardises_each_logit_over_the_batch(
       self, images
   ):
@@ -189,6 +194,7 @@ class TestOptions:
     expected = (raw - raw.mean(0)) / jnp.sqrt(raw.var(0) + 1e-5)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
+  @pytest.mark.slow
   def test_bfloat16_compute_keeps_float32_parameters_and_logits(self, images):
     model = models.ResNet50(num_classes=10, dtype=jnp.bfloat16)
     x = images((2, 32, 32, 3))

@@ -249,6 +249,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
   assert [h['step'] for h in resumed['history']] == [4, 8]
 
 
+@pytest.mark.slow
 def test_runs_side_by_side_write_each_runs_outputs_and_a_summary(tmp_path):
   config = _tiny(
       quickstart.get_config(), num_runs=2, num_epochs=_epochs_for(2, 503)

@@ -78,6 +78,7 @@ def _on_device_input(core, steps_per_call, monkeypatch):
   )
 
 
+@pytest.mark.slow
 def test_on_device_steps_are_the_same_on_one_and_eight_devices(monkeypatch):
   results = []
   for devices in (first_devices(1), None):
