@@ -236,6 +236,11 @@ def write_checkpoint(
   from nbn_jax.training import plan, results  # pylint: disable=g-import-not-at-top
   from nbn_jax.training.checkpoints import Checkpoints  # pylint: disable=g-import-not-at-top
 
+  if config.num_runs != 1:
+    raise plan.ConfigError(
+        f'config.num_runs={config.num_runs}: a converted checkpoint is one '
+        'run; convert with config.num_runs=1.'
+    )
   spec = ip.DATASETS[config.dataset]
   core = plan.build_step_plan(
       config,
@@ -254,7 +259,7 @@ def write_checkpoint(
   )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   try:
-    checkpoints.save(state, results.empty_record(), wait=True)
+    checkpoints.save(state, results.empty_record(1), wait=True)
   finally:
     checkpoints.close()
 
