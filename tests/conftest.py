@@ -6,12 +6,18 @@ compilation several times faster on the small programs tests build.
 """
 
 import os
+import sys
 
 _DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
 if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}"
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# PyTorch (test-only) is PyPI's CUDA build, which imports triton when
+# torch.optim builds its first optimiser; triton's LLVM then crashes the
+# process (a segfault) once jaxlib and TensorFlow are loaded. The tests run
+# PyTorch on the CPU only, where triton is never used: hide it.
+sys.modules.setdefault('triton', None)
 
 import jax  # noqa: E402  (after the environment above)
 
