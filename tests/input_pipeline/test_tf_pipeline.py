@@ -42,6 +42,7 @@ def _train(split, p, batch, **kwargs):
 
 class TestListFilePipeline:
 
+  @pytest.mark.slow
   @pytest.mark.parametrize('root', [None, 'ram://pipeline-test'])
   def test_batches_of_generated_jpegs(self, jpeg_dataset, root):
     list_file, image_root = jpeg_dataset([6, 3, 1], size=(50, 70), root=root)

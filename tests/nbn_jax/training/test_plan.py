@@ -252,6 +252,7 @@ def test_the_schedule_follows_the_config():
 # --- Group statistics, end to end -------------------------------------------
 
 
+@pytest.mark.slow
 def test_group_scope_statistics_are_each_groups_own():
   """8 devices in groups of 2: BN normalises with each group's mean and
   variance; the running statistics average the four groups' statistics."""

@@ -38,6 +38,7 @@ def _close(a, b, rtol=1e-4, atol=1e-5):
   )
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device_on_the_same_global_batch():
   _close(_train(), _train(first_devices(1)))
 
