@@ -255,6 +255,12 @@ def _create_folders(workdir: str) -> list[str]:
   for folder in reversed(made):
     try:
       os.mkdir(folder)
+    except FileExistsError:
+      if not os.path.isdir(folder):
+        raise WorkdirError(
+            f'--workdir={workdir}: {folder} is a file, not a folder.'
+        ) from None
+      made.remove(folder)  # another host of this run made it first
     except OSError as e:
       raise WorkdirError(
           f'--workdir={workdir} cannot be created ({e.strerror}: {folder}).'

@@ -165,6 +165,24 @@ class TestLock:
       with wd.claim(str(tmp_path), config, process_index=1):
         assert sorted(os.listdir(tmp_path)) == ['lock.0', 'lock.1']
 
+  def test_a_folder_another_host_makes_first_is_shared_and_kept(
+      self, tmp_path, config, monkeypatch
+  ):
+    # Every host of one run claims the same new workdir at once: the one
+    # whose mkdir loses the race uses the folder and leaves its removal to
+    # the host that made it.
+    workdir = tmp_path / 'shared'
+    real_mkdir = os.mkdir
+
+    def made_by_another_host_first(path, *args, **kwargs):
+      real_mkdir(path)
+      real_mkdir(path, *args, **kwargs)  # raises FileExistsError
+
+    monkeypatch.setattr(os, 'mkdir', made_by_another_host_first)
+    with wd.claim(str(workdir), config, process_index=1):
+      assert os.listdir(workdir) == ['lock.1']
+    assert workdir.is_dir()
+
   def test_the_lock_of_a_dead_process_on_this_host_is_replaced(
       self, tmp_path, config
   ):
