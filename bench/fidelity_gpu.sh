@@ -39,43 +39,18 @@ budget=${3:-560}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
-speed_reserve=${SPEED_RESERVE:-180}  # seconds kept for (c) and the tables
+reserve=${SPEED_RESERVE:-180}  # seconds kept for (c) and the tables
 mkdir -p "$out/oracle" "$out/ours" "$out/cache"
 cd "$root"
 
-left() { echo $((budget - SECONDS)); }
-stamp() { echo "[$(date +%T) t=${SECONDS}s] $*"; }
-
-stamp "$(nvidia-smi -L 2>/dev/null | head -1)"
-python3 -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__, torch.cuda.is_available())'
-
-stamp 'decoding the JPEGs once, for all runs'
-for split in train test; do
-  python3 -c "from input_pipeline import sources
-sources.load_cifar10_jpeg('$data_dir', '$split', '$out/cache')" &
-done
-wait
-
-# Runs the given commands (one per argument) at once, each in its own
-# process group, until they end or only $speed_reserve seconds are left.
-run_together() {
-  local pids=() command
-  for command in "$@"; do
-    setsid bash -c "$command" &
-    pids+=($!)
-  done
-  while (( $(left) > speed_reserve )) && jobs -r | grep -q .; do sleep 2; done
-  if jobs -r | grep -q .; then
-    stamp 'out of time: stopping the unfinished runs (they resume)'
-    for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null; done
-  fi
-  wait
-}
+source "$here/gpu_lib.sh"
+show_machine
+decode_jpegs "$data_dir" "$out/cache"
 
 # --- (a) the oracle as LDAM trains, beside our BN arm ------------------------
 part_a_oracle() {
   stamp '(a) oracle seeds 0, 1 and our BN seeds 0, 1, sharing the GPU'
-  local deadline=$(( $(date +%s) + $(left) - speed_reserve )) commands=()
+  local deadline=$(( $(date +%s) + $(left) - reserve )) commands=()
   local our_flags=${OUR_EXTRA_FLAGS-'--config.warmup_granularity=epoch'}
   local seed
   for seed in 0 1; do
@@ -104,7 +79,7 @@ part_a_oracle() {
 # OUT_DIR/sweep/report/sweep.md (paired NBN - BN per seed, 95% CI).
 part_b_seed_sweep() {
   stamp '(b) seed sweep: 5 seeds per arm, one program per cell'
-  local deadline=$(( $(date +%s) + $(left) - speed_reserve ))
+  local deadline=$(( $(date +%s) + $(left) - reserve ))
   local imbalance
   for imbalance in 100 50 10; do
     python3 "$here/sweep.py" run --root="$out/sweep" --data-dir="$data_dir" \
@@ -141,6 +116,6 @@ part_c_speed() {
 }
 
 part_a_oracle
-(( $(left) > speed_reserve )) && part_b_seed_sweep
+(( $(left) > reserve )) && part_b_seed_sweep
 part_c_speed
 stamp done

@@ -25,44 +25,28 @@ budget=${3:-560}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out/runs" "$out/cache"
 
-left() { echo $((budget - SECONDS)); }
-stamp() { echo "[$(date +%T) t=${SECONDS}s] $*"; }
+source "$here/gpu_lib.sh"
+show_machine
+decode_jpegs "$data_dir" "$out/cache"
 
-stamp "$(nvidia-smi -L 2>/dev/null | head -1)"
-python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__)'
-
-stamp 'decoding the JPEGs once, for all runs'
-for split in train test; do
-  python3 -c "from input_pipeline import sources
-sources.load_cifar10_jpeg('$data_dir', '$split', '$out/cache')" &
-done
-wait
-
-speed_reserve=160  # seconds kept for the speed benchmarks and the report
+reserve=160  # seconds kept for the speed benchmarks and the report
 # Runs in waves (seed 0 of every arm, then seed 1), so that a machine that
 # runs out of time still hands back whole runs; runs stopped midway resume.
 wave() {
   stamp "200-epoch runs sharing the GPU: $*"
-  local pids=() run arm seed
+  local commands=() run arm seed
   for run in "$@"; do
     arm=${run%:*} seed=${run#*:}
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 setsid python3 \
-      "$here/cifar10_lt_accuracy.py" \
-      run --root="$out/runs" --data-dir="$data_dir" --epochs=200 \
-      --arms="$arm" --seeds="$seed" --config.cache_dir="$out/cache" \
-      >>"$out/runs/${arm}_seed${seed}.log" 2>&1 &
-    pids+=($!)
+    commands+=("XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 python3 \
+      '$here/cifar10_lt_accuracy.py' run --root='$out/runs' \
+      --data-dir='$data_dir' --epochs=200 --arms=$arm --seeds=$seed \
+      --config.cache_dir='$out/cache' >>'$out/runs/${arm}_seed${seed}.log' 2>&1")
   done
-  while (( $(left) > speed_reserve )) && jobs -r | grep -q .; do sleep 2; done
-  if jobs -r | grep -q .; then
-    stamp 'out of time: stopping the unfinished runs (they can resume)'
-    for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null; done
-  fi
-  wait
+  run_together "${commands[@]}"
   stamp 'wave ended'
 }
 wave bn:0 nbn:0 nbn_la:0
-(( $(left) > speed_reserve )) && wave bn:1 nbn:1
+(( $(left) > reserve )) && wave bn:1 nbn:1
 grep -H 'Training \|^last\|results:' "$out"/runs/*.log
 python3 "$here/cifar10_lt_accuracy.py" report --root="$out/runs" \
   --out="$out/report"

@@ -42,7 +42,7 @@ from nbn_jax.clipping import (  # noqa: E402
     clip_by_global_norm_outside_nbn,
     global_norm_outside_nbn,
 )
-from nbn_jax.models.common import nbn_layer_paths  # noqa: E402
+from nbn_jax.inspection import nbn_layer_paths  # noqa: E402
 from tests import flax_imagenet_resnet  # noqa: E402
 
 BATCH = 64
@@ -103,44 +103,18 @@ def train(variant: str, seed: int, steps: int, data):
           clip_by_global_norm_outside_nbn(1.0, paths), sgd
       ),
   }.get(variant, sgd)
-  opt_state = tx.init(params)
-
-  @functools.partial(jax.pmap, axis_name='batch')
-  def step(params, batch_stats, opt_state, images, labels):
-    def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
-          images,
-          mutable=['batch_stats'],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels
-      ).mean()
-      return loss, updates['batch_stats']
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params
-    )
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  one = lambda tree: jax.tree.map(lambda a: a[None], tree)
-  params, batch_stats, opt_state = one((params, batch_stats, opt_state))
+  step = flax_imagenet_resnet.pmapped_train_step(model, tx)
+  state = jax.tree.map(
+      lambda a: a[None], (params, batch_stats, tx.init(params))
+  )
   rng = np.random.default_rng(seed)
   losses = []
   for _ in range(steps):
     batch = rng.choice(len(x_train), BATCH, replace=False)
-    params, batch_stats, opt_state, loss = step(
-        params,
-        batch_stats,
-        opt_state,
-        x_train[batch][None],
-        y_train[batch][None],
-    )
+    state, loss = step(state, x_train[batch][None], y_train[batch][None])
     losses.append(float(loss[0]))
-  final = jax.tree.map(
-      lambda a: a[0], {'params': params, 'batch_stats': batch_stats}
-  )
+  params, batch_stats, _ = jax.tree.map(lambda a: a[0], state)
+  final = {'params': params, 'batch_stats': batch_stats}
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(final, x_test)
   accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
   return losses, accuracy

@@ -30,7 +30,6 @@ on sys.path), bench scripts from their own folder. Imports only torch and
 numpy.
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

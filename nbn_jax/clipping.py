@@ -17,7 +17,7 @@ The raw NBN vectors are scale-invariant (the output depends on their
 direction only), so their gradient size says nothing about how far the
 network moves. The way out here leaves them out of the global norm:
 
-    paths = nbn_layer_paths(model, (1, 32, 32, 3))  # nbn_jax.models.common
+    paths = nbn_layer_paths(model, (1, 32, 32, 3))  # nbn_jax.inspection
     tx = optax.chain(
         clip_by_global_norm_outside_nbn(1.0, paths), optax.sgd(0.1, 0.9)
     )
@@ -42,7 +42,7 @@ def nbn_raw_vector_mask(params, nbn_paths: Iterable[str]):
   Args:
     params: a parameter tree (nested dicts, as linen's ``params``).
     nbn_paths: '/'-joined module paths of the NBN layers, e.g. from
-      `nbn_jax.models.common.nbn_layer_paths`.
+      `nbn_jax.inspection.nbn_layer_paths`.
   """
   paths = set(nbn_paths)
 

@@ -1,4 +1,4 @@
-"""Find the NBN layers of a linen model, and fold them into plain BN.
+"""Fold the NBN layers of a trained linen model into plain BN.
 
 At evaluation an NBN layer is a plain BN with ``(scale_eff, bias_eff)``, so a
 trained NBN model can be served as the same network with `nn.BatchNorm`
@@ -7,79 +7,13 @@ everywhere: `fold_nbn` turns its variables into that network's variables.
 This module imports only jax and flax.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from nbn_jax.normalization import NormalizedBatchNorm, effective_params
-
-Path = tuple[str, ...]
-
-
-class NBNLayer(NamedTuple):
-  """What folding needs to know about one NBN layer of a model.
-
-  Attributes:
-    alpha_path: path in ``params`` of the alpha passed to the layer, or None
-      when the layer uses its own ``alpha``.
-    norm_epsilon: the layer's `norm_epsilon`.
-  """
-
-  alpha_path: Path | None
-  norm_epsilon: float
-
-
-def nbn_layers(
-    model: nn.Module, variables: Any, *args, **kwargs
-) -> dict[Path, NBNLayer]:
-  """The NBN layers `model.apply(variables, *args, **kwargs)` calls.
-
-  Nothing is computed: the call is traced abstractly.
-
-  Args:
-    model: any linen model.
-    variables: its variables, or their shapes (`jax.ShapeDtypeStruct`s).
-    *args, **kwargs: the rest of an `apply` call (an input or its shape, and
-      e.g. ``train=False``).
-
-  Returns:
-    {path of each NBN layer (module names from the root): its `NBNLayer`}.
-  """
-  layers = {}
-
-  def trace(variables, args):
-    passed = {}
-
-    def record(next_fun, call_args, call_kwargs, context):
-      if isinstance(context.module, NormalizedBatchNorm) and (
-          context.method_name == '__call__'
-      ):
-        passed[tuple(context.module.scope.path)] = (
-            call_kwargs.get('alpha'),
-            context.module.norm_epsilon,
-        )
-      return next_fun(*call_args, **call_kwargs)
-
-    with nn.intercept_methods(record):
-      model.apply(variables, *args, **kwargs)
-    # Inside the trace, a parameter read by a module is the very tracer
-    # passed in, so a passed alpha is found by identity.
-    params = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
-    for path, (alpha, norm_epsilon) in passed.items():
-      alpha_path = next(
-          (
-              tuple(key.key for key in leaf_path)
-              for leaf_path, leaf in params
-              if alpha is not None and leaf is alpha
-          ),
-          None,
-      )
-      layers[path] = NBNLayer(alpha_path, norm_epsilon)
-
-  jax.eval_shape(trace, variables, args)
-  return layers
+from nbn_jax.inspection import Path, nbn_layers
+from nbn_jax.normalization import effective_params
 
 
 def _nested_get(tree: dict, path: Path) -> Any:

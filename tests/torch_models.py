@@ -19,27 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import torch_resnet32
 
-class NBNBatchNorm2d(nn.BatchNorm2d):
-  """The reference's NBN class: raw weight/bias, scaled on request."""
+
+class NBNBatchNorm2d(torch_resnet32.NormalizedBatchNorm2d):
+  """The reference's NBN class: plain BN until its model sets `alpha`."""
 
   alpha = None
 
   def forward(self, x):
-    weight, bias = self.weight, self.bias
-    if self.alpha is not None:
-      weight = self.alpha * weight / (torch.norm(weight) + 1e-6)
-      bias = self.alpha * bias / (torch.norm(bias) + 1e-6)
-    return F.batch_norm(
-        x,
-        self.running_mean,
-        self.running_var,
-        weight,
-        bias,
-        self.training,
-        self.momentum,
-        self.eps,
-    )
+    if self.alpha is None:
+      return self.normalize(x, self.weight, self.bias)
+    return super().forward(x, self.alpha)
 
 
 class Bottleneck(nn.Module):

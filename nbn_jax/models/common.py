@@ -27,38 +27,6 @@ def is_alpha(name: str) -> bool:
   return name in (NBN_ALPHA, LAYER_ALPHA)
 
 
-def nbn_layer_paths(
-    model: nn.Module, input_shape: tuple[int, ...]
-) -> tuple[str, ...]:
-  """'/'-joined module paths of the model's `NormalizedBatchNorm` layers.
-
-  Asks the model itself (an abstract init, no compute), so it holds for any
-  Flax model and any placement: e.g. ('layer4_0/bn3', 'layer4_0/
-  downsample_bn', 'layer4_1/bn3', 'layer4_2/bn3') for ResNet-50.
-
-  Args:
-    model: a Flax module whose `__call__(x, train=False)` builds the network.
-    input_shape: shape of one input batch, e.g. (1, 32, 32, 3).
-  """
-  found = []
-
-  def record(next_fun, args, kwargs, context):
-    if (
-        isinstance(context.module, NormalizedBatchNorm)
-        and context.method_name == '__call__'
-    ):
-      found.append('/'.join(context.module.path))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0), jnp.zeros(input_shape), train=False
-        )
-    )
-  return tuple(dict.fromkeys(found))
-
-
 @dataclasses.dataclass(frozen=True)
 class NBNPlacement:
   """Which BN layers of a ResNet become `NormalizedBatchNorm` when norm='nbn'.

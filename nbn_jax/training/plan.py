@@ -23,7 +23,8 @@ import input_pipeline as ip
 from input_pipeline import on_device
 from input_pipeline.samplers import epoch_size
 from nbn_jax import models
-from nbn_jax.models.common import NORMS, nbn_layer_paths
+from nbn_jax.inspection import nbn_layer_paths
+from nbn_jax.models.common import NORMS
 from nbn_jax.training import inputs, losses, metrics, optim, runs, steps
 from nbn_jax.training.topology import BN_SCOPES, Topology, make_topology
 

@@ -12,7 +12,7 @@ from nbn_jax.clipping import (
     global_norm_outside_nbn,
     nbn_raw_vector_mask,
 )
-from nbn_jax.models.common import nbn_layer_paths
+from nbn_jax.inspection import nbn_layer_paths
 
 IMAGES = (8, 16, 16, 3)
 

@@ -5,8 +5,6 @@ each block and averages statistics over the pmapped axis 'batch'; its train
 step is flax's example step (pmap, pmean'd gradients) at toy size.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,31 +50,9 @@ def train(norm_cls, steps: int, tx=None) -> tuple[list[float], dict]:
   state = (variables['params'], variables['batch_stats'])
   state = state + (tx.init(state[0]),)
 
-  @functools.partial(
-      jax.pmap, axis_name='batch', devices=jax.local_devices()[:DEVICES]
+  step = flax_imagenet_resnet.pmapped_train_step(
+      model, tx, jax.local_devices()[:DEVICES]
   )
-  def step(state, images, labels):
-    params, batch_stats, opt_state = state
-
-    def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
-          images,
-          mutable=['batch_stats'],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels
-      ).mean()
-      return loss, updates['batch_stats']
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params
-    )
-    grads = jax.lax.pmean(grads, 'batch')
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, batch_stats, opt_state), jax.lax.pmean(loss, 'batch')
-
   state = jax.tree.map(lambda a: jnp.stack([a] * DEVICES), state)
   images, labels = _data()
   losses = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nbn_jax import models
-from nbn_jax.folding import NBNLayer, fold_nbn, nbn_layers
+from nbn_jax.folding import fold_nbn
 from nbn_jax.models.common import NBNPlacement
 
 
@@ -91,18 +91,3 @@ class TestFold:
         rtol=1e-5,
         atol=1e-5,
     )
-
-
-def test_nbn_layers_names_each_layer_and_the_alpha_it_reads():
-  model = models.ResNet50(10)
-  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  shared = NBNLayer(('nbn_alpha',), 1e-6)
-  assert nbn_layers(model, shapes, x, train=False) == {
-      ('layer4_0', 'bn3'): shared,
-      ('layer4_0', 'downsample_bn'): shared,
-      ('layer4_1', 'bn3'): shared,
-      ('layer4_2', 'bn3'): shared,
-  }

@@ -1,0 +1,44 @@
+# Shared by the GPU evidence scripts (sourced, not run): a time budget for a
+# time-limited machine, timestamps, the one-off JPEG decode, and running
+# several trainings at once on the one GPU until the budget runs out.
+#
+# The sourcing script sets `budget` (seconds for the whole script) and
+# `reserve` (seconds kept after the trainings, for speed runs and reports).
+
+left() { echo $((budget - SECONDS)); }
+stamp() { echo "[$(date +%T) t=${SECONDS}s] $*"; }
+
+# Prints the GPU and the library versions.
+show_machine() {
+  stamp "$(nvidia-smi -L 2>/dev/null | head -1)"
+  python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__)'
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())' 2>/dev/null
+}
+
+# Decodes the CIFAR-10 JPEGs in $1 once into the cache $2, for every run.
+decode_jpegs() {
+  stamp 'decoding the JPEGs once, for all runs'
+  local split
+  for split in train test; do
+    python3 -c "from input_pipeline import sources
+sources.load_cifar10_jpeg('$1', '$split', '$2')" &
+  done
+  wait
+}
+
+# Runs the given shell commands (one per argument) at once, each in its own
+# process group, until they end or only $reserve seconds are left; what is
+# still running then is stopped (the trainer resumes it on the next call).
+run_together() {
+  local pids=() command
+  for command in "$@"; do
+    setsid bash -c "$command" &
+    pids+=($!)
+  done
+  while (( $(left) > reserve )) && jobs -r | grep -q .; do sleep 2; done
+  if jobs -r | grep -q .; then
+    stamp 'out of time: stopping the unfinished runs (they resume)'
+    for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null; done
+  fi
+  wait
+}
