@@ -1,13 +1,13 @@
 """K training runs in one program against one run alone, in one process.
 
-    python bench/many_runs.py                          # K = 1, 2, 4, 8, 16
-    python bench/many_runs.py --runs=1,2 --run-axis=vmap,unroll   # both maps
+    python bench/many_runs.py                          # K = 2, 4, 8, 16
+    python bench/many_runs.py --runs=2 --run-axis=vmap,unroll   # both maps
 
 ResNet-32 (NBN) trains on synthetic CIFAR-10-LT-sized data (12,406 32x32
 images, IF 100 class counts) with the on-device input path, batch 128,
-SGD with momentum, weight decay and the step schedule, as the trainer does
-(`nbn_jax.training.runs`; JAX only, no TensorFlow). The baseline 'single' is
-the single-run trainer's on-device input (`inputs.OnDeviceInput`).
+the recipe of configs/cifar10_lt.py, built by the run plan as the trainer
+builds it (`nbn_jax.training.runs`; JAX only, no TensorFlow). The baseline
+'single' is the single-run trainer (K = 1).
 
 Every program is compiled and warmed up first; then rounds time each
 program for `--dispatches` calls in turn (so drift on the machine hits all)
@@ -26,26 +26,20 @@ convolutions) or unrolls them in the one program ('unroll').
 """
 
 import argparse
-import functools
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import input_pipeline as ip
+from configs import cifar10_lt
 from input_pipeline import on_device
-from nbn_jax import models
-from nbn_jax.training import inputs, losses, optim, runs, steps
-from nbn_jax.training.topology import make_topology
+from nbn_jax.training import inputs, plan, runs
 
 NUM_CLASSES = 10
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # IF 100
 STEPS_PER_EPOCH = 97
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def synthetic_split() -> ip.Split:
@@ -55,73 +49,44 @@ def synthetic_split() -> ip.Split:
   return ip.Split('synthetic CIFAR-10-LT', labels, NUM_CLASSES, images=images)
 
 
-def step_config(topology, batch, dtype) -> steps.StepConfig:
-  return steps.StepConfig(
-      model=models.ResNet32(num_classes=NUM_CLASSES, dtype=dtype),
-      loss_fn=losses.make_loss('cross_entropy', np.array(COUNTS)),
-      topology=topology,
-      global_batch_size=batch,
-      prepare=functools.partial(
-          on_device.normalize_images,
-          mean=CIFAR_MEAN,
-          std=CIFAR_STD,
-          dtype=dtype,
-      ),
-      num_classes=NUM_CLASSES,
+def config_for(num_runs: int, run_axis: str, batch: int, bf16: bool):
+  """The CIFAR-10-LT recipe (configs/cifar10_lt.py) with K runs at `batch`."""
+  config = cifar10_lt.get_config()
+  config.update(
+      batch_size=batch,
+      num_runs=num_runs,
+      run_axis=run_axis,
+      half_precision=bf16,
   )
-
-
-def optimiser(batch: int) -> optax.GradientTransformation:
-  schedule = optim.learning_rate_schedule(
-      'step',
-      0.1 * batch / 128,
-      STEPS_PER_EPOCH,
-      200 * STEPS_PER_EPOCH,
-      5.0,
-      (160.0, 180.0),
-      0.01,
-  )
-  return optim.sgd(schedule, 2e-4)
+  return config
 
 
 class Program:
-  """One training program and its state: `num_runs` runs side by side, or
-  the single-run trainer's on-device input (num_runs None)."""
+  """The trainer's on-device training input for `num_runs` runs side by side
+  (one run: the single-run trainer), built by the run plan."""
 
-  def __init__(self, split, num_runs, run_axis, batch, dispatch, dtype):
-    self.num_runs = num_runs or 1
-    self.steps_per_call = dispatch
-    preprocessing = ip.Preprocessing('cifar', crop_padding=4)
-    sampler = ip.SamplerSpec('instance')
-    tx = optimiser(batch)
-    if num_runs is None:
-      topology = make_topology('global')
-      cfg = step_config(topology, batch, dtype)
+  def __init__(self, split, num_runs, run_axis, batch, dispatch, bf16):
+    core = plan.build_step_plan(
+        config_for(num_runs, run_axis, batch, bf16),
+        ip.DATASETS['cifar10'],
+        np.array(COUNTS),
+        (32, 32, 3),
+    )
+    if num_runs == 1:
       init_key, data_key = jax.random.split(jax.random.key(0))
-      self.state = steps.create_train_state(
-          cfg.model, tx, init_key, (32, 32, 3), topology
-      )
-      single = inputs.OnDeviceInput(
-          on_device.put_on_devices(split, sampler, topology.batch_sharding),
-          functools.partial(inputs.device_steps, cfg, data_key, preprocessing),
-          dispatch,
-      )
-      self._call = lambda state: single.run(state, 0, dispatch)
     else:
-      layout = runs.run_layout(
-          num_runs, jax.device_count(), batch, batch, 'global'
-      )
-      topology = make_topology('global', run_shards=layout.run_shards)
-      cfg = step_config(topology, batch, dtype)
-      init_keys, data_keys = runs.run_keys(0, num_runs)
-      self.state = runs.create_train_states(
-          cfg.model, tx, init_keys, (32, 32, 3), topology
-      )
-      data = on_device.put_on_devices(split, sampler, topology.batch_sharding)
-      train = runs.make_device_train_steps(
-          cfg, data_keys, preprocessing, dispatch, run_axis
-      )
-      self._call = lambda state: train(state, data)
+      init_key, data_key = runs.run_keys(0, num_runs)
+    self.num_runs = num_runs
+    self.steps_per_call = dispatch
+    self.state = core.init_state(init_key)
+    training_input = inputs.OnDeviceInput(
+        on_device.put_on_devices(
+            split, ip.SamplerSpec('instance'), core.topology.batch_sharding
+        ),
+        core.device_steps(data_key, ip.Preprocessing('cifar', crop_padding=4)),
+        dispatch,
+    )
+    self._call = lambda state: training_input.run(state, 0, dispatch)
 
   def time(self, calls: int) -> float:
     """Seconds per step over `calls` calls."""
@@ -134,7 +99,7 @@ class Program:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--runs', default='1,2,4,8,16')
+  parser.add_argument('--runs', default='2,4,8,16')
   parser.add_argument(
       '--run-axis',
       default=runs.default_run_axis(),
@@ -151,25 +116,26 @@ def main():
   )
   parser.add_argument('--bf16', action='store_true')
   args = parser.parse_args()
-  dtype = jnp.bfloat16 if args.bf16 else jnp.float32
   dispatch = inputs.steps_per_dispatch(args.steps_per_dispatch)
 
   print(
       f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
       f'({jax.default_backend()}), {jax.device_count()} device(s), ResNet-32 '
-      f'batch {args.batch} per run, {jnp.dtype(dtype).name}, {dispatch} '
+      f'batch {args.batch} per run, {"bfloat16" if args.bf16 else "float32"}, '
+      f'{dispatch} '
       'step(s) per dispatch'
   )
   split = synthetic_split()
-  specs = [('single', None, None)] + [
+  specs = [('single', 1, 'unroll')] + [
       (f'{run_axis} K={k}', int(k), run_axis)
       for run_axis in args.run_axis.split(',')
       for k in args.runs.split(',')
+      if int(k) > 1
   ]
   programs, first_call = {}, {}
   for name, num_runs, run_axis in specs:
     programs[name] = Program(
-        split, num_runs, run_axis, args.batch, dispatch, dtype
+        split, num_runs, run_axis, args.batch, dispatch, args.bf16
     )
     start = time.perf_counter()
     programs[name].time(1)

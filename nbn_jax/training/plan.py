@@ -176,6 +176,7 @@ def run_layout(
         config.bn_scope,
         config.bn_group_size,
         config.run_shards,
+        jax.process_count() if config.input_path == 'tf_data' else 1,
     )
   except runs.RunLayoutError as e:
     raise ConfigError(str(e)) from None

@@ -82,6 +82,7 @@ def run_layout(
     bn_scope: str = 'global',
     bn_group_size: int = 1,
     run_shards: int = 0,
+    feeding_hosts: int = 1,
 ) -> RunLayout:
   """Checks that K runs fit the devices; the config check calls this.
 
@@ -91,7 +92,11 @@ def run_layout(
     batch_size: each run's global training batch.
     eval_batch_size: the evaluation batch (shared by all runs).
     bn_scope, bn_group_size: the BN statistics scope.
-    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices).
+    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices), or
+      1 when several hosts feed the batches.
+    feeding_hosts: hosts that each feed a slice of every run's batch (the
+      tf.data input path on a pod). With more than one, the 'runs' axis
+      must have one shard: a host's slice holds examples of every run.
 
   Raises:
     RunLayoutError: a one-line message naming the config field to change.
@@ -99,7 +104,13 @@ def run_layout(
   if num_runs < 1:
     raise RunLayoutError(f'config.num_runs={num_runs} must be >= 1.')
   if run_shards == 0:
-    run_shards = math.gcd(num_runs, device_count)
+    run_shards = 1 if feeding_hosts > 1 else math.gcd(num_runs, device_count)
+  if feeding_hosts > 1 and run_shards != 1:
+    raise RunLayoutError(
+        f'config.run_shards={run_shards} must be 1 (or 0) when '
+        f'{feeding_hosts} hosts feed the batches (config.input_path='
+        "'tf_data'): each host's slice holds examples of every run."
+    )
   if run_shards < 1 or num_runs % run_shards or device_count % run_shards:
     raise RunLayoutError(
         f'config.run_shards={run_shards} must divide both config.num_runs='
@@ -349,15 +360,3 @@ def stack_runs(
   """Zips per-run batch streams into batches with a leading run axis."""
   for batches in zip(*streams):
     yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}
-
-
-def global_run_batch(array: np.ndarray, topology: Topology) -> jax.Array:
-  """This host's (K, per_host_batch, ...) -> the global (K, B, ...) array.
-
-  Single host: the whole array. Several hosts: each host passes its slice of
-  every run's batch, which matches the layout while the 'runs' axis has one
-  device (runs then span all hosts' devices).
-  """
-  return jax.make_array_from_process_local_data(
-      topology.run_batch_sharding, array
-  )

@@ -65,7 +65,12 @@ class Topology:
 
   @property
   def run_batch_sharding(self) -> NamedSharding:
-    """(K, B, ...) batches: runs over 'runs', examples over the data axes."""
+    """(K, B, ...) batches: runs over 'runs', examples over the data axes.
+
+    Fed from several hosts, each host passes its slice of every run's batch
+    (K, B / hosts, ...), which matches this layout only while the 'runs'
+    axis has one shard (runs then span all hosts' devices).
+    """
     return NamedSharding(self.mesh, P(RUNS_AXIS, self.data_axes))
 
   @property

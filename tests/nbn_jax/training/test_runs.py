@@ -124,8 +124,8 @@ def _runs_in_one_program(
     for batch in runs.stack_runs(streams):
       states, metrics = train(
           states,
-          runs.global_run_batch(batch['image'], topology),
-          runs.global_run_batch(batch['label'], topology),
+          inputs.to_global(batch['image'], topology.run_batch_sharding),
+          inputs.to_global(batch['label'], topology.run_batch_sharding),
       )
   assert metrics['loss'].shape[-1] == num_runs
   return jax.device_get(states)
@@ -266,6 +266,10 @@ def test_default_layouts():
   assert runs.run_layout(3, 8, 16, 16) == runs.RunLayout(3, 1, 8)
   assert runs.run_layout(16, 8, 16, 16) == runs.RunLayout(16, 8, 1)
   assert runs.run_layout(4, 8, 16, 16, 'device') == runs.RunLayout(4, 4, 2)
+  # Hosts that feed slices of every run's batch: the runs share all devices.
+  assert runs.run_layout(4, 8, 16, 16, feeding_hosts=2) == runs.RunLayout(
+      4, 1, 8
+  )
 
 
 @pytest.mark.parametrize(
@@ -274,6 +278,10 @@ def test_default_layouts():
         (dict(num_runs=0), r'config.num_runs=0 must be >= 1'),
         (dict(num_runs=4, run_shards=3), r'config.run_shards=3 must divide'),
         (dict(num_runs=16, run_shards=16), r'config.run_shards=16 must divide'),
+        (
+            dict(num_runs=4, run_shards=2, feeding_hosts=2),
+            r'config.run_shards=2 must be 1 \(or 0\) when 2 hosts feed',
+        ),
         (
             dict(num_runs=3, batch_size=12),
             r'config.batch_size=12 .* 8 devices of each run',
