@@ -3,16 +3,32 @@
 Every test runs on 8 host CPU devices, so sharded and single-device behaviour
 are compared in one process, and with most XLA optimisations off, which makes
 compilation several times faster on the small programs tests build.
+
+Compiled programs are also kept in a persistent compilation cache for the
+session (a temporary folder, removed at the end), shared by the pytest-xdist
+workers and the train.py processes tests start: a resumed run, or a second
+host, compiles what an earlier run compiled once (the kill-and-resume tests
+ran in 68 s instead of 107 s with it).
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 _DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
 if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}"
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # set: a worker, or a user's
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='nbn-jax-tests-xla-cache-'
+  )
+  atexit.register(
+      shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True
+  )
 # PyTorch (test-only) is PyPI's CUDA build, which imports triton when
 # torch.optim builds its first optimiser; triton's LLVM then crashes the
 # process (a segfault) once jaxlib and TensorFlow are loaded. The tests run

@@ -30,11 +30,19 @@ FAST = [  # a few quickstart steps
 ]
 
 
+def _environment(devices: int) -> dict[str, str]:
+  """A train.py process's environment: `devices` CPU devices, and most XLA
+  optimisations off (as in this process, tests/conftest.py)."""
+  return dict(
+      os.environ,
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      JAX_PLATFORMS='cpu',
+      JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+  )
+
+
 def _train(workdir, *flags, devices=8, extra_env=None, timeout=300):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['JAX_PLATFORMS'] = 'cpu'
-  env.update(extra_env or {})
+  env = _environment(devices) | (extra_env or {})
   return subprocess.run(
       [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags],
       cwd=ROOT,
@@ -492,14 +500,6 @@ def test_nan_loss_before_the_first_checkpoint_says_there_is_none(
   assert 'step None' not in line and 'no checkpoint' in line
 
 
-def _devices(count: int) -> dict[str, str]:
-  return dict(
-      os.environ,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={count}',
-      JAX_PLATFORMS='cpu',
-  )
-
-
 @pytest.mark.slow
 class TestStopAndResume:
   """A signal, or a corrupt checkpoint, and the run still ends identical.
@@ -532,7 +532,7 @@ class TestStopAndResume:
         [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}']
         + self.RUN,
         cwd=ROOT,
-        env=_devices(1),
+        env=_environment(devices=1),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -596,11 +596,7 @@ def test_two_hosts_of_four_devices_equal_one_host_of_eight(tmp_path):
   assert single.returncode == 0, single.stderr[-3000:]
 
   port = _free_port()
-  env = dict(
-      os.environ,
-      XLA_FLAGS='--xla_force_host_platform_device_count=4',
-      JAX_PLATFORMS='cpu',
-  )
+  env = _environment(devices=4)
   hosts = [
       subprocess.Popen(
           [
