@@ -26,9 +26,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # set: a worker, or a user's
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix='nbn-jax-tests-xla-cache-'
   )
-  atexit.register(
-      shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True
-  )
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True)
 # PyTorch (test-only) is PyPI's CUDA build, which imports triton when
 # torch.optim builds its first optimiser; triton's LLVM then crashes the
 # process (a segfault) once jaxlib and TensorFlow are loaded. The tests run
