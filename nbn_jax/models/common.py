@@ -170,7 +170,8 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
       norm: the model's plain BN partial, for the logit-rectification head.
 
     Returns:
-      (batch, num_classes) float32 logits.
+      (batch, num_classes) logits in float32, or in the computation dtype
+      when that is wider (float64).
     """
     x = jnp.mean(features, axis=(1, 2))
     x = nn.Dense(
@@ -182,7 +183,7 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     )(x)
     if self.logit_norm:
       x = norm(use_scale=False, use_bias=False, name='logit_norm')(x)
-    return jnp.asarray(x, jnp.float32)
+    return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
 
 
 def with_fixed_fields(

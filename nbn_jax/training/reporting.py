@@ -137,13 +137,20 @@ def write_json(path: str, data: Any):
   os.replace(partial, path)
 
 
+def percent(fraction: float | None) -> str:
+  """A fraction in % (two decimals), or 'n/a' for an empty shot group."""
+  if fraction is None or not math.isfinite(fraction):
+    return 'n/a'
+  return f'{100 * fraction:.2f}'
+
+
 def summary_table(rows: dict[str, dict[str, float]]) -> str:
   """A text table: one row per result, columns top-1 and the shot groups."""
   columns = ('top1', 'many', 'medium', 'few')
   width = max(len(name) for name in rows) + 2
   lines = [f'{"":{width}}' + ''.join(f'{c:>9}' for c in columns)]
   for name, metrics in rows.items():
-    cells = ''.join(f'{100 * metrics[c]:9.2f}' for c in columns)
+    cells = ''.join(f'{percent(metrics[c]):>9}' for c in columns)
     lines.append(f'{name:{width}}' + cells)
   return '\n'.join(lines) + '\n(accuracy in %)'
 

@@ -9,6 +9,7 @@ summary table, TensorBoard scalars and the PNG plots (in the workdir for one
 run; in workdir/run_<k>/ for K runs, with summary.json over them).
 """
 
+import math
 import os
 from typing import Any
 
@@ -179,6 +180,14 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   return summary
 
 
+def _mean_std(entry: dict[str, Any]) -> str:
+  if not math.isfinite(entry['mean']):
+    return reporting.percent(entry['mean'])  # 'n/a': an empty group
+  return (
+      f'{reporting.percent(entry["mean"])} +- {reporting.percent(entry["std"])}'
+  )
+
+
 def summary_table(summary: dict[str, Any]) -> str:
   """mean +- std (in %) per result and group."""
   names = [
@@ -189,11 +198,7 @@ def summary_table(summary: dict[str, Any]) -> str:
   width = max(len(n) for n in names) + 7
   lines = [' ' * width + ''.join(f'{g:>17}' for g in GROUPS)]
   for name in names:
-    cells = ''.join(
-        f'{100 * summary[name][g]["mean"]:9.2f} +-'
-        f' {100 * summary[name][g]["std"]:4.2f}'
-        for g in GROUPS
-    )
+    cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in GROUPS)
     lines.append(f'{name + " test":{width}}' + cells)
   return '\n'.join(lines) + '\n(accuracy in %, mean +- std over runs)'
 

@@ -20,6 +20,13 @@ def test_summary_table_in_percent():
   assert unit == '(accuracy in %)'
 
 
+def test_an_empty_shot_group_is_not_available_rather_than_nan():
+  table = reporting.summary_table({
+      'last test': {'top1': 0.5, 'many': 0.75, 'medium': 0.5, 'few': np.nan},
+  })
+  assert table.splitlines()[1].split()[-1] == 'n/a'
+
+
 def _block(scale, bias, alpha=None):
   layer = {
       'scale': np.asarray(scale, np.float32),
