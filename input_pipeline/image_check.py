@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -160,11 +161,13 @@ def check_images(
       seconds,
       len(paths) / max(seconds, 1e-9),
   )
-  if cache:
+  if cache:  # every host of a run may write it: each through its own file
     os.makedirs(cache_dir, exist_ok=True)
-    with open(f'{cache}.partial', 'w') as f:
+    with tempfile.NamedTemporaryFile(
+        'w', dir=cache_dir, suffix='.partial', delete=False
+    ) as f:
       json.dump({'split': split.name, 'images': len(paths)}, f)
-    os.replace(f'{cache}.partial', cache)
+    os.replace(f.name, cache)
 
 
 def check_benchmark_images(benchmark, cache_dir: str | None = None) -> None:

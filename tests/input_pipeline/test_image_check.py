@@ -117,6 +117,23 @@ class TestCheckImages:
     with pytest.raises(ip.DataError, match='truncated'):
       image_check.check_images(split.subset(np.array([2, 3])), cache_dir=cache)
 
+  def test_hosts_writing_the_cache_at_once_both_finish(
+      self, split, tmp_path, monkeypatch
+  ):
+    cache = str(tmp_path / 'cache')
+    real_replace = os.replace
+    replaced = []
+
+    def another_host_writes_first(source, target):
+      if not replaced:  # this host is about to write: another one does too
+        replaced.append(source)
+        image_check.check_images(split, cache_dir=cache)
+      real_replace(source, target)
+
+    monkeypatch.setattr(os, 'replace', another_host_writes_first)
+    image_check.check_images(split, cache_dir=cache)
+    assert len(os.listdir(cache)) == 1 and not replaced[0].endswith('.json')
+
   def test_in_memory_splits_have_nothing_to_check(self):
     split = ip.Split(
         'mem', np.array([0]), 1, images=np.zeros((1, 2, 2, 3), np.uint8)
