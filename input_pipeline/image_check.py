@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -27,7 +26,13 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from input_pipeline.sources import DataError, Split, join_path, open_file
+from input_pipeline.sources import (
+    DataError,
+    Split,
+    join_path,
+    open_file,
+    write_atomically,
+)
 
 # What tf.io.decode_image reads; PIL calls some camera JPEGs 'MPO'.
 DECODABLE_FORMATS = ('JPEG', 'MPO', 'PNG', 'GIF', 'BMP', 'WEBP')
@@ -161,13 +166,9 @@ def check_images(
       seconds,
       len(paths) / max(seconds, 1e-9),
   )
-  if cache:  # every host of a run may write it: each through its own file
-    os.makedirs(cache_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        'w', dir=cache_dir, suffix='.partial', delete=False
-    ) as f:
+  if cache:  # every host of a run may write it
+    with write_atomically(cache) as f:
       json.dump({'split': split.name, 'images': len(paths)}, f)
-    os.replace(f.name, cache)
 
 
 def check_benchmark_images(benchmark, cache_dir: str | None = None) -> None:

@@ -10,12 +10,15 @@ TensorFlow; URLs such as ``gs://bucket/lists/train.txt`` go through
 `tf.io.gfile`.
 """
 
+import contextlib
 import dataclasses
 import io
 import os
 import posixpath
 import random
 import tarfile
+import tempfile
+from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image
@@ -45,6 +48,28 @@ def file_exists(path: str) -> bool:
 
     return tf.io.gfile.exists(path)
   return os.path.exists(path)
+
+
+@contextlib.contextmanager
+def write_atomically(path: str, mode: str = 'w') -> Iterator[IO]:
+  """A new local file beside `path` that replaces `path` once written.
+
+  A killed writer leaves no half-written `path`, and several writers (the
+  hosts of one run, on a shared disk) may write the same path at once: each
+  writes its own temporary file, and the last to finish wins.
+  """
+  folder = os.path.dirname(path) or '.'
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile(
+      mode, dir=folder, suffix='.partial', delete=False
+  ) as f:
+    try:
+      yield f
+    except BaseException:
+      f.close()
+      os.remove(f.name)
+      raise
+  os.replace(f.name, path)
 
 
 def join_path(root: str, relative: str) -> str:
@@ -317,9 +342,6 @@ def load_cifar10_jpeg(
       )
   )
   if cache:
-    os.makedirs(cache_dir, exist_ok=True)
-    partial = f'{cache}.partial'
-    with open(partial, 'wb') as f:
+    with write_atomically(cache, 'wb') as f:
       np.savez(f, images=split_data.images, labels=split_data.labels)
-    os.replace(partial, cache)  # atomic: a killed run leaves no bad cache
   return split_data
