@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from input_pipeline.sources import write_atomically
 from nbn_jax.models.common import LAYER_ALPHA, NBN_ALPHA
 from nbn_jax.normalization import effective_affine
 
@@ -131,10 +132,8 @@ def _json_safe(value):
 
 def write_json(path: str, data: Any):
   """Writes JSON atomically (a temporary file renamed into place)."""
-  partial = f'{path}.partial'
-  with open(partial, 'w') as f:
+  with write_atomically(path) as f:
     json.dump(_json_safe(data), f, indent=2)
-  os.replace(partial, path)
 
 
 def percent(fraction: float | None) -> str:

@@ -26,6 +26,8 @@ from typing import Any, Iterator, Mapping
 
 from absl import logging
 
+from input_pipeline.sources import write_atomically
+
 CONFIG_FILE = 'config.json'
 HEARTBEAT_SECONDS = 60.0  # how often a live run refreshes its lock
 STALE_SECONDS = 300.0  # a lock not refreshed this long is a dead run's
@@ -138,12 +140,8 @@ def check_config(
 
 def record_config(workdir: str, config: Mapping[str, Any]):
   """Writes `config` to ``config.json`` atomically (process 0 only)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  partial = f'{path}.partial'
-  with open(partial, 'w') as f:
+  with write_atomically(os.path.join(workdir, CONFIG_FILE)) as f:
     json.dump(_as_json(dict(config)), f, indent=2, sort_keys=True)
-  os.replace(partial, path)
 
 
 # --- The lock -----------------------------------------------------------------
