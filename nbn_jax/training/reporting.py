@@ -203,21 +203,59 @@ def _pyplot():
   return plt
 
 
+MAX_BARS = 100  # more classes are drawn as points and a running mean
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """Mean of each `window` consecutive values (NaNs skipped; NaN if all).
+
+  Returns:
+    (len(values) - window + 1,) means; entry i covers values[i:i + window].
+  """
+  finite = np.isfinite(values)
+  sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
+  counts = np.concatenate([[0], np.cumsum(finite)])
+  totals = sums[window:] - sums[:-window]
+  present = counts[window:] - counts[:-window]
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(present > 0, totals / present, np.nan)
+
+
 def plot_per_class_accuracy(
     path: str, accuracy: np.ndarray, train_counts: np.ndarray, title: str
 ):
-  """Per-class accuracy (bars) and training count (line, log scale)."""
+  """Per-class accuracy and training count (line, log scale), head to tail.
+
+  Up to `MAX_BARS` classes: one bar each. More (ImageNet-LT, iNaturalist):
+  a point per class and the running mean over 2% of the classes, in a
+  figure of fixed width.
+  """
   plt = _pyplot()
   order = np.argsort(-train_counts, kind='stable')
-  fig, ax = plt.subplots(figsize=(max(6, len(order) * 0.06 + 4), 4))
-  ax.bar(np.arange(len(order)), 100 * accuracy[order], color='tab:blue')
+  num_classes = len(order)
+  positions = np.arange(num_classes)
+  percent = 100 * np.asarray(accuracy, float)[order]
+  if num_classes <= MAX_BARS:
+    fig, ax = plt.subplots(figsize=(max(6, num_classes * 0.06 + 4), 4))
+    ax.bar(positions, percent, color='tab:blue')
+    if num_classes <= 30:
+      ax.set_xticks(positions, [str(c) for c in order])
+  else:
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(positions, percent, '.', color='tab:blue', ms=2, alpha=0.3)
+    window = max(2, num_classes // 50)
+    ax.plot(
+        positions[window // 2 :][: num_classes - window + 1],
+        running_mean(percent, window),
+        color='tab:blue',
+        label=f'mean of {window} neighbouring classes',
+    )
+    ax.legend(loc='upper right', fontsize=8)
   ax.set_xlabel('class, by training count (head to tail)')
-  if len(order) <= 30:
-    ax.set_xticks(np.arange(len(order)), [str(c) for c in order])
   ax.set_ylabel('test accuracy (%)', color='tab:blue')
   ax.set_ylim(0, 100)
   counts_axis = ax.twinx()
-  counts_axis.plot(np.arange(len(order)), train_counts[order], color='tab:red')
+  counts_axis.plot(positions, train_counts[order], color='tab:red')
   counts_axis.set_yscale('log')
   counts_axis.set_ylabel('training images', color='tab:red')
   ax.set_title(title)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from nbn_jax import effective_affine
 from nbn_jax.training import reporting
@@ -75,3 +76,25 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
   reporting.write_json(path, {'few': float('nan'), 'top1': np.float32(0.5)})
   assert json.loads(open(path).read()) == {'few': None, 'top1': 0.5}
   assert os.listdir(tmp_path) == ['results.json']
+
+
+def test_running_mean_skips_classes_without_test_images():
+  values = np.array([1.0, np.nan, 3.0, 5.0, np.nan, np.nan])
+  np.testing.assert_allclose(
+      reporting.running_mean(values, 2), [1.0, 3.0, 4.0, 5.0, np.nan]
+  )
+  np.testing.assert_allclose(reporting.running_mean(values, 6), [3.0])
+
+
+@pytest.mark.parametrize('num_classes', [10, 8142])
+def test_per_class_plot_stays_readable_for_any_class_count(
+    tmp_path, num_classes
+):
+  rng = np.random.default_rng(0)
+  counts = rng.integers(1, 1000, num_classes)
+  accuracy = rng.uniform(0, 1, num_classes)
+  accuracy[::7] = np.nan  # classes without test images
+  path = str(tmp_path / 'per_class.png')
+  reporting.plot_per_class_accuracy(path, accuracy, counts, 'title')
+  width, height = Image.open(path).size
+  assert width <= 1200 and height == 480  # at most 10 x 4 inches at 120 dpi
