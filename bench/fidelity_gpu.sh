@@ -21,7 +21,8 @@
 # (b) BN vs NBN (and both with logit-adjusted CE) at IF 100, then 50 and 10,
 #     5 seeds each, one program of 5 runs per cell (bench/sweep.py).
 # (c) Speed: our ResNet-32 step against PyTorch eager and torch.compile,
-#     then ResNet-50 bf16 training images/s (and NBN/BN step time).
+#     then ResNet-50 bf16 training images/s (and NBN/BN step time), then,
+#     if time is left, K runs in one program against one (bench/many_runs.py).
 #
 # Estimates from measured numbers (README, docs/results, one H200): a JAX
 # 200-epoch run took 106 s alone (3 sharing the GPU: 277 s); PyTorch eager
@@ -113,6 +114,9 @@ part_c_speed() {
   bounded $(( $(left) - 5 )) python3 "$here/nbn_overhead.py" \
     --models=resnet50 --resnet50-batch=256 --bf16 --rounds=5 \
     --steps-per-round=10
+  stamp '(c) with what time is left: K ResNet-32 runs in one program (issue 12)'
+  bounded $(( $(left) - 5 )) python3 "$here/many_runs.py" \
+    --runs=2,4,8,16 --run-axis=vmap,unroll --rounds=3
 }
 
 part_a_oracle
