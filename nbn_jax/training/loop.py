@@ -61,7 +61,7 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
     state, record = plan.init_state(), results.empty_record(plan.num_runs)
     restored = checkpoints.restore_latest(state)
     if restored is not None:
-      state, record = restored
+      state, record = restored[0], results.resumed_record(restored[1])
       logging.info('Resuming from the checkpoint at step %d.', _step(state))
     elif plan.eval_only:
       raise ConfigError(

@@ -40,6 +40,15 @@ def empty_record(num_runs: int) -> dict[str, Any]:
   }
 
 
+def resumed_record(record: dict[str, Any]) -> dict[str, Any]:
+  """A checkpoint's record in today's layout.
+
+  Checkpoints written before K runs existed hold one run's record itself;
+  it becomes that single run's entry.
+  """
+  return record if 'runs' in record else {'runs': [record]}
+
+
 def record_evaluation(
     record: dict[str, Any],
     step: int,

@@ -40,3 +40,10 @@ def test_summary_table_shows_percent_and_not_available_groups():
       'n/a',
   ]
   assert unit == '(accuracy in %, mean +- std over runs)'
+
+
+def test_a_record_from_before_k_runs_resumes_as_the_single_run():
+  one_run = {'history': [{'step': 4}], 'best': None}
+  assert results.resumed_record(one_run) == {'runs': [one_run]}
+  today = results.empty_record(2)
+  assert results.resumed_record(today) is today
