@@ -105,7 +105,8 @@ def train(variant: str, seed: int, steps: int, data):
   }.get(variant, sgd)
   step = flax_imagenet_resnet.pmapped_train_step(model, tx)
   state = jax.tree.map(
-      lambda a: a[None], (params, batch_stats, tx.init(params))
+      lambda a: a[None],
+      flax_imagenet_resnet.ExampleState(params, batch_stats, tx.init(params)),
   )
   rng = np.random.default_rng(seed)
   losses = []
@@ -113,8 +114,8 @@ def train(variant: str, seed: int, steps: int, data):
     batch = rng.choice(len(x_train), BATCH, replace=False)
     state, loss = step(state, x_train[batch][None], y_train[batch][None])
     losses.append(float(loss[0]))
-  params, batch_stats, _ = jax.tree.map(lambda a: a[0], state)
-  final = {'params': params, 'batch_stats': batch_stats}
+  state = jax.tree.map(lambda a: a[0], state)
+  final = {'params': state.params, 'batch_stats': state.batch_stats}
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(final, x_test)
   accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
   return losses, accuracy

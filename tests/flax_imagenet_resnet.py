@@ -9,10 +9,11 @@ weight decay, no mixed precision).
 """
 
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
+from flax.training import dynamic_scale as dynamic_scale_lib
 import jax.numpy as jnp
 import optax
 
@@ -121,6 +122,15 @@ ResNet50 = partial(
 )
 
 
+class ExampleState(NamedTuple):
+  """The example's train state; `dynamic_scale` only for float16."""
+
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+
+
 def pmapped_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -128,20 +138,22 @@ def pmapped_train_step(
 ) -> Callable:
   """flax's example step: pmap over 'batch', pmean'd gradients and loss.
 
+  With a `dynamic_scale` in the state (float16), the loss is scaled, the
+  scale adapted, and a step whose gradients are not finite is skipped, as
+  the example does.
+
   Returns:
-    `step(state, images, labels) -> (state, loss)`, where state is
-    (params, batch_stats, opt_state) with a leading device axis on every
-    leaf, images [devices, batch, H, W, C], labels [devices, batch] int and
-    loss [devices], the mean cross-entropy over all devices' images.
+    `step(state, images, labels) -> (state, loss)`: state an
+    `ExampleState` with a leading device axis on every leaf, images
+    [devices, batch, H, W, C], labels [devices, batch] int and loss
+    [devices], the mean cross-entropy over all devices' images.
   """
 
   @partial(jax.pmap, axis_name='batch', devices=devices)
-  def step(state, images, labels):
-    params, batch_stats, opt_state = state
-
+  def step(state: ExampleState, images, labels):
     def loss_fn(params):
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
+          {'params': params, 'batch_stats': state.batch_stats},
           images,
           mutable=['batch_stats'],
       )
@@ -150,12 +162,25 @@ def pmapped_train_step(
       ).mean()
       return loss, updates['batch_stats']
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params
-    )
-    grads = jax.lax.pmean(grads, 'batch')
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, batch_stats, opt_state), jax.lax.pmean(loss, 'batch')
+    dynamic_scale = state.dynamic_scale
+    if dynamic_scale is None:
+      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params
+      )
+      grads = jax.lax.pmean(grads, 'batch')
+    else:  # averages the gradients over 'batch' itself
+      dynamic_scale, finite, (loss, batch_stats), grads = (
+          dynamic_scale.value_and_grad(
+              loss_fn, has_aux=True, axis_name='batch'
+          )(state.params)
+      )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if dynamic_scale is not None:  # keep the old values after an overflow
+      keep = lambda new, old: jax.tree.map(partial(jnp.where, finite), new, old)
+      params = keep(params, state.params)
+      opt_state = keep(opt_state, state.opt_state)
+    new_state = ExampleState(params, batch_stats, opt_state, dynamic_scale)
+    return new_state, jax.lax.pmean(loss, 'batch')
 
   return step
