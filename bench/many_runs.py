@@ -72,10 +72,7 @@ class Program:
         np.array(COUNTS),
         (32, 32, 3),
     )
-    if num_runs == 1:
-      init_key, data_key = jax.random.split(jax.random.key(0))
-    else:
-      init_key, data_key = runs.run_keys(0, num_runs)
+    init_key, data_key = runs.run_keys(0, num_runs)
     self.num_runs = num_runs
     self.steps_per_call = dispatch
     self.state = core.init_state(init_key)

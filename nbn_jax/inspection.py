@@ -21,7 +21,7 @@ Path = tuple[str, ...]
 
 
 class NBNLayer(NamedTuple):
-  """What folding needs to know about one NBN layer of a model.
+  """One NBN layer of a model: the alpha it reads, and its epsilon.
 
   Attributes:
     alpha_path: path in ``params`` of the alpha passed to the layer, or None

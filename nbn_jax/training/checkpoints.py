@@ -21,9 +21,10 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from nbn_jax.training.steps import furthest_step
 
 UNREADABLE_SUFFIX = '.unreadable'
 
@@ -117,7 +118,7 @@ class Checkpoints:
       device-to-host copy before the write goes on in the background.
     """
     start = time.perf_counter()
-    step = int(np.max(jax.device_get(state.step)))  # K runs: the furthest
+    step = furthest_step(state)
     self._save(self.latest, step, state, record)
     if best:
       self._save(self.best, step, state, record)

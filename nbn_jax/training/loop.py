@@ -29,7 +29,7 @@ from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.inputs import Evaluator
 from nbn_jax.training.plan import ConfigError, Plan
-from nbn_jax.training.steps import TrainState
+from nbn_jax.training.steps import TrainState, furthest_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,7 +62,9 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
     restored = checkpoints.restore_latest(state)
     if restored is not None:
       state, record = restored[0], results.resumed_record(restored[1])
-      logging.info('Resuming from the checkpoint at step %d.', _step(state))
+      logging.info(
+          'Resuming from the checkpoint at step %d.', furthest_step(state)
+      )
     elif plan.eval_only:
       raise ConfigError(
           f'config.eval_only=True but {workdir}/checkpoints holds no '
@@ -93,11 +95,6 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
     checkpoints.close()
 
 
-def _step(state: TrainState) -> int:
-  """The state's step; for K runs the furthest one (stopped runs lag)."""
-  return int(np.max(jax.device_get(state.step)))
-
-
 def _train(
     plan: Plan,
     state: TrainState,
@@ -114,7 +111,7 @@ def _train(
   """
   length = plan.core.length
   batch_size = plan.core.step_config.global_batch_size
-  step = _step(state)
+  step = furthest_step(state)
   progress = reporting.Progress(
       length.total_steps, length.steps_per_epoch, batch_size * plan.num_runs
   )

@@ -557,10 +557,7 @@ class Plan:
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(parameter initialisation key, data key), (K,) each for K runs."""
-    if self.num_runs > 1:
-      return runs.run_keys(self.seed, self.num_runs)
-    init_key, data_key = jax.random.split(jax.random.key(self.seed))
-    return init_key, data_key
+    return runs.run_keys(self.seed, self.num_runs)
 
   def init_state(self) -> steps.TrainState:
     return self.core.init_state(self.keys()[0])

@@ -234,19 +234,19 @@ def plot_per_class_accuracy(
   order = np.argsort(-train_counts, kind='stable')
   num_classes = len(order)
   positions = np.arange(num_classes)
-  percent = 100 * np.asarray(accuracy, float)[order]
+  accuracy_percent = 100 * np.asarray(accuracy, float)[order]
   if num_classes <= MAX_BARS:
     fig, ax = plt.subplots(figsize=(max(6, num_classes * 0.06 + 4), 4))
-    ax.bar(positions, percent, color='tab:blue')
+    ax.bar(positions, accuracy_percent, color='tab:blue')
     if num_classes <= 30:
       ax.set_xticks(positions, [str(c) for c in order])
   else:
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(positions, percent, '.', color='tab:blue', ms=2, alpha=0.3)
+    ax.plot(positions, accuracy_percent, '.', color='tab:blue', ms=2, alpha=0.3)
     window = max(2, num_classes // 50)
     ax.plot(
         positions[window // 2 :][: num_classes - window + 1],
-        running_mean(percent, window),
+        running_mean(accuracy_percent, window),
         color='tab:blue',
         label=f'mean of {window} neighbouring classes',
     )

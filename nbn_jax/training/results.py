@@ -20,10 +20,13 @@ from nbn_jax.training import reporting, runs
 from nbn_jax.training.inputs import Evaluator
 from nbn_jax.training.metrics import LongTailAccuracy
 from nbn_jax.training.plan import Plan
+from nbn_jax.training.steps import furthest_step
 
 # Version of results.json's layout; bumped when a field changes meaning.
 RESULTS_SCHEMA = 3
 GROUPS = ('top1', 'many', 'medium', 'few')
+# The results `summarize` gathers over runs, where every run has them.
+SUMMARIZED = ('last', 'best_on_val', 'best_test_during_training')
 
 
 def run_dir(workdir: str, num_runs: int, k: int) -> str:
@@ -91,7 +94,7 @@ def finish(
     'summary': `summarize` of them} (summary.json).
   """
   benchmark, k_runs = plan.benchmark, plan.num_runs
-  step = int(np.max(jax.device_get(state.step)))
+  step = furthest_step(state)
   tests = evaluator(state, benchmark.test)
   vals = evaluator(state, benchmark.val) if benchmark.val is not None else None
   params = jax.device_get(state.params)
@@ -175,7 +178,7 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   and 'best_test_during_training' test; each over top-1 and the groups.
   """
   summary = {'seeds': [r['seed'] for r in per_run]}
-  for name in ('last', 'best_on_val', 'best_test_during_training'):
+  for name in SUMMARIZED:
     if not all(name in r for r in per_run):
       continue
     summary[name] = {}
@@ -199,11 +202,7 @@ def _mean_std(entry: dict[str, Any]) -> str:
 
 def summary_table(summary: dict[str, Any]) -> str:
   """mean +- std (in %) per result and group."""
-  names = [
-      n
-      for n in ('last', 'best_on_val', 'best_test_during_training')
-      if n in summary
-  ]
+  names = [n for n in SUMMARIZED if n in summary]
   width = max(len(n) for n in names) + 7
   lines = [' ' * width + ''.join(f'{g:>17}' for g in GROUPS)]
   for name in names:

@@ -141,10 +141,11 @@ def run_seeds(seed: int, num_runs: int) -> list[int]:
 
 
 def run_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array]:
-  """(init keys (K,), data keys (K,)): run k's are split(key(seed + k)).
-
-  The single-run trainer derives its two keys the same way from its seed.
-  """
+  """(init key, data key) of one run: split(key(seed)); of K > 1 runs, (K,)
+  keys each, run k's those of a single run with seed `seed + k`."""
+  if num_runs == 1:
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    return init_key, data_key
   keys = jnp.stack(
       [jax.random.split(jax.random.key(s)) for s in run_seeds(seed, num_runs)]
   )
@@ -171,19 +172,14 @@ def create_train_states(
     A TrainState whose every leaf has shape (K, ...), split over 'runs'.
   """
 
-  def init(key):
-    variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
-    return steps.TrainState.create(
-        apply_fn=model.apply,
-        params=variables['params'],
-        batch_stats=variables['batch_stats'],
-        tx=tx,
-    )
-
   # One compiled single-run init, called per key, then stacked: the same
   # values as a vmapped init, which XLA:CPU compiles very slowly (minutes for
   # ResNet-32).
-  init = jax.jit(init)
+  init = jax.jit(
+      functools.partial(
+          steps.initial_train_state, model, tx, image_shape=image_shape
+      )
+  )
   states = [init(key) for key in init_keys]
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
   return jax.device_put(stacked, topology.run_sharding)

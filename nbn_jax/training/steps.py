@@ -14,11 +14,13 @@ they come from: `StepConfig.prepare` turns images into model inputs.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
@@ -32,6 +34,26 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
+def initial_train_state(
+    model: nn.Module, tx, key: jax.Array, image_shape: tuple[int, ...]
+) -> TrainState:
+  """A fresh run's train state (traceable: call it under `jax.jit`).
+
+  Args:
+    model: the network.
+    tx: the optax optimiser.
+    key: PRNG key of the parameter initialisation.
+    image_shape: (H, W, C) of one input image.
+  """
+  variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=tx,
+  )
+
+
 def create_train_state(
     model: nn.Module,
     tx,
@@ -39,26 +61,16 @@ def create_train_state(
     image_shape: tuple[int, ...],
     topology: Topology,
 ) -> TrainState:
-  """Initialises the train state directly on the mesh, replicated.
+  """`initial_train_state` made directly on the mesh, replicated."""
+  init = functools.partial(
+      initial_train_state, model, tx, image_shape=image_shape
+  )
+  return jax.jit(init, out_shardings=topology.replicated)(key)
 
-  Args:
-    model: the network.
-    tx: the optax optimiser.
-    key: PRNG key of the parameter initialisation.
-    image_shape: (H, W, C) of one input image.
-    topology: the device mesh.
-  """
 
-  def init():
-    variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables['params'],
-        batch_stats=variables['batch_stats'],
-        tx=tx,
-    )
-
-  return jax.jit(init, out_shardings=topology.replicated)()
+def furthest_step(state: TrainState) -> int:
+  """The state's step; of K stacked runs the furthest (stopped runs lag)."""
+  return int(np.max(jax.device_get(state.step)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -251,8 +251,15 @@ def test_stack_runs_puts_the_run_axis_first():
 
 def test_run_keys_are_each_seeds_single_run_keys():
   init_keys, data_keys = runs.run_keys(7, 3)
+  single = runs.run_keys(7, 1)  # one run: unstacked keys
+  assert single[0].shape == single[1].shape == ()
   for k in range(3):
     init_key, data_key = jax.random.split(jax.random.key(7 + k))
+    if k == 0:
+      for ours, expected in zip(single, (init_key, data_key)):
+        np.testing.assert_array_equal(
+            jax.random.key_data(ours), jax.random.key_data(expected)
+        )
     np.testing.assert_array_equal(
         jax.random.key_data(init_keys[k]), jax.random.key_data(init_key)
     )
