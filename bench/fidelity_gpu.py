@@ -39,7 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_resnet32 as oracle  # noqa: E402  (bench/ is not a package)
 
 import input_pipeline as ip  # noqa: E402
-from nbn_jax.training.metrics import shot_groups  # noqa: E402
+from input_pipeline.sources import write_atomically  # noqa: E402
+from nbn_jax.training.metrics import LongTailAccuracy, shot_groups  # noqa: E402
+from nbn_jax.training.reporting import percent  # noqa: E402
 
 BATCH = 128
 EVAL_BATCH = 1000
@@ -72,33 +74,24 @@ def random_crop_flip(images, padding, generator):
   return torch.where(flip[:, None, None, None], crops.flip(2), crops)
 
 
-def evaluate(model, images, labels, num_classes, mean, std):
-  """Per-class accuracy (C,) of the model in eval mode on uint8 images."""
+def evaluate(
+    model, images, labels, num_classes, groups, mean, std
+) -> LongTailAccuracy:
+  """Top-1, Many/Medium/Few and per-class accuracy in eval mode (uint8)."""
   model.eval()
-  correct = torch.zeros(num_classes, device=images.device)
-  total = torch.zeros(num_classes, device=images.device)
+  correct = torch.zeros(num_classes, dtype=torch.long, device=images.device)
+  total = torch.zeros(num_classes, dtype=torch.long, device=images.device)
   with torch.no_grad():
     for start in range(0, len(images), EVAL_BATCH):
       x = oracle.torch_inputs(images[start : start + EVAL_BATCH], mean, std)
       y = labels[start : start + EVAL_BATCH]
-      hits = (model(x).argmax(1) == y).float()
+      hits = (model(x).argmax(1) == y).long()
       correct.index_add_(0, y, hits)
       total.index_add_(0, y, torch.ones_like(hits))
   model.train()
-  return (correct / total).cpu().numpy()
-
-
-def _groups_summary(per_class, test_counts, groups):
-  """{'top1', 'many', 'medium', 'few'}: means over test images (NaN: empty)."""
-  result = {'top1': float(per_class @ test_counts / test_counts.sum())}
-  for name, classes in groups.items():
-    weight = test_counts[classes]
-    result[name] = (
-        float(per_class[classes] @ weight / weight.sum())
-        if len(classes)
-        else float('nan')
-    )
-  return result
+  accuracy = LongTailAccuracy.empty(num_classes, groups)
+  accuracy.update(correct.cpu().numpy(), total.cpu().numpy())
+  return accuracy
 
 
 def train_oracle(args):
@@ -113,13 +106,11 @@ def train_oracle(args):
   )
   spec = benchmark.spec
   train_counts = benchmark.train_counts()
-  test_labels_np = benchmark.test.labels.astype(np.int64)
-  test_counts = np.bincount(test_labels_np, minlength=spec.num_classes)
   groups = shot_groups(train_counts)
   x_train = torch.from_numpy(benchmark.train.images).to(device)
   y_train = torch.from_numpy(benchmark.train.labels.astype(np.int64)).to(device)
   x_test = torch.from_numpy(benchmark.test.images).to(device)
-  y_test = torch.from_numpy(test_labels_np).to(device)
+  y_test = torch.from_numpy(benchmark.test.labels.astype(np.int64)).to(device)
   num_train = len(y_train)
 
   torch.manual_seed(args.seed)
@@ -156,25 +147,25 @@ def train_oracle(args):
       images = random_crop_flip(x_train[index], 4, generator)
       x = oracle.torch_inputs(images, spec.mean, spec.std, device)
       loss_sum += step(x, y_train[index]).detach() * len(index)
-    per_class = evaluate(
-        model, x_test, y_test, spec.num_classes, spec.mean, spec.std
+    test = evaluate(
+        model, x_test, y_test, spec.num_classes, groups, spec.mean, spec.std
     )
     history.append({
         'epoch': epoch + 1,
         'train_loss': float(loss_sum) / num_train,
-        'test': _groups_summary(per_class, test_counts, groups),
-        'test_per_class': per_class.tolist(),
+        'test': test.summary(),
+        'test_per_class': test.per_class().tolist(),
     })
-    torch.save(
-        {
-            'model': model.state_dict(),
-            'optimizer': optimizer.state_dict(),
-            'history': history,
-            'epoch': epoch + 1,
-        },
-        checkpoint + '.tmp',
-    )
-    os.replace(checkpoint + '.tmp', checkpoint)
+    with write_atomically(checkpoint, 'wb') as f:
+      torch.save(
+          {
+              'model': model.state_dict(),
+              'optimizer': optimizer.state_dict(),
+              'history': history,
+              'epoch': epoch + 1,
+          },
+          f,
+      )
     if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
       print(
           f'epoch {epoch + 1}: loss {history[-1]["train_loss"]:.4f} test '
@@ -263,8 +254,7 @@ def _our_rows(root):
 
 
 def _pct(summary, key):
-  value = summary['test'][key] if summary else None
-  return 'n/a' if value is None or np.isnan(value) else f'{100 * value:.2f}'
+  return percent(summary['test'][key] if summary else None)
 
 
 def summary(args):
