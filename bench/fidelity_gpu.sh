@@ -32,21 +32,9 @@
 # in one 560 s call it may stop short and finish in a second call. (c):
 # about 150 to 180 s (the JAX, torch.compile and two ResNet-50 compilations
 # dominate), kept in reserve. Imports and JPEG decoding: about 20 s.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-data_dir=$1
-out=$2
-budget=${3:-560}
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+source "$(dirname "$0")/gpu_lib.sh" "$@"
 reserve=${SPEED_RESERVE:-180}  # seconds kept for (c) and the tables
-mkdir -p "$out/oracle" "$out/ours" "$out/cache"
-cd "$root"
-
-source "$here/gpu_lib.sh"
-show_machine
-decode_jpegs "$data_dir" "$out/cache"
+mkdir -p "$out/oracle" "$out/ours"
 
 # --- (a) the oracle as LDAM trains, beside our BN arm ------------------------
 part_a_oracle() {

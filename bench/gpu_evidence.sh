@@ -17,17 +17,8 @@
 # 2. Speed: `bench/jax_vs_torch.py` (ResNet-32 step, JAX vs PyTorch) and
 #    `bench/nbn_overhead.py --bf16` (NBN/BN step time; ResNet-50 bf16
 #    training images/s at batch 256).
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-data_dir=$1
-out=$2
-budget=${3:-560}
-here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out/runs" "$out/cache"
-
-source "$here/gpu_lib.sh"
-show_machine
-decode_jpegs "$data_dir" "$out/cache"
+source "$(dirname "$0")/gpu_lib.sh" "$@"
+mkdir -p "$out/runs"
 
 reserve=160  # seconds kept for the speed benchmarks and the report
 # Runs in waves (seed 0 of every arm, then seed 1), so that a machine that

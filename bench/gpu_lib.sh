@@ -1,9 +1,28 @@
-# Shared by the GPU evidence scripts (sourced, not run): a time budget for a
-# time-limited machine, timestamps, the one-off JPEG decode, and running
-# several trainings at once on the one GPU until the budget runs out.
+# Shared by the GPU evidence scripts, sourced with their arguments:
 #
-# The sourcing script sets `budget` (seconds for the whole script) and
-# `reserve` (seconds kept after the trainings, for speed runs and reports).
+#   source "$here/gpu_lib.sh" "$@"     # DATA_DIR OUT_DIR [SECONDS]
+#
+# Sets data_dir and out (absolute paths), budget (SECONDS, default 560: the
+# whole script's), here (bench/) and root (the repository, the working
+# folder from then on, on PYTHONPATH); prints the machine and decodes the
+# CIFAR-10 JPEGs once into $out/cache. Then offers a time budget for a
+# time-limited machine, timestamps, and running several trainings at once
+# on the one GPU until only `reserve` seconds (the sourcing script sets it)
+# are left.
+
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+if (( $# < 2 )); then
+  echo "usage: $0 DATA_DIR OUT_DIR [SECONDS]" >&2
+  exit 2
+fi
+data_dir=$(cd "$1" && pwd) || exit 2
+mkdir -p "$2/cache" && out=$(cd "$2" && pwd) || exit 2
+budget=${3:-560}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+here=$root/bench
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+cd "$root"
 
 left() { echo $((budget - SECONDS)); }
 stamp() { echo "[$(date +%T) t=${SECONDS}s] $*"; }
@@ -42,3 +61,6 @@ run_together() {
   fi
   wait
 }
+
+show_machine
+decode_jpegs "$data_dir" "$out/cache"
