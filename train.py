@@ -34,22 +34,13 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from input_pipeline import DataError
-from nbn_jax.training import ConfigError, NonFiniteLossError, train_and_evaluate
+from nbn_jax.training import USER_ERRORS, train_and_evaluate
 from nbn_jax.training import plan, preemption, workdir as workdir_lib
-from nbn_jax.training.checkpoints import CheckpointError
 
 # Libraries whose INFO records would drown the progress lines.
 QUIET_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py')
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # Ctrl-C outside the training loop's StopSignals
-USER_ERRORS = (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    NonFiniteLossError,
-    workdir_lib.WorkdirError,
-)
 
 
 class UsageError(ValueError):

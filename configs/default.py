@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_epochs = (160.0, 180.0)
   config.lr_decay_factor = 0.01
   config.num_epochs = 200.0
+  # Stop after this many steps (-1: the whole run). The schedule stays the
+  # whole run's, so a later run with a larger value (or -1) continues it.
+  config.num_train_steps = -1
   config.loss = 'cross_entropy'  # cross_entropy, balanced_softmax,
   #                                logit_adjusted
   config.logit_adjust_tau = 1.0

@@ -3,16 +3,20 @@ Places-LT and the embedded digits quickstart.
 
 Importing this package needs no TensorFlow: the long-tail protocol, the
 samplers, the sources, the benchmark registry and the on-device path are
-NumPy and JAX. The tf.data pipeline (`tf_pipeline`, `preprocess`)
-and the TFDS source (`tfds_source`) import TensorFlow and are imported on
-demand.
+NumPy and JAX. The tf.data pipeline (`tf_pipeline`, `preprocess`) imports
+TensorFlow and is imported on demand, as the TFDS source imports
+TensorFlow Datasets when it is used. `DATASETS` and `SOURCES` are the
+registries of benchmarks and of the places they are read from.
 """
 
 from input_pipeline.datasets import (
     DATASETS,
+    SOURCES,
     Benchmark,
     DatasetSpec,
     Preprocessing,
+    Source,
+    SourceSettings,
     load_benchmark,
 )
 from input_pipeline.long_tail import (
@@ -38,7 +42,10 @@ __all__ = [
     'IndexStream',
     'Preprocessing',
     'SAMPLERS',
+    'SOURCES',
     'SamplerSpec',
+    'Source',
+    'SourceSettings',
     'Split',
     'class_counts',
     'decode_into_memory',

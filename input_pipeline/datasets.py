@@ -8,10 +8,12 @@ is None and results on test are labelled as such by the trainer.
 """
 
 import dataclasses
+import functools
+from typing import Callable
 
 import numpy as np
 
-from input_pipeline import long_tail, sources
+from input_pipeline import digits, long_tail, sources, tfds_source
 from input_pipeline.sources import DataError, Split
 
 PREPROCESSING_KINDS = ('cifar', 'imagenet', 'none')
@@ -121,33 +123,138 @@ class Benchmark:
     return self.train.class_counts()
 
 
-def load_benchmark(
-    dataset: str,
-    *,
-    source: str,
-    data_dir: str | None = None,
-    imbalance_factor: float = 100.0,
-    image_root: str = '',
-    train_list: str = '',
-    val_list: str = '',
-    test_list: str = '',
-    cache_dir: str | None = None,
-    check_images: bool = True,
-) -> Benchmark:
-  """Builds a benchmark's splits.
+@dataclasses.dataclass(frozen=True)
+class SourceSettings:
+  """Where a source finds a benchmark's data (the config's data fields).
+
+  Attributes:
+    data_dir: TFDS data dir, or the CIFAR-10 JPEG folder.
+    imbalance_factor: CIFAR and digits long tail (n_max / n_min).
+    image_root: image folder (or URL prefix) for list files.
+    train_list, val_list, test_list: list files; `val_list` may be empty
+      (iNaturalist: its val set is the test set).
+    cache_dir: where decoded CIFAR JPEG arrays are kept.
+    check_images: for list files, check that the listed images exist.
+  """
+
+  data_dir: str | None = None
+  imbalance_factor: float = 100.0
+  image_root: str = ''
+  train_list: str = ''
+  val_list: str = ''
+  test_list: str = ''
+  cache_dir: str | None = None
+  check_images: bool = True
+
+
+Splits = tuple[Split, Split | None, Split]  # train, val (or None), test
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A kind of place benchmarks are read from.
+
+  Attributes:
+    load: (dataset name, its spec, settings) -> (train, val, test) splits,
+      the training split long-tailed where the benchmark's protocol says.
+    in_memory: its splits hold decoded images (what the on-device input
+      path needs); otherwise image paths.
+  """
+
+  load: Callable[[str, DatasetSpec, SourceSettings], Splits]
+  in_memory: bool
+
+
+def _long_tailed(
+    name: str, full_train: Split, test: Split, imbalance_factor: float
+) -> Splits:
+  """The LDAM long tail of a balanced training split (CIFAR, seed 0)."""
+  subset = long_tail.long_tail_indices(full_train.labels, imbalance_factor)
+  train = full_train.subset(subset, f'{name}-lt-if{imbalance_factor:g}:train')
+  return train, None, test
+
+
+def _load_tfds(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
+  del spec
+  load = functools.partial(
+      tfds_source.load_tfds_cifar, name, data_dir=s.data_dir
+  )
+  return _long_tailed(name, load('train'), load('test'), s.imbalance_factor)
+
+
+def _load_cifar10_jpeg(
+    name: str, spec: DatasetSpec, s: SourceSettings
+) -> Splits:
+  del spec
+  if not s.data_dir:
+    raise DataError(
+        "data source='jpeg' needs data_dir, the folder with train.txt, "
+        'test.txt and cifar10-jpeg.tar.gz.'
+    )
+  load = functools.partial(
+      sources.load_cifar10_jpeg, s.data_dir, cache_dir=s.cache_dir
+  )
+  return _long_tailed(name, load('train'), load('test'), s.imbalance_factor)
+
+
+def _load_digits(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
+  del name, spec
+  train, test = digits.load_digits_lt(s.imbalance_factor)
+  return train, None, test
+
+
+def _load_lists(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
+  missing = [
+      field
+      for field, value in (
+          ('train_list', s.train_list),
+          ('test_list', s.test_list),
+          ('image_root', s.image_root),
+      )
+      if not value
+  ]
+  if missing:
+    raise DataError(
+        f'{name} from list files needs {", ".join(missing)} (see README, '
+        '"Data").'
+    )
+
+  def load(list_file, kind, all_classes):
+    return sources.load_list_split(
+        list_file,
+        s.image_root,
+        spec.num_classes,
+        name=f'{name}:{kind}',
+        require_all_classes=all_classes,
+        check_images=s.check_images,
+    )
+
+  train = load(s.train_list, 'train', True)
+  val = load(s.val_list, 'val', False) if s.val_list else None
+  return train, val, load(s.test_list, 'test', False)
+
+
+# Every source a benchmark can name in its `DatasetSpec.sources`.
+SOURCES = {
+    'tfds': Source(_load_tfds, in_memory=True),
+    'jpeg': Source(_load_cifar10_jpeg, in_memory=True),
+    'lists': Source(_load_lists, in_memory=False),
+    'digits': Source(_load_digits, in_memory=True),
+}
+
+
+def load_benchmark(dataset: str, *, source: str, **settings) -> Benchmark:
+  """Builds a benchmark's splits from one of its sources.
 
   Args:
     dataset: a key of `DATASETS`.
-    source: 'tfds' (CIFAR from TensorFlow Datasets in `data_dir`), 'jpeg'
-      (the CIFAR-10 JPEG copy in folder `data_dir`), 'lists' (list files
-      under `image_root`) or 'digits' (embedded).
-    data_dir: TFDS data dir, or the CIFAR-10 JPEG folder.
-    imbalance_factor: CIFAR and digits long tail (n_max / n_min).
-    image_root: image folder (or URL prefix) for 'lists'.
-    train_list, val_list, test_list: list files for 'lists'; `val_list` may
-      be empty (iNaturalist: its val set is the test set).
-    cache_dir: where decoded CIFAR JPEG arrays are kept.
-    check_images: for 'lists', check the listed images exist.
+    source: a key of `SOURCES` that the dataset lists: 'tfds' (CIFAR from
+      TensorFlow Datasets in `data_dir`), 'jpeg' (the CIFAR-10 JPEG copy in
+      folder `data_dir`), 'lists' (list files under `image_root`) or
+      'digits' (embedded).
+    **settings: where the source finds the data, the fields of
+      `SourceSettings` (data_dir, imbalance_factor, image_root, the lists,
+      cache_dir, check_images).
 
   Raises:
     DataError: unknown dataset or source, or missing data.
@@ -160,56 +267,7 @@ def load_benchmark(
         f'data source={source!r} does not provide {dataset}; use one of '
         f'{spec.sources}.'
     )
-  val = None
-  if source in ('tfds', 'jpeg'):
-    if source == 'tfds':
-      from input_pipeline import tfds_source  # imports TensorFlow
-
-      full_train = tfds_source.load_tfds_cifar(dataset, 'train', data_dir)
-      test = tfds_source.load_tfds_cifar(dataset, 'test', data_dir)
-    else:
-      if not data_dir:
-        raise DataError(
-            "data source='jpeg' needs data_dir, the folder with train.txt, "
-            'test.txt and cifar10-jpeg.tar.gz.'
-        )
-      full_train = sources.load_cifar10_jpeg(data_dir, 'train', cache_dir)
-      test = sources.load_cifar10_jpeg(data_dir, 'test', cache_dir)
-    subset = long_tail.long_tail_indices(full_train.labels, imbalance_factor)
-    train = full_train.subset(
-        subset, f'{dataset}-lt-if{imbalance_factor:g}:train'
-    )
-  elif source == 'digits':
-    from input_pipeline import digits  # imports scikit-learn
-
-    train, test = digits.load_digits_lt(imbalance_factor)
-  else:
-    missing = [
-        n
-        for n, v in (
-            ('train_list', train_list),
-            ('test_list', test_list),
-            ('image_root', image_root),
-        )
-        if not v
-    ]
-    if missing:
-      raise DataError(
-          f'{dataset} from list files needs {", ".join(missing)} (see README, '
-          '"Data").'
-      )
-
-    def load(list_file, kind, all_classes):
-      return sources.load_list_split(
-          list_file,
-          image_root,
-          spec.num_classes,
-          name=f'{dataset}:{kind}',
-          require_all_classes=all_classes,
-          check_images=check_images,
-      )
-
-    train = load(train_list, 'train', True)
-    val = load(val_list, 'val', False) if val_list else None
-    test = load(test_list, 'test', False)
+  train, val, test = SOURCES[source].load(
+      dataset, spec, SourceSettings(**settings)
+  )
   return Benchmark(dataset, spec, train, val, test)

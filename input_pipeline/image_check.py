@@ -26,13 +26,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from input_pipeline.sources import (
-    DataError,
-    Split,
-    join_path,
-    open_file,
-    write_atomically,
-)
+from input_pipeline.files import join_path, open_file, write_atomically
+from input_pipeline.sources import DataError, Split
 
 # What tf.io.decode_image reads; PIL calls some camera JPEGs 'MPO'.
 DECODABLE_FORMATS = ('JPEG', 'MPO', 'PNG', 'GIF', 'BMP', 'WEBP')

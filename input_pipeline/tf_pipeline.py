@@ -31,7 +31,8 @@ from input_pipeline.samplers import (
     padded_eval_indices,
     per_host_batch_size,
 )
-from input_pipeline.sources import DataError, Split, join_path
+from input_pipeline.files import join_path
+from input_pipeline.sources import DataError, Split
 
 # JAX owns the accelerators; tf.data only needs the CPU.
 tf.config.set_visible_devices([], 'GPU')

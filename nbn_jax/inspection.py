@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from nbn_jax.normalization import NormalizedBatchNorm
 
 Path = tuple[str, ...]
+OWN_ALPHA = 'alpha'  # the name of an NBN layer's own alpha parameter
 
 
 class NBNLayer(NamedTuple):
@@ -68,7 +69,9 @@ def nbn_layers(
       model.apply(variables, *args, **kwargs)
     # Inside the trace, a parameter read by a module is the very tracer
     # passed in, so a passed alpha is found by identity.
-    params = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+    params = jax.tree_util.tree_flatten_with_path(variables.get('params', {}))[
+        0
+    ]
     for path, (alpha, norm_epsilon) in passed.items():
       alpha_path = next(
           (
@@ -84,6 +87,17 @@ def nbn_layers(
   return layers
 
 
+def _traced_layers(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> tuple[dict[Path, NBNLayer], Any]:
+  """(`nbn_layers` of an eval call on `input_shape`, the variable shapes)."""
+  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  return nbn_layers(model, shapes, x, train=False), shapes
+
+
 def nbn_layer_paths(
     model: nn.Module, input_shape: tuple[int, ...]
 ) -> tuple[str, ...]:
@@ -96,10 +110,42 @@ def nbn_layer_paths(
     model: a Flax module whose `__call__(x, train=False)` builds the network.
     input_shape: shape of one input batch, e.g. (1, 32, 32, 3).
   """
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), x
+  return tuple('/'.join(path) for path in _traced_layers(model, input_shape)[0])
+
+
+def read_alpha_path(path: Path, layer: NBNLayer) -> Path:
+  """Where in ``params`` the alpha that an NBN layer reads lives.
+
+  The path of the alpha passed to it, or of its own ``alpha`` parameter.
+  """
+  return (
+      layer.alpha_path if layer.alpha_path is not None else (*path, OWN_ALPHA)
   )
-  return tuple(
-      '/'.join(path) for path in nbn_layers(model, shapes, x, train=False)
-  )
+
+
+def layer_alphas(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> dict[str, str]:
+  """{'/'-joined path of each NBN layer: '/'-joined path of its alpha}.
+
+  In call order. Layers that read one shared alpha name the same path; a
+  layer with neither scale nor bias reads none and is left out. E.g.
+  {'layer4_0/bn3': 'nbn_alpha', ...} for `nbn_jax.models.ResNet50`.
+
+  Args:
+    model: a Flax module whose `__call__(x, train=False)` builds the network.
+    input_shape: shape of one input batch, e.g. (1, 32, 32, 3).
+  """
+  layers, shapes = _traced_layers(model, input_shape)
+  params = {
+      tuple(k.key for k in key_path)
+      for key_path, _ in jax.tree_util.tree_flatten_with_path(
+          shapes.get('params', {})
+      )[0]
+  }
+  alphas = {}
+  for path, layer in layers.items():
+    alpha = read_alpha_path(path, layer)
+    if alpha in params:
+      alphas['/'.join(path)] = '/'.join(alpha)
+  return alphas

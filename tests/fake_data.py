@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline.sources import open_file
+from input_pipeline.files import open_file
 
 
 def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:

@@ -70,6 +70,19 @@ def test_the_repository_keeps_every_contract(tmp_path):
             'import input_pipeline.tf_pipeline',
             'Acyclic input pipeline',
         ),
+        (
+            'nbn_jax/convert/__init__.py',
+            'import ml_collections',
+            "The converter's name mapping imports only jax, flax and numpy",
+        ),
+        (
+            'nbn_jax/training/runs.py',
+            'import configs',
+            (
+                'Only the plan reads the config (loop.train_and_evaluate hands'
+                ' it over)'
+            ),
+        ),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

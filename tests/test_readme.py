@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import quickstart
+from nbn_jax.training import loop
+
 README = pathlib.Path(__file__).parents[1] / 'README.md'
 
 
@@ -40,24 +43,37 @@ def _section(title: str) -> str:
   return text[start:end]
 
 
-@pytest.mark.slow
-def test_use_it_in_your_model_runs_as_written(tmp_path):
-  """The linen and NNX walk-throughs, in order, in one namespace."""
-  section = _section('Use it in your model')
-  blocks = re.findall(r'```python\n(.*?)```', section, re.S)
-  assert len(blocks) == 2
-  code = '\n'.join(blocks).replace('/tmp/', f'{tmp_path}/')
+def _blocks(title: str, tmp_path) -> list[str]:
+  """The section's Python blocks, each to run on its own, in `tmp_path`."""
+  blocks = re.findall(r'```python\n(.*?)```', _section(title), re.S)
+  return [block.replace('/tmp/', f'{tmp_path}/') for block in blocks]
+
+
+def _run(code: str) -> dict:
   namespace = {}
   exec(code, namespace)  # noqa: S102  (our own README)
-  ns = namespace
+  return namespace
+
+
+@pytest.mark.slow
+def test_use_it_in_your_model_runs_as_written(tmp_path):
+  """The linen walk-through, the NNX one and loading a trained workdir, each
+  on its own (a fresh namespace apiece)."""
+  linen, nnx, load = _blocks('Use it in your model', tmp_path)
+  ns = _run(linen)
   assert ns['eval_logits'].shape == (8, 10)
   assert ns['num_params'] == 464_155  # ResNet-32 and its one shared alpha
-  assert ns['nnx_params'] == 3 * 3 * (3 + 16) * 16 + 2 * 2 * 16 + 1 + 170
   jax.tree.map(
       lambda a, b: np.testing.assert_array_equal(a, b),
       ns['restored'],
       ns['variables'],
   )
+  ns = _run(nnx)
+  assert ns['nnx_params'] == 3 * 3 * (3 + 16) * 16 + 2 * 2 * 16 + 1 + 170
   restored_net, net = ns['restored_net'], ns['net']
   np.testing.assert_array_equal(restored_net.bn1.mean[...], net.bn1.mean[...])
   assert 'alpha' not in ns['nnx'].state(net.bn1)
+  config = quickstart.get_config()
+  config.update(num_train_steps=2, steps_per_dispatch=1)
+  loop.train_and_evaluate(config, str(tmp_path / 'quickstart'))
+  assert _run(load)['logits'].shape == (4, 10)

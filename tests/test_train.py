@@ -332,7 +332,7 @@ BAD_INPUTS = [
         'missing_list_file',
         lambda t: _lists(t, 'a.jpg 0')
         + [f'--config.train_list={t / "no.txt"}'],
-        [f'list file {{t}}/no.txt does not exist'],
+        ['list file {t}/no.txt does not exist'],
         None,
     ),
     (

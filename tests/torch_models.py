@@ -9,7 +9,7 @@ Written from docs/method.md ("The reference's checkpoints"), test-only:
   such module (20), and only the layer4 ones are scaled, all by entry 0.
 
 LDAM's CIFAR ResNet-32 in PyTorch is the trainer's oracle,
-`bench.torch_resnet32.ResNet32` (LDAM's names, the NBN scalar ``alpha``).
+`tests.torch_resnet32.ResNet32` (LDAM's names, the NBN scalar ``alpha``).
 
 `randomize` gives every parameter and statistic random values, so a
 converted model can only match if every tensor lands in the right place.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import torch_resnet32
+from tests import torch_resnet32
 
 
 class NBNBatchNorm2d(torch_resnet32.NormalizedBatchNorm2d):

@@ -1,4 +1,8 @@
-"""ResNets whose BN layers can be switched to NBN with `norm='nbn'`."""
+"""ResNets whose BN layers can be switched to NBN with `norm='nbn'`.
+
+`MODELS` names every network (`config.model` chooses from it); a new
+network registers itself with `common.named_network` in its own module.
+"""
 
 from nbn_jax.models.blocks import BasicBlock, BottleneckBlock
 from nbn_jax.models.cifar_resnet import (
@@ -8,9 +12,12 @@ from nbn_jax.models.cifar_resnet import (
     ResNet32,
 )
 from nbn_jax.models.common import (
+    MODELS,
+    NORMS,
     NBNPlacement,
     NormSwitchedResNet,
     ResidualBlock,
+    takes_field,
 )
 from nbn_jax.models.resnet import (
     LAYER4_NBN,
@@ -26,6 +33,8 @@ __all__ = [
     'CifarResNet',
     'LAST_STAGE_NBN',
     'LAYER4_NBN',
+    'MODELS',
+    'NORMS',
     'NBNPlacement',
     'NormSwitchedResNet',
     'ResNet',
@@ -35,4 +44,5 @@ __all__ = [
     'ResNet50',
     'ResNeXt50',
     'ResidualBlock',
+    'takes_field',
 ]

@@ -10,7 +10,7 @@ from nbn_jax.models.blocks import BasicBlock
 from nbn_jax.models.common import (
     NBNPlacement,
     NormSwitchedResNet,
-    with_fixed_fields,
+    named_network,
 )
 
 Array = jax.Array
@@ -81,13 +81,15 @@ class CifarResNet(NormSwitchedResNet):
     return self.classifier_head(x, he_normal, norm)
 
 
-ResNet32 = with_fixed_fields(
+ResNet32 = named_network(
+    'ResNet32',
     CifarResNet,
     "LDAM's CIFAR ResNet-32: ResNet32(num_classes, **fields).",
     stage_sizes=(5, 5, 5),
 )
 # One block per stage: for the quickstart and for quick tests.
-ResNet8 = with_fixed_fields(
+ResNet8 = named_network(
+    'ResNet8',
     CifarResNet,
     'The CIFAR ResNet with one block per stage: ResNet8(num_classes, ...).',
     stage_sizes=(1, 1, 1),

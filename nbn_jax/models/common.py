@@ -16,15 +16,9 @@ ModuleDef = Callable[..., nn.Module]
 
 NORMS = ('bn', 'nbn')
 SHORTCUT_NORM = 'downsample_bn'
-# The model-level scalar shared by all NBN layers (`NBNPlacement.shared_alpha`)
-# and the name of a layer's own alpha (`NormalizedBatchNorm`).
+# The model-level scalar shared by all NBN layers (`NBNPlacement.shared_alpha`).
+# Which parameters NBN layers read as alpha is `nbn_jax.inspection`'s to say.
 NBN_ALPHA = 'nbn_alpha'
-LAYER_ALPHA = 'alpha'
-
-
-def is_alpha(name: str) -> bool:
-  """Whether a parameter named `name` is an NBN magnitude scalar."""
-  return name in (NBN_ALPHA, LAYER_ALPHA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,20 +180,33 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
 
 
-def with_fixed_fields(
-    cls: type[NormSwitchedResNet], doc: str, **fixed: Any
-) -> Callable[..., NormSwitchedResNet]:
-  """A named network: `cls` with `fixed` fields, `num_classes` positional.
+# Every named network, by name: what `config.model` chooses from. Filled by
+# `named_network` as the model modules define their networks.
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def named_network(
+    name: str, cls: type[nn.Module], doc: str, **fixed: Any
+) -> Callable[..., nn.Module]:
+  """Registers `name` in `MODELS`: `cls` with `fixed` fields, classes first.
 
   ``ResNet50(1000)`` and ``ResNet50(num_classes=1000, norm='bn')`` both
-  work; other fields are keywords.
+  work; other fields are keywords. The builder's `module_class` is `cls`.
   """
 
-  def build(num_classes: int, **fields: Any) -> NormSwitchedResNet:
+  def build(num_classes: int, **fields: Any) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **fields)
 
+  build.__name__ = build.__qualname__ = name
   build.__doc__ = doc
+  build.module_class = cls
+  MODELS[name] = build
   return build
+
+
+def takes_field(network: Callable[..., nn.Module], field: str) -> bool:
+  """Whether a `MODELS` entry's module has a field named `field`."""
+  return field in {f.name for f in dataclasses.fields(network.module_class)}
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

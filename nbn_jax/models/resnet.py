@@ -10,7 +10,7 @@ from nbn_jax.models.blocks import BottleneckBlock
 from nbn_jax.models.common import (
     NBNPlacement,
     NormSwitchedResNet,
-    with_fixed_fields,
+    named_network,
 )
 
 Array = jax.Array
@@ -75,12 +75,14 @@ class ResNet(NormSwitchedResNet):
     return self.classifier_head(x, torch_linear, norm)
 
 
-ResNet50 = with_fixed_fields(
+ResNet50 = named_network(
+    'ResNet50',
     ResNet,
     "torchvision's ResNet-50: ResNet50(num_classes, **fields).",
     stage_sizes=(3, 4, 6, 3),
 )
-ResNeXt50 = with_fixed_fields(
+ResNeXt50 = named_network(
+    'ResNeXt50',
     ResNet,
     "torchvision's ResNeXt-50 32x4d: ResNeXt50(num_classes, **fields).",
     stage_sizes=(3, 4, 6, 3),
@@ -89,7 +91,8 @@ ResNeXt50 = with_fixed_fields(
 )
 # One bottleneck block per stage: ResNet-50's layout at a fraction of the
 # cost, for quick tests of the ImageNet-style configs.
-ResNet14 = with_fixed_fields(
+ResNet14 = named_network(
+    'ResNet14',
     ResNet,
     'ResNet-50 with one block per stage: ResNet14(num_classes, **fields).',
     stage_sizes=(1, 1, 1, 1),

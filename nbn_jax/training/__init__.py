@@ -3,10 +3,23 @@
 Unlike `nbn_jax.NormalizedBatchNorm` and `nbn_jax.models`, which need only
 jax and flax, the trainer uses optax, orbax, ml_collections and the input
 pipeline (TensorFlow when a tf.data path is used). `plan.build_plan` is the
-only reader of the config.
+only reader of the config; `errors` has every error a user can cause.
 """
 
-from nbn_jax.training.loop import NonFiniteLossError, train_and_evaluate
-from nbn_jax.training.plan import ConfigError
+from nbn_jax.training.errors import (
+    USER_ERRORS,
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    WorkdirError,
+)
+from nbn_jax.training.loop import train_and_evaluate
 
-__all__ = ['ConfigError', 'NonFiniteLossError', 'train_and_evaluate']
+__all__ = [
+    'CheckpointError',
+    'ConfigError',
+    'NonFiniteLossError',
+    'USER_ERRORS',
+    'WorkdirError',
+    'train_and_evaluate',
+]

@@ -1,8 +1,9 @@
 """Preemption-safe checkpoints with orbax.
 
-Two managers under the workdir: `checkpoints/` keeps the latest N periodic
-saves (the run resumes from the newest), `checkpoints_best/` keeps the one
-with the best validation accuracy. Orbax writes each checkpoint to a
+Under the workdir, `checkpoints/` keeps the latest N periodic saves of all
+runs together (the run resumes from the newest); in each run's folder
+(the workdir itself for a single run), `checkpoints_best/` keeps that run's
+state at its best validation accuracy, for people to use. Orbax writes each checkpoint to a
 temporary folder and renames it when complete, so a run killed at any
 moment leaves only whole checkpoints; a restarted run ignores the rest.
 Each checkpoint holds the train state and a JSON record of the run so far
@@ -18,19 +19,16 @@ is moved and `CheckpointError` says which folder to delete.
 
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from nbn_jax.training.errors import CheckpointError
 from nbn_jax.training.steps import furthest_step
 
 UNREADABLE_SUFFIX = '.unreadable'
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint in a workdir's checkpoint folder can be restored."""
 
 
 def _reason(error: Exception) -> str:
@@ -59,22 +57,33 @@ def _move_aside(manager, step: int) -> str:
 
 
 class Checkpoints:
-  """The latest-N and best-by-validation checkpoints of one workdir."""
+  """The latest-N checkpoints of a workdir and each run's best by validation."""
 
-  def __init__(self, workdir: str, keep: int):
-    """Opens (without creating) the workdir's checkpoint folders.
+  def __init__(
+      self, workdir: str, keep: int, run_dirs: Sequence[str] | None = None
+  ):
+    """Opens (without creating) the checkpoint folders.
 
     Nothing is written until the first `save`, so a run refused before
     training leaves no folder behind.
+
+    Args:
+      workdir: the run's workdir (`checkpoints/` is there).
+      keep: periodic checkpoints kept.
+      run_dirs: each run's folder (`runs.Runs.run_dir`), for its
+        `checkpoints_best/`; default: one run, in the workdir.
     """
     self.latest = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints'),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False),
     )
-    self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints_best'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=False),
-    )
+    self.best = [
+        ocp.CheckpointManager(
+            os.path.join(os.path.abspath(folder), 'checkpoints_best'),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=False),
+        )
+        for folder in run_dirs or [workdir]
+    ]
 
   @staticmethod
   def _save(manager, step: int, state, record: dict[str, Any]):
@@ -97,19 +106,12 @@ class Checkpoints:
     )
     return restored.state, restored.record
 
-  def save(
-      self,
-      state,
-      record: dict[str, Any],
-      best: bool = False,
-      wait: bool = False,
-  ) -> float:
-    """Saves `state` at its step (and as the best one if `best`).
+  def save(self, state, record: dict[str, Any], wait: bool = False) -> float:
+    """Saves `state` (every run's) at its furthest step.
 
     Args:
       state: the train state; its `step` names the checkpoint.
-      record: JSON-serialisable run record saved with it.
-      best: also save it as the best-by-validation checkpoint.
+      record: JSON-serialisable record of the runs, saved with it.
       wait: block until the checkpoint is on disk (before exiting on a
         preemption).
 
@@ -118,13 +120,14 @@ class Checkpoints:
       device-to-host copy before the write goes on in the background.
     """
     start = time.perf_counter()
-    step = furthest_step(state)
-    self._save(self.latest, step, state, record)
-    if best:
-      self._save(self.best, step, state, record)
+    self._save(self.latest, furthest_step(state), state, record)
     if wait:
       self.wait()
     return time.perf_counter() - start
+
+  def save_best(self, k: int, run_state, run_record: dict[str, Any]):
+    """Saves run k's state (no run axis) as its best by validation."""
+    self._save(self.best[k], furthest_step(run_state), run_state, run_record)
 
   def _restore_newest_intact(self, manager, like_state):
     """(state, record) of the newest checkpoint that restores, or None.
@@ -177,24 +180,26 @@ class Checkpoints:
     """
     return self._restore_newest_intact(self.latest, like_state)
 
-  def restore_best(self, like_state):
-    """(state, record) of the best-by-validation checkpoint, or None.
+  def restore_best(self, like_state, k: int = 0):
+    """(state, record) of run k's best-by-validation checkpoint, or None.
+
+    `like_state`: one run's state (no run axis).
 
     Raises:
       CheckpointError: it exists but cannot be restored.
     """
-    return self._restore_newest_intact(self.best, like_state)
+    return self._restore_newest_intact(self.best[k], like_state)
 
   def wait(self) -> float:
     """Blocks until pending asynchronous saves are on disk; returns seconds."""
     start = time.perf_counter()
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for manager in (self.latest, *self.best):
+      manager.wait_until_finished()
     return time.perf_counter() - start
 
   def close(self):
-    self.latest.close()
-    self.best.close()
+    for manager in (self.latest, *self.best):
+      manager.close()
 
 
 def latest_params(workdir: str) -> dict:
@@ -202,7 +207,7 @@ def latest_params(workdir: str) -> dict:
 
   Works whatever topology saved them (one host or many): shapes come from
   the checkpoint's metadata, and the arrays are restored onto this
-  process's first device.
+  process's first device. Of K runs, the arrays have a leading run axis.
   """
   return latest_variables(workdir)['params']
 
@@ -211,21 +216,37 @@ def latest_variables(workdir: str) -> dict:
   """{'params', 'batch_stats'} of a workdir's newest checkpoint, as NumPy.
 
   What `model.apply` needs to evaluate it; see `latest_params`.
+
+  Raises:
+    CheckpointError: the workdir holds no checkpoint.
   """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  step = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False)
-  ).latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{directory} holds no checkpoint.')
-  path = os.path.join(directory, str(step), 'state')
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      checkpointer.metadata(path).item_metadata,
+  manager = ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'record': ocp.JsonCheckpointHandler(),
+      },
   )
-  state = checkpointer.restore(path, target)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(
+          f'{directory} holds no checkpoint; train (or convert) into '
+          f'{workdir} first.'
+      )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)['state'],
+    )
+    state = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+    ).state
+  finally:
+    manager.close()
   return jax.device_get(
       {'params': state['params'], 'batch_stats': state['batch_stats']}
   )

@@ -1,4 +1,4 @@
-"""The trainer's side of the data: training input and exact evaluation.
+"""The trainer's side of the training data: the two input paths.
 
 `TrainingInput` runs a number of train steps on batches it provides; each
 implementation owns how it dispatches them:
@@ -9,13 +9,11 @@ implementation owns how it dispatches them:
 * `TfDataInput`: host batches from the tf.data pipeline, one call per step
   (`input_pipeline.tf_pipeline`).
 
-`Evaluator` counts per-class hits over a split's padded, host-sharded
-batches, so no example is dropped or counted twice.
+The programs they call come from the run strategy (`nbn_jax.training.runs`),
+so both paths serve one run or K alike.
 """
 
 import abc
-import dataclasses
-import functools
 from typing import Callable, Iterator
 
 import jax
@@ -26,11 +24,10 @@ from jax.sharding import NamedSharding
 
 import input_pipeline as ip
 from input_pipeline import image_check, on_device
-from input_pipeline.evaluation import eval_batches
 from input_pipeline.samplers import host_positions
 from nbn_jax.training import steps
-from nbn_jax.training.metrics import LongTailAccuracy
 
+INPUT_PATHS = ('on_device', 'tf_data')
 Metrics = dict[str, jax.Array]  # per-step arrays, left on the devices
 
 
@@ -87,8 +84,8 @@ class OnDeviceInput(TrainingInput):
     """
     Args:
       data: the training split on the devices.
-      make_steps: n -> jit (state, data) -> (state, metrics of n steps):
-        `device_steps` (one run) or `runs.make_device_train_steps`.
+      make_steps: n -> jit (state, data, the loop's step) -> (state,
+        metrics of n steps) (`runs.Runs.device_steps`).
       steps_per_call: steps per jitted call on accelerators (1 on CPU).
     """
     self._data = data
@@ -106,43 +103,17 @@ class OnDeviceInput(TrainingInput):
     )
 
   def run(self, state, first_step, num_steps):
-    del first_step  # the state's own step keys the batches
     metrics = []
-    while num_steps:
-      count = self.steps_per_call if num_steps >= self.steps_per_call else 1
+    step = first_step
+    while step < first_step + num_steps:
+      left = first_step + num_steps - step
+      count = self.steps_per_call if left >= self.steps_per_call else 1
       state, chunk = (self._many if count > 1 else self._single)(
-          state, self._data
+          state, self._data, step
       )
       metrics.append(chunk)
-      num_steps -= count
+      step += count
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
-
-
-def device_steps(
-    cfg: steps.StepConfig,
-    key: jax.Array,
-    preprocessing: ip.Preprocessing,
-    num_steps: int,
-):
-  """jit: (state, DeviceData) -> (state, per-step metrics) for `num_steps`."""
-
-  def one_step(state, data):
-    images, labels = on_device.training_batch(
-        data, key, state.step, cfg.global_batch_size, preprocessing
-    )
-    return steps.apply_batch(cfg, state, images, labels)
-
-  return jax.jit(
-      functools.partial(scan_steps, one_step, num_steps), donate_argnums=0
-  )
-
-
-def scan_steps(one_step, num_steps: int, state, data):
-  """`num_steps` of `one_step`, metrics stacked on a leading step axis."""
-  if num_steps == 1:  # no loop: see `steps_per_dispatch`
-    state, metrics = one_step(state, data)
-    return state, jax.tree.map(lambda m: m[None], metrics)
-  return jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
 
 
 class TfDataInput(TrainingInput):
@@ -162,9 +133,10 @@ class TfDataInput(TrainingInput):
   ):
     """
     Args:
-      stream: first step -> this host's batches from that step on:
-        `tf_data_stream` (one run) or `runs.train_batches` (K stacked).
-      train_step: jit (state, images, labels) -> (state, metrics).
+      stream: first step -> this host's batches from that step on
+        (`runs.Runs.train_stream`).
+      train_step: jit (state, images, labels, the loop's step) -> (state,
+        metrics) (`runs.Runs.train_step`).
       sharding: the global layout of a batch.
     """
     self._stream = stream
@@ -183,6 +155,7 @@ class TfDataInput(TrainingInput):
           state,
           to_global(batch['image'], self._sharding),
           to_global(batch['label'], self._sharding),
+          first_step + len(metrics),
       )
       metrics.append(step_metrics)
     self._next_step = first_step + num_steps
@@ -227,59 +200,3 @@ def tf_data_stream(
   return image_check.naming_bad_images(
       tf_pipeline.as_numpy(dataset), split, batch_indices
   )
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluator:
-  """Exact long-tail accuracy of each run of a train state on a split.
-
-  Attributes:
-    eval_step: jit (state, images, labels, mask) -> per-class (correct,
-      total), (C,) each for one run (`steps.make_eval_step`) or (K, C) for
-      K stacked runs (`runs.make_eval_step`).
-    sharding: the global layout of an eval batch.
-    preprocessing: the eval-time resizing of image files.
-    batch_size: global eval batch (the last one is padded and masked).
-    groups: Many/Medium/Few class ids.
-  """
-
-  eval_step: Callable
-  sharding: NamedSharding
-  preprocessing: ip.Preprocessing
-  batch_size: int
-  groups: dict[str, np.ndarray]
-
-  def __call__(
-      self, state: steps.TrainState, split: ip.Split
-  ) -> list[LongTailAccuracy]:
-    """One accuracy per run (a list of one for a single run)."""
-    correct = total = 0
-    for batch in eval_batches(
-        split,
-        self.preprocessing,
-        self.batch_size,
-        jax.process_index(),
-        jax.process_count(),
-    ):
-      hits = self.eval_step(
-          state,
-          *(
-              to_global(batch[k], self.sharding)
-              for k in ('image', 'label', 'mask')
-          ),
-      )
-      batch_correct, batch_total = jax.device_get(hits)
-      correct, total = correct + batch_correct, total + batch_total
-    runs = []
-    for run_correct, run_total in zip(
-        np.atleast_2d(correct), np.atleast_2d(total)
-    ):
-      accuracy = LongTailAccuracy.empty(len(run_correct), self.groups)
-      accuracy.update(run_correct, run_total)
-      if accuracy.num_examples != len(split):
-        raise RuntimeError(
-            f'evaluated {accuracy.num_examples} of {len(split)} examples of '
-            f'{split.name}'
-        )
-      runs.append(accuracy)
-    return runs

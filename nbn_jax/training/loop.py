@@ -7,6 +7,12 @@ It ends with the results (`nbn_jax.training.results`): evaluated on test at
 the last step and, where the benchmark has a validation split, at the step
 with the best validation accuracy (selected on val, never on test).
 
+One run or K (`plan.runs`) are trained by the same loop. A run whose loss or
+parameters become non-finite stops (its update is dropped,
+`nbn_jax.training.runs`); it is reported and marked in the record, the
+others go on, and the loop raises `NonFiniteLossError` once every run has
+stopped.
+
 On SIGTERM or SIGINT (`preemption.StopSignals`) the run finishes the current
 chunk (one step, or one dispatch of several on accelerators), writes a
 checkpoint at that step and raises `preemption.Preempted`; the same command
@@ -22,18 +28,14 @@ import numpy as np
 from absl import logging
 
 from input_pipeline import image_check
-from nbn_jax.models.common import NBN_ALPHA
 from nbn_jax.training import plan as plan_lib
-from nbn_jax.training import preemption, reporting, results, runs
+from nbn_jax.training import preemption, reporting, results
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
-from nbn_jax.training.inputs import Evaluator
-from nbn_jax.training.plan import ConfigError, Plan
+from nbn_jax.training.errors import ConfigError, NonFiniteLossError
+from nbn_jax.training.evaluation import Evaluator
+from nbn_jax.training.plan import Plan
 from nbn_jax.training.steps import TrainState, furthest_step
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite."""
 
 
 def train_and_evaluate(
@@ -44,7 +46,7 @@ def train_and_evaluate(
   Raises:
     ConfigError, input_pipeline.DataError: bad settings or data (one-line
       messages).
-    NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
+    NonFiniteLossError: training diverged; the last good checkpoint is kept.
   """
   return run(plan_lib.build_plan(config), workdir)
 
@@ -56,9 +58,14 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
   for eval_only, a checkpoint to evaluate is found.
   """
   image_check.check_benchmark_images(plan.benchmark)  # cached once passed
-  checkpoints = Checkpoints(workdir, plan.keep_checkpoints)
+  runs = plan.runs
+  checkpoints = Checkpoints(
+      workdir,
+      plan.keep_checkpoints,
+      [runs.run_dir(workdir, k) for k in range(runs.num_runs)],
+  )
   try:
-    state, record = plan.init_state(), results.empty_record(plan.num_runs)
+    state, record = runs.init_state(), results.empty_record(runs.num_runs)
     restored = checkpoints.restore_latest(state)
     if restored is not None:
       state, record = restored[0], results.resumed_record(restored[1])
@@ -74,10 +81,11 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       workdir_lib.record_config(workdir, plan.config)
     writers = [
         reporting.MetricWriter(
-            results.run_dir(workdir, plan.num_runs, k),
+            runs.run_dir(workdir, k),
+            first_step=furthest_step(state),
             enabled=jax.process_index() == 0,
         )
-        for k in range(plan.num_runs)
+        for k in range(runs.num_runs)
     ]
     try:
       evaluator = plan.evaluator()
@@ -109,66 +117,75 @@ def _train(
   A chunk ends at the next event (log, eval, checkpoint) or after one call
   of the training input, whichever comes first.
   """
-  length = plan.core.length
+  length, runs = plan.core.length, plan.runs
   batch_size = plan.core.step_config.global_batch_size
   step = furthest_step(state)
   progress = reporting.Progress(
-      length.total_steps, length.steps_per_epoch, batch_size * plan.num_runs
+      length.stop_step, length.steps_per_epoch, batch_size * runs.num_runs
   )
   progress.start(step)
   logging.info(
       'Training %d steps (%.1f steps per epoch, batch %d) of %d run(s) on %d '
-      'devices.',
+      'devices%s.',
       length.total_steps,
       length.steps_per_epoch,
       batch_size,
-      plan.num_runs,
+      runs.num_runs,
       plan.core.topology.device_count,
+      (
+          f', stopping at step {length.stop_step} (config.num_train_steps)'
+          if length.stop_step < length.total_steps
+          else ''
+      ),
   )
   training_input = plan.training_input()
   pending = []  # per-step metrics on the devices since the last log
-  while step < length.total_steps:
+  while step < length.stop_step:
     count = min(length.next_event(step) - step, training_input.steps_per_call)
     state, chunk = training_input.run(state, step, count)
     pending.append(chunk)
     step += count
-    end = step == length.total_steps
+    end = step == length.stop_step
     checkpoint = step % length.checkpoint_every == 0 or end
-    # Metrics are checked before every checkpoint: a NaN is never saved.
-    if step % length.log_every == 0 or checkpoint:
-      _log_training(plan, state, step, pending, progress, checkpoints, writers)
+    stop = signals.stop_requested()
+    # Metrics are checked before every checkpoint: a stop is never missed.
+    if step % length.log_every == 0 or checkpoint or stop:
+      _log_training(
+          plan, state, record, step, pending, progress, checkpoints, writers
+      )
       pending = []
     if step % length.eval_every == 0 or end:
       _evaluate(plan, state, record, evaluator, step, checkpoints, writers)
-    if checkpoint:
-      checkpoints.save(state, record)
-    if signals.stop_requested():
-      if not checkpoint:
-        if pending:  # a NaN is never saved
-          _log_training(
-              plan, state, step, pending, progress, checkpoints, writers
-          )
-        seconds = checkpoints.save(state, record, wait=True)
+    if checkpoint or stop:
+      seconds = checkpoints.save(state, record, wait=stop and not checkpoint)
+      if stop and not checkpoint:
         logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)
+    if stop:
       checkpoints.wait()
       raise preemption.Preempted(step, signals.signal_name)
   return state
 
 
 def _evaluate(plan, state, record, evaluator, step, checkpoints, writers):
-  """Evaluates every run on the selection split; records new bests."""
-  split = plan.selection_split
+  """Evaluates every live run on the selection split; records new bests.
+
+  A stopped run's state no longer changes: its evaluations after it stopped
+  are not recorded (its last one stands).
+  """
+  runs, split = plan.runs, plan.selection_split
   epoch = step / plan.core.length.steps_per_epoch
   tests = None  # evaluated once, at the first new best on val
   for k, accuracy in enumerate(
       evaluator(state, getattr(plan.benchmark, split))
   ):
+    if results.stopped_at(record['runs'][k]) is not None:
+      continue
     summary = accuracy.summary()
     logging.info(
         'step %d (epoch %.1f)%s %s: %s',
         step,
         epoch,
-        f' run {k}' if plan.num_runs > 1 else '',
+        f' {runs.name(k)}' if runs.name(k) else '',
         split,
         results.format_summary(summary),
     )
@@ -179,64 +196,57 @@ def _evaluate(plan, state, record, evaluator, step, checkpoints, writers):
       if tests is None:
         tests = evaluator(state, plan.benchmark.test)
       results.record_best_test(record['runs'][k], tests[k])
-      if plan.num_runs == 1:  # the best model, for people to use
-        checkpoints.save(state, record, best=True)
+      checkpoints.save_best(k, runs.select(state, k), record['runs'][k])
 
 
-def _log_training(plan, state, step, pending, progress, checkpoints, writers):
-  """Fetches pending metrics, stops on a non-finite loss, logs and writes.
+def _log_training(
+    plan, state, record, step, pending, progress, checkpoints, writers
+):
+  """Fetches pending metrics, marks stopped runs, logs and writes scalars.
 
-  A single run stops on a non-finite loss. Of K runs, one whose loss goes
-  non-finite is stopped alone (`runs`: its updates are dropped from then
-  on) and reported; the program stops when every run has.
+  A run found stopped (`runs.Runs.stopped`) is marked in its record; once
+  every run has stopped the loop ends, and until then each newly stopped
+  run is reported in one warning. Then the progress line and each run's
+  scalars.
+
+  Raises:
+    NonFiniteLossError: every run has stopped.
   """
+  runs, core = plan.runs, plan.core
   fetched = jax.device_get(pending)
-  # (steps, K) for K runs, (steps,) -> (steps, 1) for one.
-  loss = np.concatenate([m['loss'] for m in fetched]).reshape(-1, plan.num_runs)
-  correct = np.concatenate([m['correct'] for m in fetched]).reshape(
-      -1, plan.num_runs
-  )
-  live = np.ones(plan.num_runs, bool)
-  if plan.num_runs > 1:
-    stopped = runs.stopped_runs(state)
-    for k, last in stopped.items():
-      logging.warning(
-          'run %d (seed %d) stopped on a non-finite loss at step %d; the '
-          'other runs go on.',
-          k,
-          plan.seeds[k],
-          last + 1,
-      )
-    live[list(stopped)] = False
-  last_good = checkpoints.latest.latest_step()
-  kept = (
-      f'the last good checkpoint (step {last_good}) is kept in '
-      f'{checkpoints.latest.directory}'
-      if last_good is not None
-      else 'no checkpoint had been written yet'
-  )
-  bad = np.flatnonzero(~np.isfinite(loss[:, 0]))
-  if plan.num_runs == 1 and bad.size:
-    raise NonFiniteLossError(
-        f'the training loss is {loss[bad[0], 0]} at step '
-        f'{step - len(loss) + bad[0] + 1}; stopped, {kept}. Lower '
-        'config.learning_rate or check the data.'
+  loss = runs.per_run(np.concatenate([m['loss'] for m in fetched]))
+  correct = runs.per_run(np.concatenate([m['correct'] for m in fetched]))
+  first = step - len(loss)  # the state's step before the pending metrics
+  newly_stopped = []
+  for k, last in runs.stopped(state, step).items():
+    if results.stopped_at(record['runs'][k]) is None:
+      reason = _divergence(loss[last - first, k] if last >= first else None)
+      results.record_stop(record['runs'][k], last + 1, reason)
+      newly_stopped.append(k)
+  if all(results.stopped_at(r) is not None for r in record['runs']):
+    raise NonFiniteLossError(_all_stopped(runs, record, checkpoints))
+  for k in newly_stopped:
+    logging.warning(
+        '%s (seed %d) stopped at step %d: %s; the other runs go on.',
+        runs.name(k),
+        runs.seeds[k],
+        results.stopped_at(record['runs'][k]),
+        record['runs'][k]['stopped']['reason'],
     )
-  if not live.any():
-    raise NonFiniteLossError(
-        f'the training loss of every run became non-finite (by step {step})'
-        f'; stopped, {kept}. Lower config.learning_rate or check the data.'
-    )
-  core = plan.core
+  live = runs.steps_of(state) == step
   rate = float(core.learning_rate(step - 1))
-  batch_size = core.step_config.global_batch_size
-  accuracy = correct.sum(0) / (len(correct) * batch_size)
+  accuracy = correct.sum(0) / (
+      len(correct) * core.step_config.global_batch_size
+  )
   mean_loss = loss.mean(0)
   line, images_per_second = progress.line(
       step, mean_loss[live].mean(), accuracy[live].mean(), rate
   )
   logging.info('%s', line)
-  alpha = jax.device_get(state.params.get(NBN_ALPHA))
+  alphas = jax.device_get({
+      path: reporting.at_path(state.params, path)
+      for path in core.nbn.alpha_paths
+  })
   for k, writer in enumerate(writers):
     scalars = {
         'train/loss': mean_loss[k],
@@ -246,7 +256,32 @@ def _log_training(plan, state, step, pending, progress, checkpoints, writers):
     }
     if np.isfinite(images_per_second):
       scalars['train/images_per_second'] = images_per_second
-    if alpha is not None:
-      scalars['nbn/alpha'] = np.reshape(alpha, -1)[k]
+    scalars |= reporting.alpha_scalars(runs.select(alphas, k))
     writer.write(step, scalars)
     writer.flush()
+
+
+def _divergence(loss: float | None) -> str:
+  """Why a run stopped, from its loss at the step it stopped at."""
+  if loss is not None and not np.isfinite(loss):
+    return f'the training loss is {loss}'
+  return 'the parameters became non-finite'
+
+
+def _all_stopped(runs, record, checkpoints) -> str:
+  """The one-line message when every run has stopped."""
+  last_good = checkpoints.latest.latest_step()
+  kept = (
+      f'the last good checkpoint (step {last_good}) is kept in '
+      f'{checkpoints.latest.directory}'
+      if last_good is not None
+      else 'no checkpoint had been written yet'
+  )
+  where = '; '.join(
+      f'{runs.name(k) + ": " if runs.name(k) else ""}'
+      f'{r["stopped"]["reason"]} at step {r["stopped"]["step"]}'
+      for k, r in enumerate(record['runs'])
+  )
+  return (
+      f'{where}; stopped, {kept}. Lower config.learning_rate or check the data.'
+  )

@@ -4,7 +4,7 @@ PyTorch's SGD (the reference) adds the decay to the gradient before the
 momentum buffer: d = g + wd * p; v = momentum * v + d; p -= lr * v. That is
 `add_decayed_weights` followed by `sgd` in optax. By default every parameter
 is decayed, NBN's alpha included, as in the reference (its `-w` flag exempts
-alpha: `decay_alpha=False` here).
+alpha: `decay_alpha=False` here, which exempts the paths the plan found).
 
 Schedules are per step (the reference steps them per epoch):
 * 'step' (CIFAR, LDAM): linear warm-up to the base rate over
@@ -20,11 +20,11 @@ The base rate follows the linear scaling rule:
 learning_rate * batch_size / lr_batch_size.
 """
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import optax
-
-from nbn_jax.models.common import is_alpha
 
 SCHEDULES = ('step', 'cosine')
 WARMUP_GRANULARITIES = ('step', 'epoch')
@@ -109,12 +109,12 @@ def _epoch_starts(epochs, steps_per_epoch: float) -> jax.Array:
   return jnp.array([int(round(e * steps_per_epoch)) for e in epochs], jnp.int32)
 
 
-def weight_decay_mask(params, decay_alpha: bool):
-  """True for decayed leaves: all of them, or all but NBN's alpha(s)."""
+def weight_decay_mask(params, exempt: Sequence[tuple[str, ...]] = ()):
+  """True for decayed leaves: all but those at the paths in `exempt`."""
+  exempt = {tuple(path) for path in exempt}
 
   def decayed(path, _):
-    name = getattr(path[-1], 'key', '')
-    return decay_alpha or not is_alpha(name)
+    return tuple(getattr(k, 'key', k) for k in path) not in exempt
 
   return jax.tree_util.tree_map_with_path(decayed, params)
 
@@ -124,12 +124,20 @@ def sgd(
     weight_decay: float,
     momentum: float = 0.9,
     nesterov: bool = False,
-    decay_alpha: bool = True,
+    exempt: Sequence[tuple[str, ...]] = (),
 ) -> optax.GradientTransformation:
-  """PyTorch-style SGD: coupled L2 decay, then momentum (no dampening)."""
+  """PyTorch-style SGD: coupled L2 decay, then momentum (no dampening).
+
+  Args:
+    schedule: step -> learning rate.
+    weight_decay: the L2 coefficient.
+    momentum, nesterov: as in `torch.optim.SGD`.
+    exempt: parameter paths not decayed: NBN's alphas with
+      `decay_alpha=False` (the plan finds them, `nbn_jax.inspection`).
+  """
   return optax.chain(
       optax.add_decayed_weights(
-          weight_decay, mask=lambda p: weight_decay_mask(p, decay_alpha)
+          weight_decay, mask=lambda p: weight_decay_mask(p, exempt)
       ),
       optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
   )

@@ -1,16 +1,17 @@
 """The run plan: everything a run needs, built once from the config.
 
-This module is the only reader of the `ConfigDict`. `build_plan` checks the
-config (every refusal is a `ConfigError` with a one-line message naming the
-field), loads the benchmark and builds the topology, the model, the
-optimiser and its schedule, the step settings and the run's length; the
-trainer, bench scripts and tests take what they need from the `Plan` or
-from the builders below, never from the config.
+This module (with its checks, `nbn_jax.training.checks`) is the only reader
+of the `ConfigDict`. `build_plan` checks the config once, loads the
+benchmark and builds the topology, the model, the optimiser and its
+schedule, the step settings, the run's length and the run strategy (one run
+or K, `nbn_jax.training.runs`); the trainer, bench scripts and tests take
+what they need from the `Plan` or from the builders below, never from the
+config.
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,135 +23,14 @@ import optax
 import input_pipeline as ip
 from input_pipeline import on_device
 from input_pipeline.samplers import epoch_size
-from nbn_jax import models
-from nbn_jax.inspection import nbn_layer_paths
-from nbn_jax.models.common import NORMS
-from nbn_jax.training import inputs, losses, metrics, optim, runs, steps
-from nbn_jax.training.topology import BN_SCOPES, Topology, make_topology
+from nbn_jax import inspection, models
+from nbn_jax.training import checks, inputs, losses, metrics, optim, runs, steps
+from nbn_jax.training.errors import ConfigError
+from nbn_jax.training.evaluation import Evaluator
+from nbn_jax.training.topology import Topology, make_topology
 
-MODELS = ('ResNet8', 'ResNet14', 'ResNet32', 'ResNet50', 'ResNeXt50')
-CIFAR_MODELS = ('ResNet8', 'ResNet32')  # take the `shortcut` field
-INPUT_PATHS = ('on_device', 'tf_data')
-
-CHOICES = {
-    'dataset': tuple(ip.DATASETS),
-    'data_source': ('tfds', 'jpeg', 'lists', 'digits'),
-    'input_path': INPUT_PATHS,
-    'sampler': ip.SAMPLERS,
-    'model': MODELS,
-    'norm': NORMS,
-    'shortcut': ('A', 'B'),
-    'bn_scope': BN_SCOPES,
-    'schedule': optim.SCHEDULES,
-    'warmup_granularity': optim.WARMUP_GRANULARITIES,
-    'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
-    'loss': losses.LOSSES,
-}
-POSITIVE = (
-    'batch_size',
-    'lr_batch_size',
-    'num_epochs',
-    'eval_batch_size',
-    'log_every_steps',
-    'steps_per_dispatch',
-    'eval_every_epochs',
-    'checkpoint_every_epochs',
-    'keep_checkpoints',
-    'samples_per_class',
-    'bn_group_size',
-    'learning_rate',
-    'lr_decay_factor',
-    'num_runs',
-)
-NON_NEGATIVE = (
-    'weight_decay',
-    'momentum',
-    'warmup_epochs',
-    'image_size',
-    'resize_size',
-    'logit_adjust_tau',
-    'few_threshold',
-    'run_shards',
-)
-
-
-class ConfigError(ValueError):
-  """A config field has a value the trainer cannot use."""
-
-
-def check_config(config: ml_collections.ConfigDict, device_count: int):
-  """Raises ConfigError naming the first bad field.
-
-  Every combination that passes trains: bn_scope x input_path on any
-  device count the batch sizes and groups divide.
-  """
-  for field, allowed in CHOICES.items():
-    if config[field] not in allowed:
-      raise ConfigError(
-          f'config.{field}={config[field]!r} is not one of {allowed}.'
-      )
-  for field in POSITIVE:
-    if not config[field] > 0:
-      raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')
-  for field in NON_NEGATIVE:
-    if not config[field] >= 0:
-      raise ConfigError(f'config.{field}={config[field]!r} must be >= 0.')
-  if not config.momentum < 1:
-    raise ConfigError(f'config.momentum={config.momentum!r} must be < 1.')
-  decay_epochs = tuple(config.lr_decay_epochs)
-  if not all(isinstance(e, (int, float)) and e >= 0 for e in decay_epochs) or (
-      list(decay_epochs) != sorted(decay_epochs)
-  ):
-    raise ConfigError(
-        f'config.lr_decay_epochs={decay_epochs!r} must be epochs >= 0 in '
-        'ascending order, e.g. (160.0, 180.0).'
-    )
-  if not config.imbalance_factor >= 1:
-    raise ConfigError(
-        f'config.imbalance_factor={config.imbalance_factor!r} must be >= 1 '
-        '(n_max / n_min; 1 is balanced).'
-    )
-  for field in ('batch_size', 'eval_batch_size'):
-    if config[field] % device_count:
-      raise ConfigError(
-          f'config.{field}={config[field]} is not divisible by the '
-          f'{device_count} devices; use a multiple of {device_count}.'
-      )
-  if config.bn_scope == 'group' and device_count % config.bn_group_size:
-    raise ConfigError(
-        f'config.bn_group_size={config.bn_group_size} must divide the '
-        f'{device_count} devices (config.bn_scope=group).'
-    )
-  if config.input_path == 'on_device' and config.data_source == 'lists':
-    raise ConfigError(
-        'config.input_path=on_device needs data held in memory (CIFAR, '
-        "digits); list-file datasets use config.input_path='tf_data'."
-    )
-  if config.sampler == 'class_aware' and (
-      config.batch_size % config.samples_per_class
-  ):
-    raise ConfigError(
-        f'config.batch_size={config.batch_size} must be a multiple of '
-        f'config.samples_per_class={config.samples_per_class} for the '
-        'class-aware sampler.'
-    )
-  if not config.few_threshold <= config.many_threshold:
-    raise ConfigError(
-        'config.few_threshold must not exceed config.many_threshold.'
-    )
-  if config.num_runs > 1:
-    run_layout(config, device_count)
-  if config.warmup_granularity == 'epoch' and (
-      config.warmup_epochs != int(config.warmup_epochs)
-  ):
-    raise ConfigError(
-        f'config.warmup_epochs={config.warmup_epochs} must be a whole number '
-        "with config.warmup_granularity='epoch'."
-    )
-
-
-# --- Builders -----------------------------------------------------------------
-
+# Config fields handed to the networks that have a field of that name.
+MODEL_FIELDS = ('shortcut',)
 DETERMINISTIC_XLA_FLAGS = '--xla_gpu_deterministic_ops=true'
 
 
@@ -163,36 +43,17 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
   return DETERMINISTIC_XLA_FLAGS if config.deterministic else ''
 
 
-def run_layout(
-    config: ml_collections.ConfigDict, device_count: int
-) -> runs.RunLayout:
-  """How `config.num_runs` runs sit on the devices (ConfigError if not)."""
-  try:
-    return runs.run_layout(
-        config.num_runs,
-        device_count,
-        config.batch_size,
-        config.eval_batch_size,
-        config.bn_scope,
-        config.bn_group_size,
-        config.run_shards,
-        jax.process_count() if config.input_path == 'tf_data' else 1,
-    )
-  except runs.RunLayoutError as e:
-    raise ConfigError(str(e)) from None
+# --- Builders -----------------------------------------------------------------
 
 
 def build_topology(
     config: ml_collections.ConfigDict,
-    devices: Sequence[jax.Device] | None = None,
+    layout: runs.RunLayout,
+    devices: Sequence[jax.Device],
 ) -> Topology:
   """The mesh; with a leading 'runs' axis when config.num_runs > 1."""
-  devices = list(jax.devices() if devices is None else devices)
-  run_shards = None
-  if config.num_runs > 1:
-    run_shards = run_layout(config, len(devices)).run_shards
   return make_topology(
-      config.bn_scope, config.bn_group_size, devices, run_shards
+      config.bn_scope, config.bn_group_size, devices, layout.mesh_run_shards
   )
 
 
@@ -201,23 +62,34 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 
 def build_model(
-    config: ml_collections.ConfigDict, num_classes: int, topology: Topology
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    bn_axis_name: str | None = None,
 ) -> nn.Module:
   """The network of `config.model` with the config's norm settings.
 
   NBN goes where the model's own reference placement says (ResNet-50 and
   ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last stage's bn2),
   unless the config's `nbn_*` fields say otherwise, field by field.
+
+  Args:
+    config: the run's config.
+    num_classes: the dataset's classes.
+    bn_axis_name: the topology's BN axis (`Topology.bn_axis_name`).
   """
-  kwargs = dict(
+  network = models.MODELS[config.model]
+  model = network(
+      num_classes,
       norm=config.norm,
       logit_norm=config.logit_norm,
-      bn_axis_name=topology.bn_axis_name,
+      bn_axis_name=bn_axis_name,
       dtype=compute_dtype(config),
+      **{
+          field: config[field]
+          for field in MODEL_FIELDS
+          if models.takes_field(network, field)
+      },
   )
-  if config.model in CIFAR_MODELS:
-    kwargs['shortcut'] = config.shortcut
-  model = getattr(models, config.model)(num_classes=num_classes, **kwargs)
   overrides = {
       field: value
       for field, value in (
@@ -236,18 +108,46 @@ def build_model(
   return model.clone(nbn_placement=placement)
 
 
-def nbn_sites(
-    model: nn.Module, image_shape: tuple[int, ...]
-) -> tuple[str, ...]:
-  """The layers NBN occupies in `model` with norm='nbn', whatever its norm.
+@dataclasses.dataclass(frozen=True)
+class NBNSites:
+  """Where NBN sits in a model, and which alpha each NBN layer reads.
 
-  For a BN model these are the plain BNs at the same places: comparing the
-  two is the paper's motivation.
+  Found by tracing the model (`nbn_jax.inspection`), so any placement, and
+  any number of alphas, is described the same way.
+
+  Attributes:
+    alphas: {'/'-joined path of each site: the '/'-joined path in
+      ``params`` of the alpha it reads, or None for a plain BN}. The sites
+      are the layers NBN occupies in the model with norm='nbn'; in a BN
+      model they are the plain BNs at the same places (comparing the two is
+      the paper's motivation).
   """
+
+  alphas: dict[str, str | None]
+
+  @property
+  def paths(self) -> tuple[str, ...]:
+    return tuple(self.alphas)
+
+  @property
+  def alpha_paths(self) -> tuple[str, ...]:
+    """'/'-joined paths of the alphas read, once each, in call order."""
+    return tuple(dict.fromkeys(a for a in self.alphas.values() if a))
+
+
+def nbn_sites(model: nn.Module, image_shape: tuple[int, ...]) -> NBNSites:
+  """The NBN sites of `model` (whatever its norm) and the alphas read there.
+
+  Raises:
+    ConfigError: the placement names a stage or BN the network lacks.
+  """
+  input_shape = (1, *image_shape)
   try:
-    return nbn_layer_paths(model.clone(norm='nbn'), (1, *image_shape))
-  except ValueError as e:  # the placement names a stage or BN the net lacks
+    sites = inspection.nbn_layer_paths(model.clone(norm='nbn'), input_shape)
+    layers = inspection.layer_alphas(model, input_shape)
+  except ValueError as e:
     raise ConfigError(f'config.nbn_*: {e}') from None
+  return NBNSites({site: layers.get(site) for site in sites})
 
 
 def run_length(
@@ -265,6 +165,11 @@ def run_length(
   return RunLength(
       steps_per_epoch=steps_per_epoch,
       total_steps=total,
+      stop_step=(
+          total
+          if config.num_train_steps == -1
+          else min(total, config.num_train_steps)
+      ),
       log_every=config.log_every_steps,
       eval_every=every(config.eval_every_epochs),
       checkpoint_every=every(config.checkpoint_every_epochs),
@@ -272,9 +177,16 @@ def run_length(
 
 
 def build_optimizer(
-    config: ml_collections.ConfigDict, length: 'RunLength'
+    config: ml_collections.ConfigDict,
+    length: 'RunLength',
+    alpha_paths: Sequence[str] = (),
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(PyTorch-style SGD, its learning-rate schedule) per the config."""
+  """(PyTorch-style SGD, its learning-rate schedule) per the config.
+
+  `alpha_paths`: '/'-joined paths of the model's NBN alphas
+  (`NBNSites.alpha_paths`), exempt from weight decay when
+  `config.decay_alpha` is False.
+  """
   schedule = optim.learning_rate_schedule(
       config.schedule,
       optim.base_learning_rate(
@@ -292,7 +204,9 @@ def build_optimizer(
       config.weight_decay,
       config.momentum,
       config.nesterov,
-      config.decay_alpha,
+      exempt=(
+          () if config.decay_alpha else [p.split('/') for p in alpha_paths]
+      ),
   )
   return tx, schedule
 
@@ -303,6 +217,7 @@ def build_step_config(
     topology: Topology,
     spec: ip.DatasetSpec,
     train_counts: np.ndarray,
+    length: 'RunLength',
 ) -> steps.StepConfig:
   return steps.StepConfig(
       model=model,
@@ -318,6 +233,7 @@ def build_step_config(
           dtype=compute_dtype(config),
       ),
       num_classes=spec.num_classes,
+      steps_per_epoch=length.steps_per_epoch,
   )
 
 
@@ -365,12 +281,16 @@ class RunLength:
   Attributes:
     steps_per_epoch: fractional: epochs do not end on batch boundaries in a
       continuous stream.
-    total_steps: steps of the whole run.
+    total_steps: steps of the whole run (what the schedule spans).
+    stop_step: where this invocation stops training: `total_steps`, or
+      earlier with `config.num_train_steps` (a later run with a larger one
+      continues the same run).
     log_every, eval_every, checkpoint_every: event periods.
   """
 
   steps_per_epoch: float
   total_steps: int
+  stop_step: int
   log_every: int
   eval_every: int
   checkpoint_every: int
@@ -378,88 +298,83 @@ class RunLength:
   def next_event(self, step: int) -> int:
     """The first step after `step` that logs, evaluates or checkpoints."""
     periods = (self.log_every, self.eval_every, self.checkpoint_every)
-    return min([self.total_steps] + [(step // p + 1) * p for p in periods])
+    return min([self.stop_step] + [(step // p + 1) * p for p in periods])
 
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-  """The model, optimiser and steps of a run (or of K runs), without data.
+  """The model, optimiser, steps and runs of a config, without data.
 
   What bench scripts and step-level tests need; `Plan.core` of a full run.
-  With `num_runs` K > 1 every state leaf has a leading run axis of size K
-  and the steps are `nbn_jax.training.runs`' (the single-run step mapped
-  over runs).
 
   Attributes:
     topology: the mesh and the BN statistics scope.
     model: the network.
-    nbn_sites: the layers NBN occupies (plain BNs in a norm='bn' model).
+    nbn: where NBN sits and which alphas it reads.
     image_shape: (H, W, C) of one model input.
     tx, learning_rate: the optimiser and its schedule.
     step_config: what the train and eval steps need.
     length: the run's length and event periods.
-    num_runs: K runs trained side by side.
-    run_axis: how the steps map over runs ('vmap' or 'unroll').
+    runs: the run strategy (one run or K): state, programs and streams.
   """
 
   topology: Topology
   model: nn.Module
-  nbn_sites: tuple[str, ...]
+  nbn: NBNSites
   image_shape: tuple[int, ...]
   tx: optax.GradientTransformation
   learning_rate: optax.Schedule
   step_config: steps.StepConfig
   length: RunLength
-  num_runs: int = 1
-  run_axis: str = 'vmap'
+  runs: runs.Runs
 
-  def init_state(self, key: jax.Array) -> steps.TrainState:
-    """The initial train state(s) from parameter key(s) `key`, on the mesh.
 
-    `key`: one key, or (K,) keys for K runs (`runs.run_keys`).
-    """
-    if self.num_runs == 1:
-      return steps.create_train_state(
-          self.model, self.tx, key, self.image_shape, self.topology
-      )
-    return runs.create_train_states(
-        self.model, self.tx, key, self.image_shape, self.topology
-    )
+def _build_step_plan(
+    config: ml_collections.ConfigDict,
+    layout: runs.RunLayout,
+    spec: ip.DatasetSpec,
+    train_counts: np.ndarray,
+    image_shape: tuple[int, ...],
+    devices: Sequence[jax.Device],
+) -> StepPlan:
+  """`build_step_plan` for a config already checked (giving `layout`)."""
+  topology = build_topology(config, layout, devices)
+  model = build_model(config, spec.num_classes, topology.bn_axis_name)
+  nbn = nbn_sites(model, image_shape)
+  length = run_length(config, train_counts)
+  tx, schedule = build_optimizer(config, length, nbn.alpha_paths)
+  step_config = build_step_config(
+      config, model, topology, spec, train_counts, length
+  )
+  return StepPlan(
+      topology=topology,
+      model=model,
+      nbn=nbn,
+      image_shape=tuple(image_shape),
+      tx=tx,
+      learning_rate=schedule,
+      step_config=step_config,
+      length=length,
+      runs=runs.make_runs(
+          step_config,
+          tx,
+          image_shape,
+          config.seed,
+          config.num_runs,
+          config.run_axis,
+      ),
+  )
 
-  @property
-  def train_batch_sharding(self):
-    """The layout of a training batch: (B, ...) or (K, B, ...)."""
-    if self.num_runs == 1:
-      return self.topology.batch_sharding
-    return self.topology.run_batch_sharding
 
-  def train_step(self):
-    """jit (state, images, labels) -> (state, metrics)."""
-    if self.num_runs == 1:
-      return steps.make_train_step(self.step_config)
-    return runs.make_train_step(self.step_config, self.run_axis)
-
-  def device_steps(
-      self, data_key: jax.Array, preprocessing: ip.Preprocessing
-  ) -> Callable[[int], Callable]:
-    """n -> jit (state, DeviceData) -> (state, metrics of n steps)."""
-    if self.num_runs == 1:
-      return functools.partial(
-          inputs.device_steps, self.step_config, data_key, preprocessing
-      )
-    return functools.partial(
-        runs.make_device_train_steps,
-        self.step_config,
-        data_key,
-        preprocessing,
-        run_axis=self.run_axis,
-    )
-
-  def eval_step(self):
-    """jit (state, images, labels, mask) -> per-class (correct, total)."""
-    if self.num_runs == 1:
-      return steps.make_eval_step(self.step_config)
-    return runs.make_eval_step(self.step_config, self.run_axis)
+def _check(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[jax.Device] | None,
+) -> tuple[runs.RunLayout, list[jax.Device]]:
+  devices = list(jax.devices() if devices is None else devices)
+  return (
+      checks.check_config(config, len(devices), jax.process_count()),
+      devices,
+  )
 
 
 def build_step_plan(
@@ -469,7 +384,7 @@ def build_step_plan(
     image_shape: tuple[int, ...],
     devices: Sequence[jax.Device] | None = None,
 ) -> StepPlan:
-  """Checks `config` and builds its model, optimiser and steps on `devices`.
+  """Checks `config` and builds its model, optimiser, steps and runs.
 
   Args:
     config: the run's config.
@@ -479,29 +394,9 @@ def build_step_plan(
     image_shape: (H, W, C) of one model input.
     devices: default: every device.
   """
-  devices = list(jax.devices() if devices is None else devices)
-  check_config(config, len(devices))
-  topology = build_topology(config, devices)
-  model = build_model(config, spec.num_classes, topology)
-  length = run_length(config, train_counts)
-  tx, schedule = build_optimizer(config, length)
-  return StepPlan(
-      topology=topology,
-      model=model,
-      nbn_sites=nbn_sites(model, image_shape),
-      image_shape=tuple(image_shape),
-      tx=tx,
-      learning_rate=schedule,
-      step_config=build_step_config(
-          config, model, topology, spec, train_counts
-      ),
-      length=length,
-      num_runs=config.num_runs,
-      run_axis=(
-          runs.default_run_axis()
-          if config.run_axis == 'auto'
-          else config.run_axis
-      ),
+  layout, devices = _check(config, devices)
+  return _build_step_plan(
+      config, layout, spec, train_counts, image_shape, devices
   )
 
 
@@ -512,14 +407,12 @@ class Plan:
   Attributes:
     config: the config as plain data (recorded with the results).
     label: 'ResNet32 NBN on cifar10-lt-if100', for tables and plots.
-    seed: the run's seed (initialisation and data order); run k of
-      `num_runs` uses `seed + k`.
     eval_only: evaluate the workdir's latest checkpoint, do not train.
     keep_checkpoints: periodic checkpoints kept.
     benchmark: the splits; `val` None where the benchmark has none.
     shot_thresholds: (many, few) training counts of the shot groups.
     groups: Many/Medium/Few class ids.
-    core: the topology, model, optimiser, steps and run length.
+    core: the topology, model, optimiser, steps, run length and runs.
     input_path: 'on_device' or 'tf_data'.
     sampler, preprocessing: the training stream.
     steps_per_dispatch: on-device steps per jitted call on accelerators.
@@ -528,7 +421,6 @@ class Plan:
 
   config: dict[str, Any]
   label: str
-  seed: int
   eval_only: bool
   keep_checkpoints: int
   benchmark: ip.Benchmark
@@ -542,56 +434,35 @@ class Plan:
   eval_batch_size: int
 
   @property
+  def runs(self) -> runs.Runs:
+    return self.core.runs
+
+  @property
   def selection_split(self) -> str:
     """The split evaluated during training: val, or test where there is none."""
     return 'val' if self.benchmark.val is not None else 'test'
 
-  @property
-  def num_runs(self) -> int:
-    return self.core.num_runs
-
-  @property
-  def seeds(self) -> list[int]:
-    """Run k's seed: `seed + k`."""
-    return runs.run_seeds(self.seed, self.num_runs)
-
-  def keys(self) -> tuple[jax.Array, jax.Array]:
-    """(parameter initialisation key, data key), (K,) each for K runs."""
-    return runs.run_keys(self.seed, self.num_runs)
-
-  def init_state(self) -> steps.TrainState:
-    return self.core.init_state(self.keys()[0])
-
   def training_input(self) -> inputs.TrainingInput:
-    core, train = self.core, self.benchmark.train
+    train = self.benchmark.train
     if self.input_path == 'on_device':
       return inputs.OnDeviceInput(
           on_device.put_on_devices(
-              train, self.sampler, core.topology.batch_sharding
+              train, self.sampler, self.core.topology.batch_sharding
           ),
-          core.device_steps(self.keys()[1], self.preprocessing),
+          functools.partial(self.runs.device_steps, self.preprocessing),
           self.steps_per_dispatch,
       )
-    stream_args = (
-        train,
-        self.preprocessing,
-        self.sampler,
-        core.step_config.global_batch_size,
-        self.seed,
-    )
-    if self.num_runs == 1:
-      stream = functools.partial(inputs.tf_data_stream, *stream_args)
-    else:
-      stream = functools.partial(
-          runs.train_batches, *stream_args, self.num_runs
-      )
     return inputs.TfDataInput(
-        stream, core.train_step(), core.train_batch_sharding
+        functools.partial(
+            self.runs.train_stream, train, self.preprocessing, self.sampler
+        ),
+        self.runs.train_step(),
+        self.runs.batch_sharding,
     )
 
-  def evaluator(self) -> inputs.Evaluator:
-    return inputs.Evaluator(
-        self.core.eval_step(),
+  def evaluator(self) -> Evaluator:
+    return Evaluator(
+        self.runs.eval_step(),
         self.core.topology.batch_sharding,
         self.preprocessing,
         self.eval_batch_size,
@@ -609,7 +480,7 @@ def build_plan(
     ConfigError: a bad field (one line naming it).
     input_pipeline.DataError: missing or malformed data (one line).
   """
-  check_config(config, len(jax.devices() if devices is None else devices))
+  layout, devices = _check(config, devices)
   benchmark = load_benchmark(config)
   spec = benchmark.spec
   train_counts = benchmark.train_counts()
@@ -621,7 +492,6 @@ def build_plan(
   return Plan(
       config=config.to_dict(),
       label=f'{config.model} {config.norm.upper()} on {benchmark.train.name}',
-      seed=config.seed,
       eval_only=config.eval_only,
       keep_checkpoints=config.keep_checkpoints,
       benchmark=benchmark,
@@ -629,7 +499,9 @@ def build_plan(
       groups=metrics.shot_groups(
           train_counts, config.many_threshold, config.few_threshold
       ),
-      core=build_step_plan(config, spec, train_counts, image_shape, devices),
+      core=_build_step_plan(
+          config, layout, spec, train_counts, image_shape, devices
+      ),
       input_path=config.input_path,
       sampler=sampler_spec(config),
       preprocessing=recipe,

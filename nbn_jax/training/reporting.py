@@ -12,19 +12,24 @@ import json
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from input_pipeline.sources import write_atomically
-from nbn_jax.models.common import LAYER_ALPHA, NBN_ALPHA
+from input_pipeline.files import write_atomically
 from nbn_jax.normalization import effective_affine
 
 
 class MetricWriter:
-  """Scalars to TensorBoard events and metrics.jsonl (process 0 only)."""
+  """Scalars to TensorBoard events and metrics.jsonl (process 0 only).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A resumed run starts at `first_step`: rows of metrics.jsonl after it
+  (written by a run killed before its next checkpoint, and about to be
+  written again) are dropped, so every step appears once. TensorBoard
+  drops such orphaned events itself when a step goes backwards.
+  """
+
+  def __init__(self, workdir: str, first_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
@@ -32,7 +37,9 @@ class MetricWriter:
 
     os.makedirs(workdir, exist_ok=True)
     self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    _drop_rows_after(path, first_step)
+    self._jsonl = open(path, 'a')
 
   def write(self, step: int, scalars: dict[str, float]):
     if not self.enabled:
@@ -65,6 +72,22 @@ class MetricWriter:
     if self.enabled:
       self._events.close()
       self._jsonl.close()
+
+
+def _drop_rows_after(path: str, step: int):
+  """Rewrites a metrics.jsonl without its rows after `step`, if it has any."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [
+      line
+      for line in lines
+      if line.strip() and json.loads(line).get('step', 0) <= step
+  ]
+  if len(kept) != len(lines):
+    with write_atomically(path) as f:
+      f.writelines(kept)
 
 
 def _finite_or_none(value):
@@ -157,7 +180,14 @@ def summary_table(rows: dict[str, dict[str, float]]) -> str:
 # --- The BN scale spread of the NBN sites ----------------------------------
 
 
-def site_scales(params, sites: Sequence[str]) -> dict[str, np.ndarray]:
+def at_path(tree, path: str):
+  """The entry of a nested dict at a '/'-joined path."""
+  return functools.reduce(lambda node, key: node[key], path.split('/'), tree)
+
+
+def site_scales(
+    params, sites: Mapping[str, str | None]
+) -> dict[str, np.ndarray]:
   """Effective scale vectors of the layers at the NBN sites.
 
   In an NBN model these are NBN layers (scale_eff = alpha * w / ||w||); in a
@@ -166,23 +196,35 @@ def site_scales(params, sites: Sequence[str]) -> dict[str, np.ndarray]:
 
   Args:
     params: the model's parameters.
-    sites: '/'-joined paths of the sites (`Plan.nbn_sites`).
+    sites: {'/'-joined path of each site: '/'-joined path of the alpha it
+      reads, or None for a plain BN} (`plan.NBNSites.alphas`).
 
   Returns:
     {'layer4_0/bn3': (C,) vector, ...} in the order of `sites`.
   """
-  shared_alpha = params.get(NBN_ALPHA)
   result = {}
-  for site in sites:
-    layer = functools.reduce(
-        lambda tree, key: tree[key], site.split('/'), params
-    )
-    alpha = layer.get(LAYER_ALPHA, shared_alpha)
+  for site, alpha in sites.items():
+    layer = at_path(params, site)
     scale = np.asarray(layer['scale'])
     if alpha is not None:
-      scale = np.asarray(effective_affine(scale, layer['bias'], alpha)[0])
+      scale = np.asarray(
+          effective_affine(scale, layer['bias'], at_path(params, alpha))[0]
+      )
     result[site] = scale
   return result
+
+
+def alpha_scalars(alphas: Mapping[str, Any]) -> dict[str, float]:
+  """{TensorBoard tag: value} of NBN alphas given by '/'-joined path.
+
+  The tag names the module owning the alpha: 'nbn/alpha' for the model's
+  own (the one the reference's layers share), 'nbn/alpha/layer3_0/bn2' for
+  a layer's own, 'nbn/alpha/expert_1' for an expert's.
+  """
+  return {
+      '/'.join(['nbn/alpha', *path.split('/')[:-1]]): float(value)
+      for path, value in alphas.items()
+  }
 
 
 def spread(scale: np.ndarray) -> float:

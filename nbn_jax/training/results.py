@@ -1,12 +1,14 @@
 """Runs' records and results: evaluation history, selection, outputs.
 
 The record travels with every checkpoint (JSON), one entry per run: the
-evaluation history and the best result so far, selected on val where the
-benchmark has one (test is evaluated at each new best, and a single run also
-keeps that checkpoint in checkpoints_best/) or, labelled as such, on test.
-`finish` evaluates the final state and writes, per run, results.json, the
-summary table, TensorBoard scalars and the PNG plots (in the workdir for one
-run; in workdir/run_<k>/ for K runs, with summary.json over them).
+evaluation history, the best result so far, selected on val where the
+benchmark has one (test is evaluated at each new best, and that run's
+checkpoint is kept in its checkpoints_best/) or, labelled as such, on test,
+and, for a run that stopped on a non-finite loss or parameters, where and
+why. `finish` evaluates the final state and writes, per run, results.json,
+the summary table, TensorBoard scalars and the PNG plots (in the run's
+folder, `runs.Runs.run_dir`), and for several runs summary.json over the
+runs that finished.
 """
 
 import math
@@ -16,22 +18,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from nbn_jax.training import reporting, runs
-from nbn_jax.training.inputs import Evaluator
+from nbn_jax.training import reporting
+from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.metrics import LongTailAccuracy
 from nbn_jax.training.plan import Plan
-from nbn_jax.training.steps import furthest_step
 
 # Version of results.json's layout; bumped when a field changes meaning.
-RESULTS_SCHEMA = 3
+RESULTS_SCHEMA = 4  # 4: 'status' and, for a stopped run, 'stopped'
 GROUPS = ('top1', 'many', 'medium', 'few')
 # The results `summarize` gathers over runs, where every run has them.
 SUMMARIZED = ('last', 'best_on_val', 'best_test_during_training')
-
-
-def run_dir(workdir: str, num_runs: int, k: int) -> str:
-  """Where run k's outputs go: the workdir itself for a single run."""
-  return workdir if num_runs == 1 else os.path.join(workdir, f'run_{k}')
+FINISHED, STOPPED = 'finished', 'stopped'
 
 
 def empty_record(num_runs: int) -> dict[str, Any]:
@@ -41,6 +38,17 @@ def empty_record(num_runs: int) -> dict[str, Any]:
           for _ in range(num_runs)
       ]
   }
+
+
+def record_stop(record: dict[str, Any], step: int, reason: str):
+  """Marks one run's `record` stopped at `step` (the update it dropped)."""
+  record['stopped'] = {'step': step, 'reason': reason}
+
+
+def stopped_at(record: dict[str, Any]) -> int | None:
+  """The step one run's `record` stopped at, or None if it did not."""
+  stopped = record.get('stopped')
+  return None if stopped is None else stopped['step']
 
 
 def resumed_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -89,30 +97,33 @@ def finish(
 ) -> dict[str, Any]:
   """Final evaluations and every run's outputs; returns what was written.
 
+  A stopped run's state is the one at its last finite step, so its 'last'
+  result is that step's.
+
   Returns:
     One run: its results.json. K runs: {'runs': [each run's results],
     'summary': `summarize` of them} (summary.json).
   """
-  benchmark, k_runs = plan.benchmark, plan.num_runs
-  step = furthest_step(state)
+  benchmark, runs = plan.benchmark, plan.runs
+  run_steps = runs.steps_of(state)
   tests = evaluator(state, benchmark.test)
   vals = evaluator(state, benchmark.val) if benchmark.val is not None else None
   params = jax.device_get(state.params)
   per_run = []
-  for k in range(k_runs):
-    run_params = params if k_runs == 1 else runs.select_run(params, k)
+  for k in range(runs.num_runs):
+    step = int(run_steps[k])
     run_results, rows = _run_results(
         plan, record['runs'][k], tests[k], vals and vals[k], step
     )
-    run_results['seed'] = plan.seeds[k]
-    scales = reporting.site_scales(run_params, plan.core.nbn_sites)
+    run_results['seed'] = runs.seeds[k]
+    scales = reporting.site_scales(runs.select(params, k), plan.core.nbn.alphas)
     run_results['scale_spread'] = {
         name: reporting.spread(scale) for name, scale in scales.items()
     }
     if jax.process_index() == 0:
       _write_outputs(
           plan,
-          run_dir(workdir, k_runs, k),
+          runs.run_dir(workdir, k),
           writers[k],
           run_results,
           rows,
@@ -121,7 +132,7 @@ def finish(
           step,
       )
     per_run.append(run_results)
-  if k_runs == 1:
+  if not runs.summarizes:
     return per_run[0]
   summary = summarize(per_run)
   if jax.process_index() == 0:
@@ -130,8 +141,8 @@ def finish(
         os.path.join(workdir, f'summary{suffix}.json'), summary
     )
     print(
-        f'\n{plan.label}, {k_runs} runs (seeds {plan.seeds[0]}..'
-        f'{plan.seeds[-1]})\n{summary_table(summary)}'
+        f'\n{plan.label}, {runs.num_runs} runs (seeds {runs.seeds[0]}..'
+        f'{runs.seeds[-1]})\n{summary_table(summary)}'
     )
   return {'runs': per_run, 'summary': summary}
 
@@ -142,18 +153,22 @@ def _run_results(plan, record, test, val, step):
   rows = {f'last (step {step}) test': test.summary()}
   results = {
       'schema': RESULTS_SCHEMA,
+      'status': FINISHED if stopped_at(record) is None else STOPPED,
       'config': plan.config,
       'dataset': plan.benchmark.train.name,
       'train_counts': plan.benchmark.train_counts().tolist(),
       'shot_groups': {k: v.tolist() for k, v in plan.groups.items()},
       'shot_thresholds': {'many': many, 'few': few},
-      'nbn_sites': list(plan.core.nbn_sites),
+      'nbn_sites': list(plan.core.nbn.paths),
+      'nbn_site_alphas': plan.core.nbn.alphas,
       'last': {
           'step': step,
           'test': test.summary(),
           'test_per_class': test.per_class().tolist(),
       },
   }
+  if stopped_at(record) is not None:
+    results['stopped'] = record['stopped']
   if val is not None:
     results['last']['val'] = val.summary()
     rows[f'last (step {step}) val'] = val.summary()
@@ -174,19 +189,30 @@ def _run_results(plan, record, test, val, step):
 def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   """Mean, standard deviation (ddof 1) and each run's value, per result.
 
+  Over the runs that finished: a stopped run (`record_stop`) is listed
+  under 'stopped' with its step and reason, and left out of the statistics.
   Results: 'last' test and, where the runs have them, 'best_on_val' test
   and 'best_test_during_training' test; each over top-1 and the groups.
   """
-  summary = {'seeds': [r['seed'] for r in per_run]}
+  finished = [r for r in per_run if r.get('status', FINISHED) == FINISHED]
+  summary = {
+      'seeds': [r['seed'] for r in per_run],
+      'finished_seeds': [r['seed'] for r in finished],
+      'stopped': [
+          {'run': k, 'seed': r['seed'], **r['stopped']}
+          for k, r in enumerate(per_run)
+          if r.get('status', FINISHED) != FINISHED
+      ],
+  }
   for name in SUMMARIZED:
-    if not all(name in r for r in per_run):
+    if not finished or not all(name in r for r in finished):
       continue
     summary[name] = {}
     for group in GROUPS:
-      values = np.array([r[name]['test'][group] for r in per_run], float)
+      values = np.array([r[name]['test'][group] for r in finished], float)
       summary[name][group] = {
           'mean': float(np.mean(values)),
-          'std': float(np.std(values, ddof=1)),
+          'std': float(np.std(values, ddof=1)) if len(values) > 1 else None,
           'runs': values.tolist(),
       }
   return summary
@@ -195,20 +221,43 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
 def _mean_std(entry: dict[str, Any]) -> str:
   if not math.isfinite(entry['mean']):
     return reporting.percent(entry['mean'])  # 'n/a': an empty group
+  if entry['std'] is None:  # one run
+    return reporting.percent(entry['mean'])
   return (
       f'{reporting.percent(entry["mean"])} +- {reporting.percent(entry["std"])}'
   )
 
 
+def runs_counted(summary: dict[str, Any]) -> str:
+  """Which runs the statistics are over, e.g. '4 of 5 runs; run 2 (seed 2)
+  stopped at step 47: the training loss is nan'."""
+  counted = f'{len(summary["finished_seeds"])} of {len(summary["seeds"])} runs'
+  if not summary['stopped']:
+    return 'over runs'
+  stopped = '; '.join(
+      f'run {s["run"]} (seed {s["seed"]}) stopped at step {s["step"]}: '
+      f'{s["reason"]}'
+      for s in summary['stopped']
+  )
+  return f'over {counted}; {stopped}'
+
+
 def summary_table(summary: dict[str, Any]) -> str:
-  """mean +- std (in %) per result and group."""
+  """mean +- std (in %) per result and group, and which runs it is over."""
   names = [n for n in SUMMARIZED if n in summary]
-  width = max(len(n) for n in names) + 7
-  lines = [' ' * width + ''.join(f'{g:>17}' for g in GROUPS)]
-  for name in names:
-    cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in GROUPS)
-    lines.append(f'{name + " test":{width}}' + cells)
-  return '\n'.join(lines) + '\n(accuracy in %, mean +- std over runs)'
+  lines = []
+  if names:
+    width = max(len(n) for n in names) + 7
+    lines.append(' ' * width + ''.join(f'{g:>17}' for g in GROUPS))
+    for name in names:
+      cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in GROUPS)
+      lines.append(f'{name + " test":{width}}' + cells)
+  else:
+    lines.append('no run finished')
+  return (
+      '\n'.join(lines)
+      + f'\n(accuracy in %, mean +- std {runs_counted(summary)})'
+  )
 
 
 def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):

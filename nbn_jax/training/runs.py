@@ -1,55 +1,66 @@
-"""K independent training runs in one jitted program.
+"""The run strategy: how the trainer trains the runs of one config.
 
-Run k of K is the run a single program with seed `seed + k` would train: its
-own initialisation, data order and augmentation (`run_keys`; the tf.data
-path: `train_batches`). Every leaf of the train state gets a leading run axis
-of size K, and the steps map the trainer's single-run step
-(`steps.apply_batch`) over it.
+A config trains `num_runs` independent runs, K, and everything that depends
+on K lives here. The plan builds one `Runs` (`make_runs`) and the loop, the
+evaluator and the results ask it for the programs, the state, the data
+streams and each run's slice; none of them branches on K.
 
-Layout (`run_layout`; `topology.make_topology(..., run_shards)`): the mesh is ('runs', 'data'), or
-('runs', 'replica', 'bn_group') for bn_scope 'group'. The run axis of the
-state and of the training batches is split over 'runs'; each run's batch is
-split over the data axes, so a run may span several devices and a device may
-hold several runs. By default the 'runs' axis has gcd(K, devices) devices.
+* `SingleRun` (K = 1): the train state has no run axis; the steps are the
+  trainer's single-run steps (`nbn_jax.training.steps`).
+* `StackedRuns` (K > 1): run k is the run a single program with seed
+  `seed + k` would train: its own initialisation, data order and
+  augmentation (`run_keys`; the tf.data path: `train_batches`). Every leaf
+  of the train state has a leading run axis of size K, and the steps map
+  the single-run step (`steps.apply_batch`) over it.
+
+Layout (`run_layout`; `topology.make_topology(..., run_shards)`): with K > 1
+the mesh is ('runs', 'data'), or ('runs', 'replica', 'bn_group') for
+bn_scope 'group'. The run axis of the state and of the training batches is
+split over 'runs'; each run's batch is split over the data axes, so a run
+may span several devices and a device may hold several runs. By default
+the 'runs' axis has gcd(K, devices) devices.
 
 Mapping over runs (`run_axis`, default `default_run_axis()`):
 * 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
   kernels differ per run become grouped convolutions (one group per run).
 * 'unroll': a Python loop over the runs inside the one jitted program; the
   program grows K-fold, but every convolution is the single run's. XLA:CPU
-  runs grouped convolutions slowly (measured, bench/many_runs.py, ResNet-32
-  batch 128: per-run step time at K = 2 is 2.4x a single run's with 'vmap',
-  1.02x with 'unroll'), so CPUs unroll.
+  runs grouped convolutions slowly (measured, bench/timing/many_runs.py,
+  ResNet-32 batch 128: per-run step time at K = 2 is 2.4x a single run's
+  with 'vmap', 1.02x with 'unroll'), so CPUs unroll.
 
 BN statistics scopes: all three work with any layout. The topology shows
 `steps` one run's topology: its `data_axes` leave 'runs' out, so the
 `shard_map` of 'device' and 'group' splits each run's batch over the data
 axes only, and vmap's `spmd_axis_name` splits its run axis over 'runs'.
 
-A run whose loss or new parameters are not finite is stopped alone: the step
-drops its update, so its state (parameters, statistics, optimiser state and
-step counter) stays at its last finite step and its step counter falls
-behind the others'. The lag is what marks it stopped from then on: a run
-updates only while its step equals the largest step of all runs, so it never
-restarts, and a checkpoint of the stacked state records it.
-`stopped_runs(states)` lists them; the loop reports them and stops only when
-every run has stopped.
+A run whose loss or new parameters are not finite stops, one run or K
+alike: the step drops its update, so its state (parameters, statistics,
+optimiser state and step counter) stays at its last finite step and its
+step counter falls behind the steps the loop ran. The lag is what marks it
+stopped from then on: the programs take the loop's step, and a run updates
+only while its own step equals it, so it never restarts, and a checkpoint
+records it. `Runs.stopped` lists the stopped runs; the loop reports them and
+stops when every run has.
 """
 
+import abc
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import NamedSharding
 
-
+import input_pipeline as ip
 from input_pipeline import on_device
-from input_pipeline.datasets import Preprocessing
 from nbn_jax.training import inputs, steps
-from nbn_jax.training.topology import RUNS_AXIS, Topology
+from nbn_jax.training.topology import RUNS_AXIS, Topology, check_bn_group
 
 RUN_AXIS_MAPS = ('vmap', 'unroll')
 
@@ -73,6 +84,11 @@ class RunLayout:
   run_shards: int
   data_shards: int
 
+  @property
+  def mesh_run_shards(self) -> int | None:
+    """The 'runs' mesh axis size; None for one run (a mesh without one)."""
+    return self.run_shards if self.num_runs > 1 else None
+
 
 def run_layout(
     num_runs: int,
@@ -84,7 +100,9 @@ def run_layout(
     run_shards: int = 0,
     feeding_hosts: int = 1,
 ) -> RunLayout:
-  """Checks that K runs fit the devices; the config check calls this.
+  """Checks that K runs (K = 1 included) fit the devices and batch sizes.
+
+  The one place these rules are written; the config checks call it.
 
   Args:
     num_runs: K (config.num_runs).
@@ -122,17 +140,24 @@ def run_layout(
       ('eval_batch_size', eval_batch_size),
   ):
     if size % data_shards:
+      where = f'the {data_shards} devices'
+      if run_shards > 1:
+        where += (
+            f' of each run ({device_count} devices, {run_shards} run shards '
+            f'for config.num_runs={num_runs})'
+        )
       raise RunLayoutError(
-          f'config.{field}={size} is not divisible by the {data_shards} '
-          f'devices of each run ({device_count} devices, {run_shards} run '
-          f'shards for config.num_runs={num_runs}); use a multiple of '
-          f'{data_shards}.'
+          f'config.{field}={size} is not divisible by {where}; use a '
+          f'multiple of {data_shards}.'
       )
-  if bn_scope == 'group' and data_shards % bn_group_size:
-    raise RunLayoutError(
-        f'config.bn_group_size={bn_group_size} must divide the {data_shards} '
-        'devices of each run (config.bn_scope=group).'
-    )
+  if bn_scope == 'group':
+    try:
+      check_bn_group(bn_group_size, data_shards)
+    except ValueError as e:
+      each = ' of each run' if run_shards > 1 else ''
+      raise RunLayoutError(
+          f'config.{e}{each} (config.bn_scope=group).'
+      ) from None
   return RunLayout(num_runs, run_shards, data_shards)
 
 
@@ -152,48 +177,9 @@ def run_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array]:
   return keys[:, 0], keys[:, 1]
 
 
-def create_train_states(
-    model,
-    tx,
-    init_keys: jax.Array,
-    image_shape: tuple[int, ...],
-    topology: Topology,
-) -> steps.TrainState:
-  """K train states stacked on a leading run axis, split over 'runs'.
-
-  Args:
-    model, tx: the network and optimiser (shared by all runs).
-    init_keys: (K,) PRNG keys, one parameter initialisation per run.
-    image_shape: (H, W, C) of one input image.
-    topology: a topology with a 'runs' axis (`make_topology(...,
-      run_shards=layout.run_shards)`).
-
-  Returns:
-    A TrainState whose every leaf has shape (K, ...), split over 'runs'.
-  """
-
-  # One compiled single-run init, called per key, then stacked: the same
-  # values as a vmapped init, which XLA:CPU compiles very slowly (minutes for
-  # ResNet-32).
-  init = jax.jit(
-      functools.partial(
-          steps.initial_train_state, model, tx, image_shape=image_shape
-      )
-  )
-  states = [init(key) for key in init_keys]
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-  return jax.device_put(stacked, topology.run_sharding)
-
-
 def select_run(tree, k: int):
   """Run k's slice of a stacked tree (a state, metrics, class hits)."""
   return jax.tree.map(lambda x: x[k], tree)
-
-
-def stopped_runs(states: steps.TrainState) -> dict[int, int]:
-  """{run index: its last finite step} of the runs stopped on non-finite."""
-  step = np.asarray(jax.device_get(states.step))
-  return {int(k): int(step[k]) for k in np.flatnonzero(step < step.max())}
 
 
 def default_run_axis() -> str:
@@ -239,10 +225,15 @@ def _all_finite(tree) -> jax.Array:
   )
 
 
-def _guarded(
-    cfg: steps.StepConfig, state, images, labels, live
+def guarded_step(
+    cfg: steps.StepConfig, state, images, labels, live=True
 ) -> tuple[Any, dict]:
-  """`steps.apply_batch`, dropping the update unless live and finite."""
+  """`steps.apply_batch`, dropping the update unless live and finite.
+
+  An update is kept only when `live` and both the loss and the new
+  parameters are finite; otherwise the state, its step counter included,
+  stays as it was (the run has stopped).
+  """
   new_state, metrics = steps.apply_batch(cfg, state, images, labels)
   keep = live & jnp.isfinite(metrics['loss']) & _all_finite(new_state.params)
   # A cond, not a select per leaf: XLA:CPU compiles the selects next to the
@@ -251,102 +242,367 @@ def _guarded(
   return jax.lax.cond(keep, lambda: new_state, lambda: state), metrics
 
 
-def _live(states: steps.TrainState) -> jax.Array:
-  """(K,) bool: runs not stopped (their step is the largest)."""
-  return states.step == jnp.max(states.step)
-
-
-def make_train_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
-  """jit: (states, images (K, B, ...), labels (K, B)) -> (states, metrics).
-
-  Run k trains on images[k], labels[k] (host-fed batches: the tf.data path,
-  `train_batches`). Metrics are {'loss': (K,), 'correct': (K,)}. Donates
-  the states. `cfg.topology` has a 'runs' axis; `cfg.global_batch_size`
-  is B.
-  """
-  step = map_runs(functools.partial(_guarded, cfg), (0, 0, 0, 0), run_axis)
-
-  def train_step(states, images, labels):
-    return step(states, images, labels, _live(states))
-
-  return jax.jit(train_step, donate_argnums=0)
+def _live(state: steps.TrainState, step: jax.Array) -> jax.Array:
+  """Runs not stopped: their step is the loop's `step` (scalar, or (K,))."""
+  return state.step == step
 
 
 def _sample_and_apply(
     cfg: steps.StepConfig,
-    preprocessing: Preprocessing,
+    preprocessing: ip.Preprocessing,
     state,
     key: jax.Array,
     live: jax.Array,
     data: on_device.DeviceData,
 ):
-  """One run's on-device step: its own batch and augmentation, keyed by
-  (its data key, its step) as a single run's (`inputs.device_steps`)."""
+  """One run's on-device step: its batch and augmentation keyed by (its
+  data key, its step), so a resumed run continues the same stream."""
   images, labels = on_device.training_batch(
       data, key, state.step, cfg.global_batch_size, preprocessing
   )
-  return _guarded(cfg, state, images, labels, live)
+  return guarded_step(cfg, state, images, labels, live)
 
 
-def make_device_train_steps(
-    cfg: steps.StepConfig,
-    data_keys: jax.Array,
-    preprocessing: Preprocessing,
-    num_steps: int,
-    run_axis: str = 'vmap',
-):
-  """jit: (states, DeviceData) -> (states, metrics (num_steps, K)).
+def scan_steps(one_step, num_steps: int, state, data, step):
+  """`num_steps` of `one_step(state, data, step)` from the loop's `step`,
+  metrics stacked on a leading step axis."""
+  if num_steps == 1:  # no loop: see `inputs.steps_per_dispatch`
+    state, metrics = one_step(state, data, step)
+    return state, jax.tree.map(lambda m: m[None], metrics)
 
-  `steps.make_device_train_steps` for K runs: run k draws and augments its
-  batches with `data_keys[k]`, exactly as a single run with that data key.
-  `data` is shared by all runs: `on_device.put_on_devices(split, sampler,
-  cfg.topology.batch_sharding)` (images split over the data axes).
-  """
-  step = map_runs(
-      functools.partial(_sample_and_apply, cfg, preprocessing),
-      (0, 0, 0, None),
-      run_axis,
+  def body(carry, _):
+    state, step = carry
+    state, metrics = one_step(state, data, step)
+    return (state, step + 1), metrics
+
+  (state, _), metrics = jax.lax.scan(
+      body, (state, jnp.asarray(step, jnp.int32)), length=num_steps
   )
-
-  def one_step(states, data):
-    return step(states, data_keys, _live(states), data)
-
-  return jax.jit(
-      functools.partial(inputs.scan_steps, one_step, num_steps),
-      donate_argnums=0,
-  )
+  return state, metrics
 
 
-def make_eval_step(cfg: steps.StepConfig, run_axis: str = 'vmap'):
-  """jit: (states, images, labels, mask) -> per-run (correct, total), (K, C).
+@dataclasses.dataclass(frozen=True)
+class Runs(abc.ABC):
+  """The runs of one config: their state, programs, streams and outputs.
 
-  The eval batch (B, ...) is shared by all runs
-  (`cfg.topology.batch_sharding`).
+  Attributes:
+    step_config: what the steps need (model, loss, topology, batch).
+    tx: the optimiser.
+    image_shape: (H, W, C) of one model input.
+    seed: run k's seed is `seed + k` (initialisation and data order).
   """
-  step = map_runs(steps.make_eval_step(cfg), (0, None, None, None), run_axis)
-  return jax.jit(step, out_shardings=cfg.topology.replicated)
+
+  step_config: steps.StepConfig
+  tx: optax.GradientTransformation
+  image_shape: tuple[int, ...]
+  seed: int
+
+  @property
+  @abc.abstractmethod
+  def num_runs(self) -> int:
+    """K."""
+
+  @property
+  def seeds(self) -> list[int]:
+    """Run k's seed: `seed + k`."""
+    return run_seeds(self.seed, self.num_runs)
+
+  @property
+  def topology(self) -> Topology:
+    return self.step_config.topology
+
+  def keys(self) -> tuple[jax.Array, jax.Array]:
+    """(parameter initialisation key, data key), (K,) each for K > 1."""
+    return run_keys(self.seed, self.num_runs)
+
+  @abc.abstractmethod
+  def init_state(self) -> steps.TrainState:
+    """The runs' initial train state, on the mesh."""
+
+  @property
+  @abc.abstractmethod
+  def batch_sharding(self) -> NamedSharding:
+    """The layout of a host-fed training batch: (B, ...) or (K, B, ...)."""
+
+  @abc.abstractmethod
+  def train_step(self) -> Callable:
+    """jit (state, images, labels, step) -> (state, metrics).
+
+    `step` is the loop's step: runs whose own step lags it have stopped and
+    are not updated. Donates the state. Metrics: {'loss', 'correct'},
+    scalars or (K,).
+    """
+
+  @abc.abstractmethod
+  def device_steps(
+      self, preprocessing: ip.Preprocessing, num_steps: int
+  ) -> Callable:
+    """jit (state, DeviceData, step) -> (state, metrics (num_steps[, K])).
+
+    `step`: the loop's step before the first of the `num_steps`.
+    """
+
+  @abc.abstractmethod
+  def eval_step(self) -> Callable:
+    """jit (state, images, labels, mask) -> per-class (correct, total).
+
+    (C,) each, or (K, C): every run counts the same shared eval batch.
+    """
+
+  @abc.abstractmethod
+  def train_stream(
+      self,
+      split: ip.Split,
+      preprocessing: ip.Preprocessing,
+      sampler: ip.SamplerSpec,
+      first_step: int,
+  ) -> Iterator[dict[str, np.ndarray]]:
+    """This host's tf.data training batches from `first_step` on."""
+
+  @abc.abstractmethod
+  def select(self, tree, k: int):
+    """Run k's part of a tree laid out as the state (or its metrics)."""
+
+  @abc.abstractmethod
+  def run_dir(self, workdir: str, k: int) -> str:
+    """Where run k writes its results, plots and scalars."""
+
+  @abc.abstractmethod
+  def name(self, k: int) -> str:
+    """Run k in log lines: '' for a single run, 'run k' of several."""
+
+  @property
+  @abc.abstractmethod
+  def summarizes(self) -> bool:
+    """Whether the results include a summary over runs (K > 1)."""
+
+  def per_run(self, metric) -> np.ndarray:
+    """Per-step metrics (steps,) or (steps, K) -> (steps, K) on the host."""
+    return np.asarray(metric).reshape(-1, self.num_runs)
+
+  def steps_of(self, state: steps.TrainState) -> np.ndarray:
+    """(K,) each run's step counter."""
+    return np.asarray(jax.device_get(state.step)).reshape(self.num_runs)
+
+  def stopped(self, state: steps.TrainState, step: int) -> dict[int, int]:
+    """{run: its last finite step} of the runs behind `step`, the loop's."""
+    return {
+        int(k): int(run_step)
+        for k, run_step in enumerate(self.steps_of(state))
+        if run_step < step
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleRun(Runs):
+  """One run: a train state without a run axis, outputs in the workdir."""
+
+  num_runs = 1
+  summarizes = False
+
+  def init_state(self):
+    return steps.create_train_state(
+        self.step_config.model,
+        self.tx,
+        self.keys()[0],
+        self.image_shape,
+        self.topology,
+    )
+
+  @property
+  def batch_sharding(self):
+    return self.topology.batch_sharding
+
+  def train_step(self):
+    def train_step(state, images, labels, step):
+      return guarded_step(
+          self.step_config, state, images, labels, _live(state, step)
+      )
+
+    return jax.jit(train_step, donate_argnums=0)
+
+  def device_steps(self, preprocessing, num_steps):
+    data_key = self.keys()[1]
+
+    def one_step(state, data, step):
+      return _sample_and_apply(
+          self.step_config,
+          preprocessing,
+          state,
+          data_key,
+          _live(state, step),
+          data,
+      )
+
+    return jax.jit(
+        functools.partial(scan_steps, one_step, num_steps), donate_argnums=0
+    )
+
+  def eval_step(self):
+    return steps.make_eval_step(self.step_config)
+
+  def train_stream(self, split, preprocessing, sampler, first_step):
+    return inputs.tf_data_stream(
+        split,
+        preprocessing,
+        sampler,
+        self.step_config.global_batch_size,
+        self.seed,
+        first_step,
+    )
+
+  def select(self, tree, k):
+    if k != 0:
+      raise IndexError(f'run {k} of a single run')
+    return tree
+
+  def run_dir(self, workdir, k):
+    return workdir
+
+  def name(self, k):
+    return ''
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedRuns(Runs):
+  """K > 1 runs stacked on a leading run axis, split over 'runs'.
+
+  Attributes:
+    count: K.
+    run_axis: how the steps map over runs ('vmap' or 'unroll').
+  """
+
+  count: int = 2
+  run_axis: str = 'vmap'
+  summarizes = True
+
+  @property
+  def num_runs(self):
+    return self.count
+
+  def init_state(self):
+    """K train states, each a single run's, stacked on a leading run axis.
+
+    One compiled single-run init, called per key, then stacked: the same
+    values as a vmapped init, which XLA:CPU compiles very slowly (minutes
+    for ResNet-32).
+    """
+    init = jax.jit(
+        functools.partial(
+            steps.initial_train_state,
+            self.step_config.model,
+            self.tx,
+            image_shape=self.image_shape,
+        )
+    )
+    states = [init(key) for key in self.keys()[0]]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    return jax.device_put(stacked, self.topology.run_sharding)
+
+  @property
+  def batch_sharding(self):
+    return self.topology.run_batch_sharding
+
+  def train_step(self):
+    """Run k trains on images[k], labels[k] (K, B, ...): host-fed batches."""
+    mapped = map_runs(
+        functools.partial(guarded_step, self.step_config),
+        (0, 0, 0, 0),
+        self.run_axis,
+    )
+
+    def train_step(states, images, labels, step):
+      return mapped(states, images, labels, _live(states, step))
+
+    return jax.jit(train_step, donate_argnums=0)
+
+  def device_steps(self, preprocessing, num_steps):
+    """Run k draws and augments its batches with its own data key, exactly
+    as a single run with that key; the data on the devices is shared."""
+    mapped = map_runs(
+        functools.partial(_sample_and_apply, self.step_config, preprocessing),
+        (0, 0, 0, None),
+        self.run_axis,
+    )
+    data_keys = self.keys()[1]
+
+    def one_step(states, data, step):
+      return mapped(states, data_keys, _live(states, step), data)
+
+    return jax.jit(
+        functools.partial(scan_steps, one_step, num_steps), donate_argnums=0
+    )
+
+  def eval_step(self):
+    step = map_runs(
+        steps.make_eval_step(self.step_config),
+        (0, None, None, None),
+        self.run_axis,
+    )
+    return jax.jit(step, out_shardings=self.topology.replicated)
+
+  def train_stream(self, split, preprocessing, sampler, first_step):
+    return train_batches(
+        split,
+        preprocessing,
+        sampler,
+        self.step_config.global_batch_size,
+        self.seeds,
+        first_step,
+    )
+
+  def select(self, tree, k):
+    return select_run(tree, k)
+
+  def run_dir(self, workdir, k):
+    return os.path.join(workdir, f'run_{k}')
+
+  def name(self, k):
+    return f'run {k}'
+
+
+def make_runs(
+    step_config: steps.StepConfig,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    seed: int,
+    num_runs: int = 1,
+    run_axis: str = 'auto',
+) -> Runs:
+  """The strategy for `num_runs` runs from `seed` ('auto': see
+  `default_run_axis`). `step_config.topology` must have a 'runs' axis when
+  num_runs > 1 (`RunLayout.mesh_run_shards`)."""
+  if num_runs == 1:
+    return SingleRun(step_config, tx, tuple(image_shape), seed)
+  return StackedRuns(
+      step_config,
+      tx,
+      tuple(image_shape),
+      seed,
+      count=num_runs,
+      run_axis=default_run_axis() if run_axis == 'auto' else run_axis,
+  )
 
 
 def train_batches(
-    split,
-    preprocessing: Preprocessing,
-    sampler,
+    split: ip.Split,
+    preprocessing: ip.Preprocessing,
+    sampler: ip.SamplerSpec,
     global_batch_size: int,
-    seed: int,
-    num_runs: int,
+    seeds: list[int],
     first_step: int,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """K tf.data training streams, seeds seed .. seed + K - 1, stacked.
+  """K tf.data training streams, one per seed, stacked.
 
-  Stream k is `inputs.tf_data_stream` with seed `seed + k`, the one a
-  single run with that seed reads. Yields {'image': (K, per_host_batch, H,
-  W, C) uint8, 'label': (K, per_host_batch)}.
+  Stream k is `inputs.tf_data_stream` with `seeds[k]`, the one a single run
+  with that seed reads. Yields {'image': (K, per_host_batch, H, W, C)
+  uint8, 'label': (K, per_host_batch)}.
   """
   return stack_runs([
       inputs.tf_data_stream(
           split, preprocessing, sampler, global_batch_size, s, first_step
       )
-      for s in run_seeds(seed, num_runs)
+      for s in seeds
   ])
 
 

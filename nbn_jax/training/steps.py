@@ -24,6 +24,7 @@ import numpy as np
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
+from nbn_jax.training.losses import Loss, Progress, logits_of
 from nbn_jax.training.metrics import class_hits
 from nbn_jax.training.topology import Topology
 
@@ -78,24 +79,35 @@ class StepConfig:
   """What the steps need to know beyond the state and the batch.
 
   Attributes:
-    model: the network (built with the topology's `bn_axis_name`).
-    loss_fn: (logits, labels) -> per-example losses.
+    model: the network (built with the topology's `bn_axis_name`). Its
+      output is the logits, or a mapping with the logits under 'logits'
+      and other heads beside them (`losses.logits_of`).
+    loss_fn: (model output, labels, `losses.Progress`) -> per-example
+      losses (`losses.Loss`).
     topology: the mesh and the BN statistics scope.
     global_batch_size: examples per train step over all devices.
     prepare: uint8 images (B, H, W, C) -> model inputs (normalised, in the
       computation dtype).
     num_classes: for the eval counts.
+    steps_per_epoch: steps per epoch of the training stream (fractional),
+      for the epoch the loss is told.
   """
 
   model: nn.Module
-  loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
+  loss_fn: Loss
   topology: Topology
   global_batch_size: int
   prepare: Callable[[jax.Array], jax.Array]
   num_classes: int
+  steps_per_epoch: float
 
 
-def _gradients(cfg: StepConfig, params, batch_stats, images, labels):
+def progress(cfg: StepConfig, step: jax.Array) -> Progress:
+  """Where training is at `step` (the state's step counter)."""
+  return Progress(step=step, epoch=step / cfg.steps_per_epoch)
+
+
+def _gradients(cfg: StepConfig, params, batch_stats, step, images, labels):
   """Gradients, new BN statistics and summed metrics of one (sub)batch.
 
   The loss is the sum of per-example losses over the global batch size, so
@@ -104,14 +116,15 @@ def _gradients(cfg: StepConfig, params, batch_stats, images, labels):
   inputs = cfg.prepare(images)
 
   def loss_fn(params):
-    logits, updates = cfg.model.apply(
+    outputs, updates = cfg.model.apply(
         {'params': params, 'batch_stats': batch_stats},
         inputs,
         train=True,
         mutable=['batch_stats'],
     )
-    loss = cfg.loss_fn(logits, labels).sum() / cfg.global_batch_size
-    return loss, (updates['batch_stats'], logits)
+    losses = cfg.loss_fn(outputs, labels, progress(cfg, step))
+    loss = losses.sum() / cfg.global_batch_size
+    return loss, (updates['batch_stats'], logits_of(outputs))
 
   (loss, (new_stats, logits)), grads = jax.value_and_grad(
       loss_fn, has_aux=True
@@ -129,7 +142,7 @@ def apply_batch(cfg: StepConfig, state: TrainState, images, labels):
   topology = cfg.topology
   if not topology.uses_shard_map:
     grads, new_stats, metrics = _gradients(
-        cfg, state.params, state.batch_stats, images, labels
+        cfg, state.params, state.batch_stats, state.step, images, labels
     )
   else:
     axes = topology.data_axes
@@ -137,9 +150,9 @@ def apply_batch(cfg: StepConfig, state: TrainState, images, labels):
     # 'group': BN made them equal within one); average them over those.
     stats_axes = tuple(a for a in axes if a != topology.bn_axis_name)
 
-    def local(params, batch_stats, images, labels):
+    def local(params, batch_stats, step, images, labels):
       grads, stats, metrics = _gradients(
-          cfg, params, batch_stats, images, labels
+          cfg, params, batch_stats, step, images, labels
       )
       # Gradients of replicated params are already summed (check_vma).
       stats = jax.lax.pmean(stats, stats_axes)
@@ -148,9 +161,9 @@ def apply_batch(cfg: StepConfig, state: TrainState, images, labels):
     grads, new_stats, metrics = jax.shard_map(
         local,
         mesh=topology.mesh,
-        in_specs=(P(), P(), P(axes), P(axes)),
+        in_specs=(P(), P(), P(), P(axes), P(axes)),
         out_specs=(P(), P(), P()),
-    )(state.params, state.batch_stats, images, labels)
+    )(state.params, state.batch_stats, state.step, images, labels)
   state = state.apply_gradients(grads=grads, batch_stats=new_stats)
   return state, metrics
 
@@ -167,11 +180,11 @@ def make_eval_step(cfg: StepConfig):
   """jit: (state, images, labels, mask) -> per-class (correct, total)."""
 
   def step(state, images, labels, mask):
-    logits = cfg.model.apply(
+    outputs = cfg.model.apply(
         {'params': state.params, 'batch_stats': state.batch_stats},
         cfg.prepare(images),
         train=False,
     )
-    return class_hits(logits, labels, mask, cfg.num_classes)
+    return class_hits(logits_of(outputs), labels, mask, cfg.num_classes)
 
   return jax.jit(step, out_shardings=cfg.topology.replicated)

@@ -97,6 +97,18 @@ class Topology:
     return self.mesh.size
 
 
+def check_bn_group(bn_group_size: int, device_count: int):
+  """ValueError unless groups of `bn_group_size` devices tile the devices.
+
+  The message names the field without its prefix: 'bn_group_size=3 must
+  divide the 8 devices'.
+  """
+  if bn_group_size < 1 or device_count % bn_group_size:
+    raise ValueError(
+        f'bn_group_size={bn_group_size} must divide the {device_count} devices'
+    )
+
+
 def make_topology(
     bn_scope: str,
     bn_group_size: int = 1,
@@ -118,10 +130,7 @@ def make_topology(
   if bn_scope not in BN_SCOPES:
     raise ValueError(f'bn_scope={bn_scope!r} is not one of {BN_SCOPES}.')
   if bn_scope == 'group':
-    if bn_group_size < 1 or count % bn_group_size:
-      raise ValueError(
-          f'bn_group_size={bn_group_size} must divide the {count} devices.'
-      )
+    check_bn_group(bn_group_size, count)
     shape = (count // bn_group_size, bn_group_size)
     names = (REPLICA_AXIS, BN_GROUP_AXIS)
   else:

@@ -26,7 +26,8 @@ from typing import Any, Iterator, Mapping
 
 from absl import logging
 
-from input_pipeline.sources import write_atomically
+from input_pipeline.files import write_atomically
+from nbn_jax.training.errors import WorkdirError
 
 CONFIG_FILE = 'config.json'
 HEARTBEAT_SECONDS = 60.0  # how often a live run refreshes its lock
@@ -35,8 +36,9 @@ STALE_SECONDS = 300.0  # a lock not refreshed this long is a dead run's
 # Fields that cannot change what the run computes or reports: where the
 # data and caches are read from, how often progress is logged, how steps
 # are grouped into dispatches, the eval batch (evaluation is exact and
-# padded), how often checkpoints are written and how many are kept, and
-# whether the run only evaluates. All others (eval_every_epochs included:
+# padded), how often checkpoints are written and how many are kept,
+# whether the run only evaluates, and where this invocation stops training
+# (a later run continues it alike). All others (eval_every_epochs included:
 # it decides which steps compete for the best-on-val checkpoint) must match.
 NEUTRAL_FIELDS = frozenset({
     'data_dir',
@@ -51,11 +53,8 @@ NEUTRAL_FIELDS = frozenset({
     'checkpoint_every_epochs',
     'keep_checkpoints',
     'eval_only',
+    'num_train_steps',
 })
-
-
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used by this run (one-line message)."""
 
 
 def _as_json(value: Any) -> Any:
@@ -105,7 +104,7 @@ def recorded_config(workdir: str) -> dict[str, Any] | None:
     ) from None
 
 
-def check_config(
+def check_unchanged_config(
     workdir: str, config: Mapping[str, Any], allow_changes: bool = False
 ) -> dict[str, tuple[Any, Any]]:
   """Refuses a config that differs from the recorded one in a result field.
@@ -293,7 +292,7 @@ def claim(
           f'--workdir={workdir} is not writable ({e.strerror}).'
       ) from None
     try:
-      yield check_config(workdir, config, allow_config_change)
+      yield check_unchanged_config(workdir, config, allow_config_change)
     finally:
       lock.release()
   finally:

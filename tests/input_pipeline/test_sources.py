@@ -1,14 +1,12 @@
 """List files, image folders and archives, and CIFAR-10 from the JPEG copy."""
 
 import io
-import os
 import tarfile
 
 import numpy as np
 import pytest
 
 import input_pipeline as ip
-from input_pipeline import sources
 from tests.fake_data import jpeg_bytes, random_image
 
 
@@ -108,12 +106,6 @@ class TestListFileErrors:
         match=r"train.txt:2: path .* leaves image_root='/data/images'",
     ):
       ip.read_list_file(str(list_file), image_root='/data/images')
-
-  @pytest.mark.parametrize(
-      'path', ['a/1.jpg', 'a/../b.jpg', './a/1.jpg', 'a..b/1.jpg', '..a.jpg']
-  )
-  def test_paths_that_stay_inside_the_root(self, path):
-    assert sources.stays_inside_root(path)
 
   def test_a_list_split_refuses_paths_leaving_its_root(self, jpeg_dataset):
     list_file, root = jpeg_dataset([2, 2])
@@ -240,33 +232,3 @@ class TestCifar10Jpeg:
         ip.DataError, match="split='val' is not 'train' or 'test'"
     ):
       ip.load_cifar10_jpeg(str(tmp_path), 'val')
-
-
-class TestWriteAtomically:
-
-  def test_the_file_appears_only_once_written(self, tmp_path):
-    path = tmp_path / 'new' / 'cache.json'
-    with sources.write_atomically(str(path)) as f:
-      f.write('{}')
-      assert not path.exists()
-    assert path.read_text() == '{}'
-    assert os.listdir(path.parent) == ['cache.json']
-
-  def test_a_failed_write_leaves_the_old_file_and_nothing_else(self, tmp_path):
-    path = tmp_path / 'cache.json'
-    path.write_text('old')
-    with pytest.raises(KeyboardInterrupt):
-      with sources.write_atomically(str(path)) as f:
-        f.write('half')
-        raise KeyboardInterrupt
-    assert path.read_text() == 'old'
-    assert os.listdir(tmp_path) == ['cache.json']
-
-  def test_writers_of_one_path_at_once_each_finish(self, tmp_path):
-    path = str(tmp_path / 'cache.json')
-    with sources.write_atomically(path) as first:
-      with sources.write_atomically(path) as second:  # another host
-        second.write('second')
-      first.write('first')
-    assert open(path).read() == 'first'
-    assert os.listdir(tmp_path) == ['cache.json']

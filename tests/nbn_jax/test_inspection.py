@@ -5,7 +5,12 @@ import jax
 import jax.numpy as jnp
 
 from nbn_jax import NormalizedBatchNorm, models
-from nbn_jax.inspection import NBNLayer, nbn_layer_paths, nbn_layers
+from nbn_jax.inspection import (
+    NBNLayer,
+    layer_alphas,
+    nbn_layer_paths,
+    nbn_layers,
+)
 
 
 class _UserModel(nn.Module):
@@ -34,6 +39,24 @@ def test_each_layer_reads_the_alpha_it_is_passed_or_its_own():
       ('shared',): NBNLayer(('gain',), 1e-6),
       ('own',): NBNLayer(None, 1e-4),
   }
+
+
+def test_layer_alphas_name_the_parameter_each_layer_reads():
+  assert layer_alphas(_UserModel(), (2, 4)) == {
+      'shared': 'gain',
+      'own': 'own/alpha',
+  }
+
+
+def test_a_layer_without_scale_and_bias_reads_no_alpha():
+  class Bare(nn.Module):
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      return NormalizedBatchNorm(True, use_scale=False, use_bias=False)(x)
+
+  assert nbn_layer_paths(Bare(), (2, 4)) == ('NormalizedBatchNorm_0',)
+  assert layer_alphas(Bare(), (2, 4)) == {}
 
 
 def test_resnet50_reads_the_shared_alpha_at_the_reference_placement():

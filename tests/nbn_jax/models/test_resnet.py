@@ -2,7 +2,6 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,6 @@ from tests.nbn_jax.models.inspection import (
     abstract_variables,
     assert_alpha_changes_only_from,
     nbn_calls,
-    outputs_in_return_order,
     param_count,
 )
 

@@ -23,13 +23,15 @@ def tiny_config(**overrides):
   return config
 
 
-def tiny_step_plan(config=None, devices=None, train_counts=None):
-  """The config's StepPlan for CIFAR-10's spec at 8x8 (10 images a class)."""
+def tiny_step_plan(
+    config=None, devices=None, train_counts=None, image_shape=IMAGE_SHAPE
+):
+  """The config's StepPlan for CIFAR-10's spec (10 images a class), 8x8."""
   return plan.build_step_plan(
       config if config is not None else tiny_config(),
       ip.DATASETS['cifar10'],
       np.full(NUM_CLASSES, 10) if train_counts is None else train_counts,
-      IMAGE_SHAPE,
+      image_shape,
       devices,
   )
 

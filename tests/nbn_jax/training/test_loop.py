@@ -15,10 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
-from nbn_jax.training import ConfigError, loop
+from nbn_jax.training import ConfigError, loop, reporting
 from nbn_jax.training import plan as plan_lib
-from tests.fake_data import mock_tfds_cifar, write_jpeg_dataset
+from nbn_jax.training import runs as runs_lib
 from nbn_jax.training.checkpoints import latest_params
+from tests.fake_data import mock_tfds_cifar, write_jpeg_dataset
 
 
 def _tiny(config, **overrides):
@@ -294,3 +295,91 @@ def test_group_scope_trains_end_to_end_on_both_input_paths(
   results = loop.train_and_evaluate(config, str(tmp_path))
   _check_outputs(str(tmp_path), results, steps=2)
   assert results['nbn_sites'] == ['layer3_0/bn2']
+
+
+def _tensorboard_scalars(folder):
+  return set(
+      EventAccumulator(os.path.join(folder, 'tensorboard'))
+      .Reload()
+      .Tags()['scalars']
+  )
+
+
+def test_a_model_with_two_alphas_logs_and_reports_both(tmp_path):
+  """Two NBN layers with an alpha each (ResNet-8's last two stages, alphas
+  not shared): the code that logs and reports one shared alpha does both."""
+  config = _tiny(
+      quickstart.get_config(),
+      nbn_stages=(1, 2),
+      nbn_shared_alpha=False,
+      num_epochs=_epochs_for(2, 503),
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  sites = ['layer2_0/bn2', 'layer3_0/bn2']
+  assert results['nbn_sites'] == sites
+  assert results['nbn_site_alphas'] == {s: f'{s}/alpha' for s in sites}
+  assert {'nbn/alpha/layer2_0/bn2', 'nbn/alpha/layer3_0/bn2'} <= (
+      _tensorboard_scalars(tmp_path)
+  )
+  assert 'nbn/alpha' not in _tensorboard_scalars(tmp_path)
+  assert set(results['scale_spread']) == set(sites)
+  params = latest_params(str(tmp_path))
+  for site in sites:
+    layer = params[site.split('/')[0]]['bn2']
+    scales = reporting.site_scales(params, {site: f'{site}/alpha'})
+    assert np.linalg.norm(scales[site]) == pytest.approx(
+        float(layer['alpha']), rel=1e-5
+    )
+
+
+def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path):
+  config = _tiny(
+      quickstart.get_config(), num_train_steps=2, num_epochs=_epochs_for(4, 503)
+  )
+  first = loop.train_and_evaluate(config, str(tmp_path))
+  assert first['last']['step'] == 2
+  config.num_train_steps = -1
+  resumed = loop.train_and_evaluate(config, str(tmp_path))
+  assert resumed['last']['step'] == 4
+  with open(tmp_path / 'metrics.jsonl') as f:
+    logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
+  assert logged == [1, 2, 3, 4]  # the schedule and the log run on
+
+
+@pytest.mark.slow
+def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
+    tmp_path, monkeypatch
+):
+  """Run 1's classifier is poisoned at the start: it stops at step 1, is
+  marked so in its results.json and summary.json, and the mean and std are
+  over runs 0 and 2."""
+  init_state = runs_lib.StackedRuns.init_state
+
+  def poisoned(strategy):
+    states = init_state(strategy)
+    fc = states.params['fc']
+    kernel = fc['kernel'].at[1].set(np.nan)
+    return states.replace(
+        params={**states.params, 'fc': {**fc, 'kernel': kernel}}
+    )
+
+  monkeypatch.setattr(runs_lib.StackedRuns, 'init_state', poisoned)
+  config = _tiny(
+      quickstart.get_config(), num_runs=3, num_epochs=_epochs_for(3, 503)
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  stopped = json.loads((tmp_path / 'run_1' / 'results.json').read_text())
+  assert stopped['status'] == 'stopped'
+  assert stopped['stopped'] == {'step': 1, 'reason': 'the training loss is nan'}
+  assert stopped['last']['step'] == 0  # its last finite state
+  assert stopped['history'] == []  # no evaluation after it stopped
+  for k in (0, 2):
+    assert results['runs'][k]['status'] == 'finished'
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['finished_seeds'] == [0, 2]
+  assert summary['stopped'] == [
+      {'run': 1, 'seed': 1, 'step': 1, 'reason': 'the training loss is nan'}
+  ]
+  top1 = [results['runs'][k]['last']['test']['top1'] for k in (0, 2)]
+  assert summary['last']['top1']['runs'] == pytest.approx(top1)
+  assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))

@@ -1,7 +1,6 @@
 """The optimiser equals PyTorch's SGD; the schedules follow the recipes."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -35,7 +34,8 @@ def test_sgd_equals_pytorch_with_coupled_weight_decay(decay_alpha):
       }
       for _ in range(3)
   ]
-  tx = optim.sgd(lambda step: 0.1, 5e-4, 0.9, decay_alpha=decay_alpha)
+  exempt = () if decay_alpha else [('nbn_alpha',)]
+  tx = optim.sgd(lambda step: 0.1, 5e-4, 0.9, exempt=exempt)
   state = tx.init(params)
   ours = params
   for g in grads:
@@ -53,13 +53,14 @@ def test_sgd_equals_pytorch_with_coupled_weight_decay(decay_alpha):
     np.testing.assert_allclose(ours[k], expected[k], rtol=1e-5)
 
 
-def test_weight_decay_mask_exempts_only_alphas():
+def test_weight_decay_mask_exempts_only_the_given_paths():
   params = {'nbn_alpha': 1.0, 'layer4_0': {'bn3': {'alpha': 1.0, 'scale': 1.0}}}
-  assert optim.weight_decay_mask(params, decay_alpha=False) == {
+  exempt = [('nbn_alpha',), ('layer4_0', 'bn3', 'alpha')]
+  assert optim.weight_decay_mask(params, exempt) == {
       'nbn_alpha': False,
       'layer4_0': {'bn3': {'alpha': False, 'scale': True}},
   }
-  assert all(jax.tree.leaves(optim.weight_decay_mask(params, True)))
+  assert all(jax.tree.leaves(optim.weight_decay_mask(params)))
 
 
 def test_linear_scaling_rule():

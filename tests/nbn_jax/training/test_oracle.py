@@ -1,6 +1,6 @@
 """Our train step equals LDAM-DRW's recipe written in PyTorch (the oracle).
 
-The oracle (`bench/torch_resnet32.py`) is ResNet-32 with PyTorch's BN, SGD
+The oracle (`tests/torch_resnet32.py`) is ResNet-32 with PyTorch's BN, SGD
 with coupled weight decay on every parameter and LDAM's per-epoch warm-up,
 written from the reference's facts. Both sides start from our initial
 variables and train on the same uint8 batches: our step normalises inside;
@@ -42,7 +42,7 @@ import pytest
 import torch
 
 import input_pipeline as ip
-from bench import torch_resnet32 as oracle
+from tests import torch_resnet32 as oracle
 from configs import default
 from input_pipeline import on_device
 from nbn_jax.training import plan, steps

@@ -48,7 +48,7 @@ def test_site_scales_are_effective_for_nbn_and_raw_for_bn():
       'layer3_1': {'bn2': _block([1.0, 1.0], [0.0, 1.0])},
       'layer2_0': {'bn2': _block([5.0, 5.0], [0.0, 0.0])},
   }
-  sites = ('layer3_0/bn2', 'layer3_1/bn2')
+  sites = {'layer3_0/bn2': 'nbn_alpha', 'layer3_1/bn2': 'nbn_alpha'}
   scales = reporting.site_scales(nbn_params, sites)
   assert list(scales) == list(sites)  # the sites only, in their order
   np.testing.assert_allclose(
@@ -57,13 +57,27 @@ def test_site_scales_are_effective_for_nbn_and_raw_for_bn():
   )
   bn_params = {'layer3_0': {'bn2': _block([3.0, 4.0], [0.0, 0.0])}}
   np.testing.assert_array_equal(
-      reporting.site_scales(bn_params, sites[:1])['layer3_0/bn2'],
+      reporting.site_scales(bn_params, {'layer3_0/bn2': None})['layer3_0/bn2'],
       [3.0, 4.0],
   )
   per_layer = {'layer3_0': {'bn2': _block([3.0, 4.0], [0, 0], alpha=10.0)}}
+  own = {'layer3_0/bn2': 'layer3_0/bn2/alpha'}
   assert np.linalg.norm(
-      reporting.site_scales(per_layer, sites[:1])['layer3_0/bn2']
+      reporting.site_scales(per_layer, own)['layer3_0/bn2']
   ) == pytest.approx(10.0, rel=1e-5)
+
+
+def test_alpha_tags_name_the_module_owning_each_alpha():
+  alphas = {
+      'nbn_alpha': np.float32(2.0),
+      'expert_1/nbn_alpha': np.float32(0.5),
+      'layer3_0/bn2/alpha': np.float32(3.0),
+  }
+  assert reporting.alpha_scalars(alphas) == {
+      'nbn/alpha': 2.0,
+      'nbn/alpha/expert_1': 0.5,
+      'nbn/alpha/layer3_0/bn2': 3.0,
+  }
 
 
 def test_spread_is_scale_free():

@@ -6,9 +6,12 @@ import pytest
 from nbn_jax.training import results
 
 
-def _run(seed, top1, few):
+def _run(seed, top1, few, stopped=None):
   test = {'top1': top1, 'many': 0.9, 'medium': 0.5, 'few': few}
-  return {'seed': seed, 'last': {'test': test}}
+  run = {'seed': seed, 'status': 'finished', 'last': {'test': test}}
+  if stopped is not None:
+    run |= {'status': 'stopped', 'stopped': stopped}
+  return run
 
 
 def test_summary_is_mean_and_sample_std_over_runs():
@@ -47,3 +50,38 @@ def test_a_record_from_before_k_runs_resumes_as_the_single_run():
   assert results.resumed_record(one_run) == {'runs': [one_run]}
   today = results.empty_record(2)
   assert results.resumed_record(today) is today
+
+
+def test_stopped_runs_are_listed_and_left_out_of_the_statistics():
+  nan_at_47 = {'step': 47, 'reason': 'the training loss is nan'}
+  summary = results.summarize([
+      _run(0, 0.5, 0.1),
+      _run(1, 0.1, 0.0, stopped=nan_at_47),
+      _run(2, 0.7, 0.3),
+  ])
+  assert summary['seeds'] == [0, 1, 2]
+  assert summary['finished_seeds'] == [0, 2]
+  assert summary['stopped'] == [{'run': 1, 'seed': 1, **nan_at_47}]
+  assert summary['last']['top1']['runs'] == [0.5, 0.7]
+  assert summary['last']['top1']['mean'] == pytest.approx(0.6)
+  unit = results.summary_table(summary).splitlines()[-1]
+  assert unit == (
+      '(accuracy in %, mean +- std over 2 of 3 runs; run 1 (seed 1) stopped '
+      'at step 47: the training loss is nan)'
+  )
+
+
+def test_one_finished_run_has_a_mean_and_no_spread():
+  stop = {'step': 3, 'reason': 'the parameters became non-finite'}
+  summary = results.summarize([_run(0, 0.5, 0.1), _run(1, 0.2, 0.1, stop)])
+  assert summary['last']['top1'] == {'mean': 0.5, 'std': None, 'runs': [0.5]}
+  row = results.summary_table(summary).splitlines()[1]
+  assert row.split()[:3] == ['last', 'test', '50.00']
+
+
+def test_a_record_marks_where_and_why_a_run_stopped():
+  record = results.empty_record(2)
+  assert results.stopped_at(record['runs'][0]) is None
+  results.record_stop(record['runs'][1], 12, 'the training loss is inf')
+  assert results.stopped_at(record['runs'][1]) == 12
+  assert record['runs'][1]['stopped']['reason'] == 'the training loss is inf'

@@ -11,7 +11,7 @@ import pytest
 import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax import models
-from nbn_jax.training import inputs, runs, steps
+from nbn_jax.training import inputs, losses, runs, steps
 from nbn_jax.training.topology import make_topology
 
 BATCH = 16
@@ -27,17 +27,24 @@ def _step_config(topology):
       model=models.ResNet8(
           num_classes=5, widths=(4, 8, 8), bn_axis_name=topology.bn_axis_name
       ),
-      loss_fn=optax.softmax_cross_entropy_with_integer_labels,
+      loss_fn=losses.make_loss('cross_entropy', np.ones(5)),
       topology=topology,
       global_batch_size=BATCH,
       prepare=functools.partial(
           on_device.normalize_images, mean=MEAN, std=STD, dtype=jnp.float32
       ),
       num_classes=5,
+      steps_per_epoch=100 / BATCH,
   )
 
 
 TX = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))
+
+
+def _runs(topology, seed=SEED, num_runs=1, run_axis='vmap'):
+  return runs.make_runs(
+      _step_config(topology), TX, (8, 8, 3), seed, num_runs, run_axis
+  )
 
 
 def _toy_split():
@@ -54,7 +61,9 @@ def _run_topology(num_runs, devices, bn_scope='global', group=1, shards=0):
   layout = runs.run_layout(
       num_runs, len(devices), BATCH, BATCH, bn_scope, group, shards
   )
-  return make_topology(bn_scope, group, devices, run_shards=layout.run_shards)
+  return make_topology(
+      bn_scope, group, devices, run_shards=layout.mesh_run_shards
+  )
 
 
 def _host_stream(seed):
@@ -67,33 +76,36 @@ def _host_stream(seed):
     }
 
 
+def _device_data(topology):
+  return on_device.put_on_devices(
+      _toy_split(), SAMPLER, topology.batch_sharding
+  )
+
+
 def _separate_runs(seeds, topology, on_device_input=True):
   """The single-run trainer's state after NUM_STEPS steps, per seed."""
-  cfg = _step_config(topology)
-  host_step = steps.make_train_step(cfg)  # compiled once for all seeds
+  host_step = _runs(topology).train_step()  # compiled once for all seeds
   results = []
   for seed in seeds:
-    init_key, data_key = jax.random.split(jax.random.key(seed))
-    state = steps.create_train_state(
-        cfg.model, TX, init_key, (8, 8, 3), topology
-    )
+    single = _runs(topology, seed)
+    assert isinstance(single, runs.SingleRun)
+    state = single.init_state()
     if on_device_input:
       data = inputs.OnDeviceInput(
-          on_device.put_on_devices(
-              _toy_split(), SAMPLER, topology.batch_sharding
-          ),
-          functools.partial(inputs.device_steps, cfg, data_key, PREPROCESSING),
+          _device_data(topology),
+          functools.partial(single.device_steps, PREPROCESSING),
           1,
       )
       state, _ = data.run(state, 0, NUM_STEPS)
     else:
-      for batch in _host_stream(seed):
+      for step, batch in enumerate(_host_stream(seed)):
         state, _ = host_step(
             state,
             *(
                 jax.device_put(batch[k], topology.batch_sharding)
                 for k in ('image', 'label')
             ),
+            step,
         )
     results.append(jax.device_get(state))
   return results
@@ -103,29 +115,24 @@ def _runs_in_one_program(
     topology, num_runs, run_axis='vmap', on_device_input=True
 ):
   """`num_runs` runs from SEED trained side by side in one program."""
-  cfg = _step_config(topology)
-  init_keys, data_keys = runs.run_keys(SEED, num_runs)
-  states = runs.create_train_states(
-      cfg.model, TX, init_keys, (8, 8, 3), topology
-  )
+  stacked = _runs(topology, SEED, num_runs, run_axis)
+  assert isinstance(stacked, runs.StackedRuns)
+  states = stacked.init_state()
   assert states.step.sharding.spec == topology.run_sharding.spec
   if on_device_input:
-    data = on_device.put_on_devices(
-        _toy_split(), SAMPLER, topology.batch_sharding
-    )
-    train = runs.make_device_train_steps(
-        cfg, data_keys, PREPROCESSING, 1, run_axis
-    )
-    for _ in range(NUM_STEPS):
-      states, metrics = train(states, data)
+    data = _device_data(topology)
+    train = stacked.device_steps(PREPROCESSING, 1)
+    for step in range(NUM_STEPS):
+      states, metrics = train(states, data, step)
   else:
-    train = runs.make_train_step(cfg, run_axis)
-    streams = [_host_stream(s) for s in runs.run_seeds(SEED, num_runs)]
-    for batch in runs.stack_runs(streams):
+    train = stacked.train_step()
+    streams = [_host_stream(s) for s in stacked.seeds]
+    for step, batch in enumerate(runs.stack_runs(streams)):
       states, metrics = train(
           states,
-          inputs.to_global(batch['image'], topology.run_batch_sharding),
-          inputs.to_global(batch['label'], topology.run_batch_sharding),
+          inputs.to_global(batch['image'], stacked.batch_sharding),
+          inputs.to_global(batch['label'], stacked.batch_sharding),
+          step,
       )
   assert metrics['loss'].shape[-1] == num_runs
   return jax.device_get(states)
@@ -182,26 +189,19 @@ def test_runs_split_over_devices_equal_separate_runs(bn_scope, group):
 @pytest.mark.parametrize('run_axis', ['vmap', 'unroll'])
 def test_a_run_with_a_non_finite_loss_stops_alone(run_axis):
   topology = _run_topology(3, jax.devices()[:1])
-  cfg = _step_config(topology)
-  init_keys, data_keys = runs.run_keys(SEED, 3)
-  states = runs.create_train_states(
-      cfg.model, TX, init_keys, (8, 8, 3), topology
-  )
+  stacked = _runs(topology, SEED, 3, run_axis)
+  states = stacked.init_state()
   fc = states.params['fc']
   poisoned = {**fc, 'kernel': fc['kernel'].at[1].set(jnp.nan)}
   states = states.replace(params={**states.params, 'fc': poisoned})
   before = jax.device_get(states)
-  data = on_device.put_on_devices(
-      _toy_split(), SAMPLER, topology.batch_sharding
-  )
-  train = runs.make_device_train_steps(
-      cfg, data_keys, PREPROCESSING, 1, run_axis
-  )
-  for _ in range(2):
-    states, metrics = train(states, data)
+  data = _device_data(topology)
+  train = stacked.device_steps(PREPROCESSING, 1)
+  for step in range(2):
+    states, metrics = train(states, data, step)
   assert np.isnan(metrics['loss'][0, 1])
   assert np.isfinite(metrics['loss'][0, [0, 2]]).all()
-  assert runs.stopped_runs(states) == {1: 0}
+  assert stacked.stopped(states, 2) == {1: 0}
   after = jax.device_get(states)
   np.testing.assert_array_equal(after.step, [2, 0, 2])
   jax.tree.map(
@@ -211,18 +211,72 @@ def test_a_run_with_a_non_finite_loss_stops_alone(run_axis):
   )
 
 
+def _one_host_step(num_runs, states_of):
+  """One host-fed step of `num_runs` runs on one device from states that
+  `states_of(initial states)` makes; (states before, states after)."""
+  topology = _run_topology(num_runs, jax.devices()[:1])
+  strategy = _runs(topology, SEED, num_runs, 'unroll')
+  states = states_of(strategy.init_state())
+  before = jax.device_get(states)
+  batch = next(_host_stream(0))
+  images, labels = (
+      np.stack([batch[k]] * num_runs) if num_runs > 1 else batch[k]
+      for k in ('image', 'label')
+  )
+  after, metrics = strategy.train_step()(
+      states,
+      jax.device_put(images, strategy.batch_sharding),
+      jax.device_put(labels, strategy.batch_sharding),
+      int(np.max(before.step)),
+  )
+  return before, jax.device_get(after), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('num_runs', [1, 2])
+def test_an_update_to_non_finite_parameters_is_dropped_though_the_loss_is_finite(
+    num_runs,
+):
+  def poison_momentum(states):  # the loss is finite, the update is not
+    def poison(trace):  # run 0's momentum buffers (every leaf is one)
+      return trace.at[0].set(jnp.inf) if num_runs > 1 else trace + jnp.inf
+
+    return states.replace(opt_state=jax.tree.map(poison, states.opt_state))
+
+  before, after, metrics = _one_host_step(num_runs, poison_momentum)
+  assert np.isfinite(metrics['loss']).all()
+  run_0 = lambda tree: runs.select_run(tree, 0) if num_runs > 1 else tree
+  np.testing.assert_array_equal(np.ravel(after.step)[0], 0)
+  jax.tree.map(
+      np.testing.assert_array_equal, run_0(after.params), run_0(before.params)
+  )
+  if num_runs > 1:  # the other run trained
+    assert np.ravel(after.step)[1] == 1
+
+
+def test_a_stopped_run_never_trains_again():
+  """A run whose step lags the loop's stays put, though it could train."""
+
+  def stopped_at_step_0(states):  # run 1 stopped, run 0 went on
+    return states.replace(step=states.step.at[0].set(1))
+
+  before, after, _ = _one_host_step(2, stopped_at_step_0)
+  np.testing.assert_array_equal(after.step, [2, 0])
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      runs.select_run(after.params, 1),
+      runs.select_run(before.params, 1),
+  )
+
+
 @pytest.mark.slow
 def test_eval_step_counts_each_runs_hits():
   topology = _run_topology(2, jax.devices())
-  cfg = _step_config(topology)
-  init_keys, _ = runs.run_keys(SEED, 2)
-  states = runs.create_train_states(
-      cfg.model, TX, init_keys, (8, 8, 3), topology
-  )
+  stacked = _runs(topology, SEED, 2)
+  states = stacked.init_state()
   batch = next(_host_stream(0))
   batch['mask'] = np.arange(BATCH) < 11
   names = ('image', 'label', 'mask')
-  correct, total = runs.make_eval_step(cfg)(
+  correct, total = stacked.eval_step()(
       states,
       *(jax.device_put(batch[k], topology.batch_sharding) for k in names),
   )
@@ -236,6 +290,24 @@ def test_eval_step_counts_each_runs_hits():
     )
     np.testing.assert_array_equal(correct[k], expected[0])
     np.testing.assert_array_equal(total[k], expected[1])
+
+
+def test_one_run_and_k_runs_lay_out_their_outputs():
+  one = _runs(make_topology('global', devices=jax.devices()[:1]))
+  k_runs = _runs(_run_topology(2, jax.devices()[:2]), SEED, 2)
+  assert (one.num_runs, one.seeds, one.summarizes) == (1, [SEED], False)
+  assert (k_runs.num_runs, k_runs.seeds, k_runs.summarizes) == (
+      2,
+      [SEED, SEED + 1],
+      True,
+  )
+  assert one.run_dir('/w', 0) == '/w' and one.name(0) == ''
+  assert k_runs.run_dir('/w', 1) == '/w/run_1' and k_runs.name(1) == 'run 1'
+  np.testing.assert_array_equal(one.per_run(np.arange(3)), [[0], [1], [2]])
+  assert k_runs.per_run(np.zeros((3, 2))).shape == (3, 2)
+  tree = {'a': np.arange(4).reshape(2, 2)}
+  np.testing.assert_array_equal(k_runs.select(tree, 1)['a'], [2, 3])
+  assert one.select(tree, 0) is tree
 
 
 def test_stack_runs_puts_the_run_axis_first():
@@ -291,7 +363,7 @@ def test_default_layouts():
         ),
         (
             dict(num_runs=3, batch_size=12),
-            r'config.batch_size=12 .* 8 devices of each run',
+            r'config.batch_size=12 is not divisible by the 8 devices',
         ),
         (
             dict(num_runs=2, eval_batch_size=6),
@@ -320,7 +392,12 @@ def test_tf_data_feed_stacks_each_seeds_own_stream():
 
   kwargs = dict(global_batch_size=BATCH, process_index=0, process_count=1)
   stacked = runs.train_batches(
-      _toy_split(), PREPROCESSING, SAMPLER, BATCH, SEED, 2, first_step=0
+      _toy_split(),
+      PREPROCESSING,
+      SAMPLER,
+      BATCH,
+      [SEED, SEED + 1],
+      first_step=0,
   )
   first, second = next(stacked), next(stacked)
   assert first['image'].shape == (2, BATCH, 8, 8, 3)

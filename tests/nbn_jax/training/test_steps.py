@@ -1,12 +1,16 @@
 """The sharded train and eval steps on 1 and 8 host CPU devices."""
 
+import dataclasses
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import input_pipeline as ip
 from input_pipeline import on_device
-from nbn_jax.training import inputs, steps
+from nbn_jax.training import inputs, losses, steps
 from tests.nbn_jax.training.builders import (
     IMAGE_SHAPE,
     first_devices,
@@ -18,7 +22,7 @@ from tests.nbn_jax.training.builders import (
 
 def _train(devices=None, **overrides):
   core = tiny_step_plan(tiny_config(**overrides), devices)
-  state = core.init_state(jax.random.key(0))
+  state = core.runs.init_state()
   step = steps.make_train_step(core.step_config)
   sharding = core.topology.batch_sharding
   metrics = []
@@ -72,8 +76,8 @@ def _on_device_input(core, steps_per_call, monkeypatch):
       on_device.put_on_devices(
           _toy_split(), ip.SamplerSpec('sqrt'), core.topology.batch_sharding
       ),
-      core.device_steps(
-          jax.random.key(2), ip.Preprocessing('cifar', crop_padding=1)
+      functools.partial(
+          core.runs.device_steps, ip.Preprocessing('cifar', crop_padding=1)
       ),
       steps_per_call,
   )
@@ -85,9 +89,7 @@ def test_on_device_steps_are_the_same_on_one_and_eight_devices(monkeypatch):
   for devices in (first_devices(1), None):
     core = tiny_step_plan(devices=devices)
     training_input = _on_device_input(core, 1, monkeypatch)
-    state, metrics = training_input.run(
-        core.init_state(jax.random.key(0)), 0, 3
-    )
+    state, metrics = training_input.run(core.runs.init_state(), 0, 3)
     assert metrics['loss'].shape == (3,)
     assert int(state.step) == 3
     results.append(jax.device_get((state.params, metrics)))
@@ -102,9 +104,7 @@ def test_one_dispatch_of_four_steps_equals_four_dispatches_of_one(monkeypatch):
   for steps_per_call in (4, 1):
     core = tiny_step_plan()
     training_input = _on_device_input(core, steps_per_call, monkeypatch)
-    state, metrics = training_input.run(
-        core.init_state(jax.random.key(0)), 0, 4
-    )
+    state, metrics = training_input.run(core.runs.init_state(), 0, 4)
     assert int(state.step) == 4
     results.append(jax.device_get((state.params, metrics['loss'])))
   _close(results[1], results[0])
@@ -112,7 +112,7 @@ def test_one_dispatch_of_four_steps_equals_four_dispatches_of_one(monkeypatch):
 
 def test_eval_step_counts_only_unmasked_examples():
   core = tiny_step_plan()
-  state = core.init_state(jax.random.key(0))
+  state = core.runs.init_state()
   images, labels = random_batches(1)[0]
   mask = np.arange(16) < 11
   sharding = core.topology.batch_sharding
@@ -122,3 +122,39 @@ def test_eval_step_counts_only_unmasked_examples():
   assert int(total.sum()) == 11
   np.testing.assert_array_equal(total, np.bincount(labels[:11], minlength=10))
   assert 0 <= int(correct.sum()) <= 11
+
+
+def test_the_loss_is_told_the_epoch_and_sees_the_models_whole_output():
+  """A toy loss worth 1 per example before epoch 1.5 and 3 from then on, and
+  the mean of the logits itself, through the real train step."""
+  core = tiny_step_plan()  # 100 images, batch 16: 6.25 steps per epoch
+  seen = []
+
+  def toy_loss(outputs, labels, progress):
+    seen.append(jnp.shape(outputs))  # at trace time: the logits, whole
+    weight = jnp.where(progress.epoch >= 1.5, 3.0, 1.0)
+    return (
+        jnp.zeros(labels.shape) + weight + 0 * losses.logits_of(outputs)[:, 0]
+    )
+
+  cfg = dataclasses.replace(core.step_config, loss_fn=toy_loss)
+  step = steps.make_train_step(cfg)
+  state, sharding = core.runs.init_state(), core.topology.batch_sharding
+  loss = []
+  for images, labels in random_batches(12):
+    state, metrics = step(
+        state,
+        jax.device_put(images, sharding),
+        jax.device_put(labels, sharding),
+    )
+    loss.append(float(metrics['loss']))
+  assert seen[0] == (16, 10)
+  # Step 9 is at epoch 1.44, step 10 at 1.6.
+  np.testing.assert_allclose(loss, [1.0] * 10 + [3.0] * 2)
+
+
+def test_progress_is_the_step_and_the_epochs_seen_before_it():
+  core = tiny_step_plan()
+  progress = steps.progress(core.step_config, jnp.int32(25))
+  assert int(progress.step) == 25
+  assert float(progress.epoch) == pytest.approx(25 / 6.25)

@@ -20,11 +20,11 @@ def config():
 class TestConfigCheck:
 
   def test_a_new_workdir_accepts_any_config(self, tmp_path, config):
-    assert wd.check_config(str(tmp_path), config) == {}
+    assert wd.check_unchanged_config(str(tmp_path), config) == {}
 
   def test_the_recorded_config_is_accepted_again(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
-    assert wd.check_config(str(tmp_path), config) == {}
+    assert wd.check_unchanged_config(str(tmp_path), config) == {}
     assert os.listdir(tmp_path) == ['config.json']
 
   def test_changed_seed_learning_rate_and_norm_are_refused_by_name(
@@ -33,7 +33,7 @@ class TestConfigCheck:
     wd.record_config(str(tmp_path), config)
     changed = config | {'seed': 5, 'learning_rate': 0.5, 'norm': 'bn'}
     with pytest.raises(wd.WorkdirError) as error:
-      wd.check_config(str(tmp_path), changed)
+      wd.check_unchanged_config(str(tmp_path), changed)
     message = str(error.value)
     assert '\n' not in message
     assert (
@@ -44,10 +44,10 @@ class TestConfigCheck:
 
   def test_tuple_fields_compare_as_recorded(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
-    assert wd.check_config(str(tmp_path), dict(config)) == {}
+    assert wd.check_unchanged_config(str(tmp_path), dict(config)) == {}
     changed = config | {'lr_decay_epochs': (40.0, 55.0)}
     with pytest.raises(wd.WorkdirError, match=r'lr_decay_epochs \(\[45.0'):
-      wd.check_config(str(tmp_path), changed)
+      wd.check_unchanged_config(str(tmp_path), changed)
 
   @pytest.mark.parametrize(
       'field, value',
@@ -66,19 +66,23 @@ class TestConfigCheck:
       self, tmp_path, config, field, value
   ):
     wd.record_config(str(tmp_path), config)
-    assert wd.check_config(str(tmp_path), config | {field: value}) == {}
+    assert (
+        wd.check_unchanged_config(str(tmp_path), config | {field: value}) == {}
+    )
 
   def test_eval_every_changes_the_best_on_val_selection(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
     with pytest.raises(wd.WorkdirError, match='eval_every_epochs'):
-      wd.check_config(str(tmp_path), config | {'eval_every_epochs': 5.0})
+      wd.check_unchanged_config(
+          str(tmp_path), config | {'eval_every_epochs': 5.0}
+      )
 
   def test_a_field_missing_on_one_side_counts_as_changed(self):
     assert wd.changed_fields({'a': 1}, {'a': 1, 'b': 2}) == {'b': (None, 2)}
 
   def test_allowed_changes_are_returned(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
-    changes = wd.check_config(
+    changes = wd.check_unchanged_config(
         str(tmp_path), config | {'seed': 5}, allow_changes=True
     )
     assert changes == {'seed': (0, 5)}
@@ -86,7 +90,7 @@ class TestConfigCheck:
   def test_an_unreadable_record_names_the_file(self, tmp_path, config):
     (tmp_path / 'config.json').write_text('{"seed": ')
     with pytest.raises(wd.WorkdirError, match=r'config.json cannot be read'):
-      wd.check_config(str(tmp_path), config)
+      wd.check_unchanged_config(str(tmp_path), config)
 
 
 class TestClaim:

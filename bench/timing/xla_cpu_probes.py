@@ -1,6 +1,6 @@
 """Three facts about XLA:CPU that shaped this code, re-measurable in one run.
 
-    python bench/xla_cpu_probes.py
+    python -m bench.timing.xla_cpu_probes
 
 1. Weight gradient of a 3x3 convolution: XLA's own lowering against nine
    shifted matmuls (one per kernel tap), on ResNet-32's three stage shapes.
@@ -8,7 +8,7 @@
 2. A ResNet-32 train step inside `lax.scan` (what the on-device path uses to
    run several steps per dispatch on accelerators) against the same step
    jitted on its own. Printed: scan / plain time per step. Where this is far
-   above 1, `nbn_jax.training.steps.steps_per_dispatch` uses one step per
+   above 1, `nbn_jax.training.inputs.steps_per_dispatch` uses one step per
    call on CPU.
 3. Rematerialisation of ResNet-32's forward pass in the backward pass
    (`jax.checkpoint`, saving only the convolution outputs, or nothing),
@@ -100,7 +100,7 @@ def probe_scan():
   data = on_device.put_on_devices(
       split, ip.SamplerSpec(), core.topology.batch_sharding
   )
-  state = core.init_state(jax.random.key(0))
+  state = core.runs.init_state()
   key = jax.random.key(1)
 
   def plain(state, data):

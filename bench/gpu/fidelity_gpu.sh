@@ -3,7 +3,7 @@
 # under one deadline, so that a time-limited machine always hands back
 # whole results:
 #
-#   bash bench/fidelity_gpu.sh DATA_DIR OUT_DIR [SECONDS]
+#   bash bench/gpu/fidelity_gpu.sh DATA_DIR OUT_DIR [SECONDS]
 #
 # DATA_DIR: the CIFAR-10 JPEG folder (../shared/data/cifar10-jpeg); OUT_DIR:
 # logs, runs (checkpoints included: ResNet-32's are small) and the tables.
@@ -12,17 +12,17 @@
 # with the same OUT_DIR resumes: finished runs are skipped, stopped ones
 # continue from their checkpoints.
 #
-# (a) LDAM-DRW's CIFAR loop in PyTorch (bench/fidelity_gpu.py oracle: its
+# (a) LDAM-DRW's CIFAR loop in PyTorch (bench/gpu/fidelity_gpu.py oracle: its
 #     init, schedule, last batch kept, test evaluation after every epoch,
 #     best_acc1 and last) for seeds 0 and 1, beside our trainer's BN arm
 #     with the test evaluated after every epoch and LDAM's per-epoch
 #     warm-up (seeds 0 and 1; OUR_EXTRA_FLAGS replaces those extra flags),
 #     all four sharing the GPU. Table: OUT_DIR/fidelity.md.
 # (b) BN vs NBN (and both with logit-adjusted CE) at IF 100, then 50 and 10,
-#     5 seeds each, one program of 5 runs per cell (bench/sweep.py).
+#     5 seeds each, one program of 5 runs per cell (bench/experiments/sweep.py).
 # (c) Speed: our ResNet-32 step against PyTorch eager and torch.compile,
 #     then ResNet-50 bf16 training images/s (and NBN/BN step time), then,
-#     if time is left, K runs in one program against one (bench/many_runs.py).
+#     if time is left, K runs in one program against one (bench/timing/many_runs.py).
 #
 # Estimates from measured numbers (README, docs/results, one H200): a JAX
 # 200-epoch run took 106 s alone (3 sharing the GPU: 277 s); PyTorch eager
@@ -43,12 +43,12 @@ part_a_oracle() {
   local our_flags=${OUR_EXTRA_FLAGS-'--config.warmup_granularity=epoch'}
   local seed
   for seed in 0 1; do
-    commands+=("python3 '$here/fidelity_gpu.py' oracle --data-dir='$data_dir' \
+    commands+=("python3 -m bench.gpu.fidelity_gpu oracle --data-dir='$data_dir' \
       --cache-dir='$out/cache' --out='$out/oracle/seed$seed' --seed=$seed \
       --deadline=$deadline >>'$out/oracle/seed$seed.log' 2>&1")
     # Our trainer, the README's recipe, the test set every epoch.
     commands+=("XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 python3 \
-      '$here/cifar10_lt_accuracy.py' run --root='$out/ours' \
+      -m bench.experiments.cifar10_lt_accuracy run --root='$out/ours' \
       --data-dir='$data_dir' --epochs=200 --arms=bn --seeds=$seed \
       --config.cache_dir='$out/cache' --config.eval_every_epochs=1 \
       $our_flags >>'$out/ours/bn_seed$seed.log' 2>&1")
@@ -56,12 +56,12 @@ part_a_oracle() {
   run_together "${commands[@]}"
   stamp '(a) ended'
   grep -h 'results:\|deadline' "$out"/oracle/*.log
-  python3 "$here/fidelity_gpu.py" summary --root="$out" \
+  python3 -m bench.gpu.fidelity_gpu summary --root="$out" \
     --out="$out/fidelity.md"
 }
 
 # --- (b) BN vs NBN seed sweep ------------------------------------------------
-# bench/sweep.py: each (imbalance factor, arm) cell is one program of 5 runs
+# bench/experiments/sweep.py: each (imbalance factor, arm) cell is one program of 5 runs
 # (--config.num_runs=5, seeds 0..4); IF 100 first (BN, NBN, then both with
 # logit-adjusted CE), then IF 50 and 10. Cells past the deadline are left
 # for a second call (a stopped cell resumes from its checkpoint). Report:
@@ -71,12 +71,12 @@ part_b_seed_sweep() {
   local deadline=$(( $(date +%s) + $(left) - reserve ))
   local imbalance
   for imbalance in 100 50 10; do
-    python3 "$here/sweep.py" run --root="$out/sweep" --data-dir="$data_dir" \
+    python3 -m bench.experiments.sweep run --root="$out/sweep" --data-dir="$data_dir" \
       --cache-dir="$out/cache" --seeds=5 --imbalance-factors=$imbalance \
       --arms=bn,nbn,bn_la,nbn_la --deadline=$deadline \
       --config.eval_every_epochs=1 >>"$out/sweep.log" 2>&1
   done
-  python3 "$here/sweep.py" report --root="$out/sweep" \
+  python3 -m bench.experiments.sweep report --root="$out/sweep" \
     --out="$out/sweep/report" || true
   stamp '(b) ended'
 }
@@ -96,14 +96,14 @@ bounded() {
 part_c_speed() {
   export JAX_COMPILATION_CACHE_DIR=$out/jax-cache
   stamp '(c) ResNet-32 NBN step: JAX vs PyTorch eager vs torch.compile'
-  bounded $(( $(left) * 55 / 100 )) python3 "$here/jax_vs_torch.py" \
+  bounded $(( $(left) * 55 / 100 )) python3 -m bench.timing.jax_vs_torch \
     --steps-per-round=50 --rounds=7 --compile
   stamp '(c) ResNet-50 bf16 training images/s (NBN/BN step time)'
-  bounded $(( $(left) - 5 )) python3 "$here/nbn_overhead.py" \
+  bounded $(( $(left) - 5 )) python3 -m bench.timing.nbn_overhead \
     --models=resnet50 --resnet50-batch=256 --bf16 --rounds=5 \
     --steps-per-round=10
   stamp '(c) with what time is left: K ResNet-32 runs in one program (issue 12)'
-  bounded $(( $(left) - 5 )) python3 "$here/many_runs.py" \
+  bounded $(( $(left) - 5 )) python3 -m bench.timing.many_runs \
     --runs=2,4,8,16 --run-axis=vmap,unroll --rounds=3
 }
 

@@ -1,7 +1,7 @@
 """Train-step time with NBN divided by the same with plain BN, in one run.
 
-    python bench/nbn_overhead.py                      # ResNet-32 and ResNet-50
-    python bench/nbn_overhead.py --models=resnet32 --rounds=9
+    python -m bench.timing.nbn_overhead                      # ResNet-32 and ResNet-50
+    python -m bench.timing.nbn_overhead --models=resnet32 --rounds=9
 
 Each model is built twice, identical but for `norm` ('bn' or 'nbn'), and
 trained with the trainer's own jitted step, built from a config by the
@@ -18,7 +18,7 @@ Defaults: ResNet-32 at batch 128 on 32x32 inputs, ResNet-50 at batch 8 on
 in bfloat16 (parameters and statistics stay float32); `NBN img/s` is the
 NBN model's training throughput on synthetic data:
 
-    python bench/nbn_overhead.py --resnet50-batch=256 --bf16   # on a GPU
+    python -m bench.timing.nbn_overhead --resnet50-batch=256 --bf16   # on a GPU
 """
 
 import argparse
@@ -48,7 +48,7 @@ class Trainer:
         config, spec, np.ones(spec.num_classes), images.shape[1:]
     )
     self.step = steps.make_train_step(core.step_config)
-    self.state = core.init_state(jax.random.key(0))
+    self.state = core.runs.init_state()
     sharding = core.topology.batch_sharding
     self.images = jax.device_put(images, sharding)
     self.labels = jax.device_put(labels, sharding)
@@ -67,7 +67,7 @@ class Trainer:
     return (time.perf_counter() - start) / num_steps
 
 
-def _config(name, norm, batch, bf16):
+def config_for(name, norm, batch, bf16):
   config = default.get_config()
   config.model, config.dataset, _ = MODELS[name]
   config.norm, config.half_precision = norm, bf16
@@ -83,7 +83,7 @@ def measure(name, batch, rounds, steps_per_round, bf16):
   images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
   labels = rng.integers(0, num_classes, batch).astype(np.int32)
   trainers = {
-      norm: Trainer(_config(name, norm, batch, bf16), images, labels)
+      norm: Trainer(config_for(name, norm, batch, bf16), images, labels)
       for norm in ('bn', 'nbn')
   }
   flops = {norm: trainer.flops() for norm, trainer in trainers.items()}

@@ -1,11 +1,11 @@
 # Shared by the GPU evidence scripts, sourced with their arguments:
 #
-#   source "$here/gpu_lib.sh" "$@"     # DATA_DIR OUT_DIR [SECONDS]
+#   source "$(dirname "$0")/gpu_lib.sh" "$@"     # DATA_DIR OUT_DIR [SECONDS]
 #
 # Sets data_dir and out (absolute paths), budget (SECONDS, default 560: the
-# whole script's), here (bench/) and root (the repository, the working
-# folder from then on, on PYTHONPATH); prints the machine and decodes the
-# CIFAR-10 JPEGs once into $out/cache. Then offers a time budget for a
+# whole script's) and root (the repository: the working folder from then
+# on, and on PYTHONPATH, so bench scripts run as python3 -m bench.<kind>.<x>);
+# prints the machine and decodes the CIFAR-10 JPEGs once into $out/cache. Then offers a time budget for a
 # time-limited machine, timestamps, and running several trainings at once
 # on the one GPU until only `reserve` seconds (the sourcing script sets it)
 # are left.
@@ -19,8 +19,7 @@ fi
 data_dir=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2/cache" && out=$(cd "$2" && pwd) || exit 2
 budget=${3:-560}
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-here=$root/bench
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 cd "$root"
 

@@ -1,15 +1,15 @@
-"""PyTorch checkpoints of the reference's networks -> nbn_jax checkpoints.
+"""PyTorch state dicts of the reference's networks -> nbn_jax variables.
+
+The name mapping, `from_torch_state_dict`, takes NumPy arrays and imports
+only jax, flax and numpy (an import contract), so a converted model needs
+nothing of the trainer. The command line, which reads a ``.pth`` file with
+PyTorch and writes a checkpoint that `train.py` evaluates, is the
+trainer's (`nbn_jax.training.conversion`):
 
     python -m nbn_jax.convert --checkpoint=resnet50_nbn.pth \\
         --config=configs/imagenet_lt.py --workdir=WORKDIR [--config.field=...]
     python train.py --config=configs/imagenet_lt.py --workdir=WORKDIR \\
         --config.eval_only=True [...]
-
-The config says which network the checkpoint holds (`model`, `norm`, NBN
-placement, `shortcut`) and which dataset (its class count); the command
-writes a step-0 checkpoint into WORKDIR that `train.py` evaluates (or
-fine-tunes from). Reading the ``.pth`` file needs PyTorch; the name mapping
-(`from_torch_state_dict`) takes NumPy arrays and does not.
 
 Names read (method.md, "The reference's checkpoints"):
 
@@ -29,15 +29,11 @@ Names read (method.md, "The reference's checkpoints"):
   DDP) is removed.
 """
 
-import sys
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from nbn_jax.models.cifar_resnet import CifarResNet
 from nbn_jax.models.common import NBN_ALPHA
@@ -174,147 +170,3 @@ def _check_keys(expected: set[str], found: set[str], model: nn.Module):
       f'(norm={model.norm!r}); check config.model, config.norm and the NBN '
       'placement fields.'
   )
-
-
-def load_torch_state_dict(
-    path: str, trust: bool = False
-) -> dict[str, np.ndarray]:
-  """The tensors of a PyTorch checkpoint file, as float32/int NumPy arrays.
-
-  Accepts a bare state dict or a dict holding one under ``state_dict`` or
-  ``model``.
-
-  Args:
-    path: the ``.pth`` file.
-    trust: unpickle arbitrary objects (`torch.load(weights_only=False)`);
-      only for files from a source you trust.
-  """
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise CheckpointMismatchError(
-        'reading a PyTorch checkpoint needs PyTorch: pip install torch '
-        '(the CPU build is enough).'
-    ) from None
-  try:
-    loaded = torch.load(path, map_location='cpu', weights_only=not trust)
-  except FileNotFoundError:
-    raise CheckpointMismatchError(f'--checkpoint={path} does not exist.')
-  except Exception as e:  # pickle errors come in many types
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e)
-    raise CheckpointMismatchError(
-        f'--checkpoint={path} cannot be read as plain tensors ({reason}); '
-        'if you trust the file, add --trust_checkpoint.'
-    ) from None
-  for key in ('state_dict', 'model'):
-    if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
-      loaded = loaded[key]
-  return {
-      k: (
-          v.detach().cpu().float().numpy()
-          if v.is_floating_point()
-          else v.detach().cpu().numpy()
-      )
-      for k, v in loaded.items()
-      if torch.is_tensor(v)
-  }
-
-
-def write_checkpoint(
-    config: ml_collections.ConfigDict,
-    state_dict: Mapping[str, np.ndarray],
-    workdir: str,
-):
-  """Converts `state_dict` for `config`'s network into a step-0 checkpoint.
-
-  The train state (optimiser state included) is the one the trainer builds
-  for `config`, with the converted parameters and statistics, so
-  ``train.py --config.eval_only=True`` evaluates it and a run resumes from it.
-  """
-  # Deferred: the trainer needs the training extras, the mapping does not.
-  import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  from nbn_jax.training import plan, results  # pylint: disable=g-import-not-at-top
-  from nbn_jax.training.checkpoints import Checkpoints  # pylint: disable=g-import-not-at-top
-
-  if config.num_runs != 1:
-    raise plan.ConfigError(
-        f'config.num_runs={config.num_runs}: a converted checkpoint is one '
-        'run; convert with config.num_runs=1.'
-    )
-  spec = ip.DATASETS[config.dataset]
-  core = plan.build_step_plan(
-      config,
-      spec,
-      np.ones(spec.num_classes, np.int64),
-      (32, 32, len(spec.mean)),
-  )
-  variables = from_torch_state_dict(core.model, state_dict, len(spec.mean))
-  state = core.init_state(jax.random.key(config.seed))
-  place = lambda new, old: jax.device_put(new, old.sharding)
-  state = state.replace(
-      params=jax.tree.map(place, variables['params'], state.params),
-      batch_stats=jax.tree.map(
-          place, variables['batch_stats'], state.batch_stats
-      ),
-  )
-  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-  try:
-    checkpoints.save(state, results.empty_record(1), wait=True)
-  finally:
-    checkpoints.close()
-
-
-def parse_flags(argv: list[str]) -> flags.FlagValues:
-  """The command's flags, on a fresh `FlagValues` (no global state)."""
-  values = flags.FlagValues()
-  flags.DEFINE_string(
-      'checkpoint', None, 'The PyTorch checkpoint (.pth).', flag_values=values
-  )
-  flags.DEFINE_string(
-      'workdir',
-      None,
-      'Where to write the nbn_jax checkpoint.',
-      flag_values=values,
-  )
-  flags.DEFINE_bool(
-      'trust_checkpoint',
-      False,
-      'Unpickle arbitrary objects in --checkpoint (trusted files only).',
-      flag_values=values,
-  )
-  config_flags.DEFINE_config_file(
-      'config',
-      None,
-      'The configs/*.py of the network and dataset.',
-      flag_values=values,
-      sys_argv=argv,
-  )
-  try:
-    rest = values(argv)
-  except (AttributeError, KeyError, TypeError) as e:  # ml_collections' errors
-    raise flags.Error(f'bad --config override: {e}') from None
-  if len(rest) > 1:
-    raise flags.Error(f'unexpected arguments {rest[1:]}')
-  if not (values.checkpoint and values.config and values.workdir):
-    raise flags.Error('--checkpoint, --config and --workdir are required.')
-  return values
-
-
-def main(argv: list[str]) -> int:
-  """Converts; returns the exit status (errors: one line on stderr)."""
-  try:
-    values = parse_flags(argv)
-    state_dict = load_torch_state_dict(
-        values.checkpoint, values.trust_checkpoint
-    )
-    write_checkpoint(values.config, state_dict, values.workdir)
-  except (flags.Error, CheckpointMismatchError, ValueError) as e:
-    message = str(e).replace('\n', ' ')
-    print(f'error: {message}', file=sys.stderr)
-    return 1
-  print(f'wrote {values.workdir}/checkpoints (step 0) from {values.checkpoint}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main(sys.argv))

@@ -1,8 +1,8 @@
 """BN against NBN on CIFAR-10-LT from the real images: train, then report.
 
-    python bench/cifar10_lt_accuracy.py run --root=/tmp/evidence \
+    python -m bench.experiments.cifar10_lt_accuracy run --root=/tmp/evidence \
         --data-dir=../shared/data/cifar10-jpeg --epochs=200 --seeds=0,1
-    python bench/cifar10_lt_accuracy.py report --root=/tmp/evidence \
+    python -m bench.experiments.cifar10_lt_accuracy report --root=/tmp/evidence \
         --out=docs/results
 
 `run` trains every arm with every seed, each as `python train.py
@@ -31,7 +31,9 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 ARMS = {
     'bn': ['--config.norm=bn'],
@@ -208,7 +210,9 @@ def _final_scales(workdir, result):
   from nbn_jax.training import reporting
   from nbn_jax.training.checkpoints import latest_params
 
-  return reporting.site_scales(latest_params(workdir), result['nbn_sites'])
+  return reporting.site_scales(
+      latest_params(workdir), result['nbn_site_alphas']
+  )
 
 
 def _plot_scale_spread(runs, path):

@@ -1,10 +1,10 @@
 """LDAM-DRW's CIFAR-10-LT training end to end in PyTorch, and the comparison.
 
-    python bench/fidelity_gpu.py oracle --data-dir=../shared/data/cifar10-jpeg \
+    python -m bench.gpu.fidelity_gpu oracle --data-dir=../shared/data/cifar10-jpeg \
         --cache-dir=/tmp/fid/cache --out=/tmp/fid/oracle --seed=0
-    python bench/fidelity_gpu.py summary --root=/tmp/fid
+    python -m bench.gpu.fidelity_gpu summary --root=/tmp/fid
 
-`oracle` trains the PyTorch oracle (`bench/torch_resnet32.py`) exactly as
+`oracle` trains the PyTorch oracle (`tests/torch_resnet32.py`) exactly as
 LDAM-DRW's `cifar_train.py` does with `--loss_type CE --train_rule None`:
 its own initialisation (seeded), 200 epochs of the long-tailed subset in a
 fresh random order each epoch with the last, partial batch kept (97 batches
@@ -20,7 +20,7 @@ stops cleanly at `--deadline` (Unix time); started again with the same
 epoch), so a resumed run draws what an uninterrupted one would).
 
 `summary` gathers the oracle's runs under ROOT/oracle and our trainer's
-runs (`bench/cifar10_lt_accuracy.py` workdirs under ROOT/ours) into one
+runs (`bench/experiments/cifar10_lt_accuracy.py` workdirs under ROOT/ours) into one
 Markdown table: best-of-every-epoch and last top-1, Many/Medium/Few, epochs
 done.
 """
@@ -35,13 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_resnet32 as oracle  # noqa: E402  (bench/ is not a package)
-
-import input_pipeline as ip  # noqa: E402
-from input_pipeline.sources import write_atomically  # noqa: E402
-from nbn_jax.training.metrics import LongTailAccuracy, shot_groups  # noqa: E402
-from nbn_jax.training.reporting import percent  # noqa: E402
+import input_pipeline as ip
+from input_pipeline.files import write_atomically
+from nbn_jax.training.metrics import LongTailAccuracy, shot_groups
+from nbn_jax.training.reporting import percent
+from tests import torch_resnet32 as oracle
 
 BATCH = 128
 EVAL_BATCH = 1000
@@ -175,7 +173,7 @@ def train_oracle(args):
       )
   best = max(history, key=lambda h: h['test']['top1'])
   results = {
-      'source': 'PyTorch oracle (bench/torch_resnet32.py), LDAM-DRW loop',
+      'source': 'PyTorch oracle (tests/torch_resnet32.py), LDAM-DRW loop',
       'seed': args.seed,
       'norm': args.norm,
       'imbalance_factor': args.imbalance_factor,

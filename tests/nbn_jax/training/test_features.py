@@ -1,14 +1,10 @@
-"""bench/feature_magnitude.py on two tiny quickstart runs, BN and NBN."""
+"""Per-class feature magnitudes of trained runs, BN against NBN."""
 
-import jax
 import numpy as np
 import pytest
 
-from bench import feature_magnitude
 from configs import quickstart
-from input_pipeline import on_device
-from nbn_jax.training import loop, plan
-from nbn_jax.training.checkpoints import latest_variables
+from nbn_jax.training import features, loop, plan, trained
 
 DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
 
@@ -36,25 +32,17 @@ def workdirs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_features_are_what_the_classifier_reads(workdirs):
-  config = feature_magnitude._config(workdirs['nbn'])
-  benchmark = plan.load_benchmark(config)
-  spec = benchmark.spec
-  model = plan.build_model(
-      config, spec.num_classes, plan.build_topology(config, jax.devices()[:1])
+  run = trained.load(workdirs['nbn'])
+  images = plan.load_benchmark(run.config).test.images[:40]
+  pooled = features.pooled_features(
+      run.model, run.variables, run.prepare, images
   )
-  variables = latest_variables(workdirs['nbn'])
-  images = benchmark.test.images[:40]
-  features = feature_magnitude.pooled_features(
-      model, variables, images, spec.mean, spec.std
-  )
-  logits = model.apply(
-      variables,
-      on_device.normalize_images(images, spec.mean, spec.std),
-      train=False,
-  )
-  fc = variables['params']['fc']
+  fc = run.variables['params']['fc']
   np.testing.assert_allclose(
-      features @ fc['kernel'] + fc['bias'], logits, rtol=1e-5, atol=1e-5
+      pooled @ fc['kernel'] + fc['bias'],
+      run.logits(images),
+      rtol=1e-5,
+      atol=1e-5,
   )
 
 
@@ -62,21 +50,21 @@ def test_features_are_what_the_classifier_reads(workdirs):
 def test_report_compares_bn_and_nbn_per_class(workdirs):
   arms = {}
   for norm, workdir in workdirs.items():
-    found_norm, counts, magnitudes = feature_magnitude.class_magnitudes(workdir)
+    found_norm, counts, magnitudes = features.class_magnitudes(workdir)
     assert found_norm == norm
     assert magnitudes.shape == (10,) and (magnitudes > 0).all()
     arms[norm] = [(counts, magnitudes)]
-  text = feature_magnitude.report(arms)
+  text = features.report(arms)
   assert '| 0 | 124 |' in text.splitlines()[2]  # head class first
   assert 'slope' in text and 'than under BN' in text
 
 
 def test_fall_from_head_to_tail_by_hand():
   counts = np.array([100, 10, 1])
-  summary = feature_magnitude.fall_from_head_to_tail(counts, counts**0.5)
+  summary = features.fall_from_head_to_tail(counts, counts**0.5)
   assert summary['slope'] == pytest.approx(0.5)
   assert summary['tail / head'] == pytest.approx(0.1)
   assert summary['spearman'] == pytest.approx(1.0)
-  flat = feature_magnitude.fall_from_head_to_tail(counts, np.ones(3) * 2)
+  flat = features.fall_from_head_to_tail(counts, np.ones(3) * 2)
   assert flat['slope'] == pytest.approx(0.0, abs=1e-12)
   assert flat['cv'] == 0

@@ -1,7 +1,7 @@
 """Seconds to write a ResNet-50 train-state checkpoint, as a preemption does.
 
-    python bench/checkpoint_write.py                 # in a temporary folder
-    python bench/checkpoint_write.py --dir=/gcs/or/nfs/path --rounds=5
+    python -m bench.timing.checkpoint_write                 # in a temporary folder
+    python -m bench.timing.checkpoint_write --dir=/gcs/or/nfs/path --rounds=5
 
 The state is what the trainer saves: ResNet-50 (1000 classes) parameters,
 BN running statistics and the SGD momentum buffer, float32 (filled with

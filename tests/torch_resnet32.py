@@ -22,12 +22,12 @@ statistics can be compared exactly; the default, 'unbiased', is PyTorch's
 own kernel (LDAM's). Training itself never reads the running statistics.
 
 The one PyTorch ResNet-32 of the repository, used by
-tests/nbn_jax/training/test_oracle.py (CPU), bench/jax_vs_torch.py and
-bench/fidelity_gpu.py. It lives in bench/, not in the installed packages,
-because PyTorch is a test- and bench-only dependency (requirements-test.txt):
-tests import it as `bench.torch_resnet32` (pytest puts the repository root
-on sys.path), bench scripts from their own folder. Imports only torch and
-numpy.
+tests/nbn_jax/training/test_oracle.py (CPU), the conversion tests and the
+benchmarks that race or retrain it (bench/timing/jax_vs_torch.py,
+bench/gpu/fidelity_gpu.py). It lives with the tests, not in the installed
+packages, because PyTorch is a test-only dependency
+(requirements-test.txt). Imports only torch, numpy and nbn_jax's name
+mapping.
 """
 
 import numpy as np

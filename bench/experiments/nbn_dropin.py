@@ -1,6 +1,6 @@
 """NBN as a drop-in in flax's ImageNet ResNet: zero-init and clipping choices.
 
-    python bench/nbn_dropin.py [--steps=300] [--seeds=0,1]
+    python -m bench.experiments.nbn_dropin [--steps=300] [--seeds=0,1]
 
 flax's examples/imagenet ResNet (tests/flax_imagenet_resnet.py: last BN of
 each block zero-initialised, statistics pmean'd over 'batch'), narrowed to
@@ -25,12 +25,10 @@ without the raw NBN vectors. Numbers, not pass/fail; one CPU device.
 import argparse
 import functools
 import os
-import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
+import flax.linen as nn  # noqa: E402  (after the platform is chosen)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,9 +1,9 @@
 """Arms x imbalance factors x seeds on CIFAR-10-LT, and the paired report.
 
-    python bench/sweep.py run --root=/tmp/sweep \
+    python -m bench.experiments.sweep run --root=/tmp/sweep \
         --data-dir=../shared/data/cifar10-jpeg --seeds=5 \
         --imbalance-factors=100,50,10 --arms=bn,nbn,bn_la,nbn_la
-    python bench/sweep.py report --root=/tmp/sweep --out=/tmp/sweep/report
+    python -m bench.experiments.sweep report --root=/tmp/sweep --out=/tmp/sweep/report
 
 `run` trains each (imbalance factor, arm) cell as one program of K runs
 (`python train.py --config=configs/cifar10_lt.py --config.num_runs=K`, seeds
@@ -32,7 +32,9 @@ import time
 
 import numpy as np
 
-from cifar10_lt_accuracy import train_command
+from bench.experiments.cifar10_lt_accuracy import train_command
+from nbn_jax.training import results
+from nbn_jax.training.comparison import paired_differences
 
 ARMS = {
     'bn': ['--config.norm=bn'],
@@ -51,13 +53,6 @@ RESULTS = {
     'last': 'last epoch',
     'best_test_during_training': 'best epoch (selected on test)',
 }
-GROUPS = ('top1', 'many', 'medium', 'few')
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1 .. 30.
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 def cell_dir(root: str, imbalance: float, arm: str) -> str:
@@ -102,26 +97,6 @@ def _run_until(command: list[str], deadline: float):
 # --- report ------------------------------------------------------------------
 
 
-def confidence_interval(values: np.ndarray) -> tuple[float, float, float]:
-  """(mean, low, high): the mean's two-sided 95% Student t interval."""
-  values = np.asarray(values, float)
-  mean = float(values.mean())
-  if len(values) < 2:
-    return mean, float('nan'), float('nan')
-  df = len(values) - 1
-  t = T_975[df - 1] if df <= len(T_975) else _t_975_expansion(df)
-  half = t * values.std(ddof=1) / np.sqrt(len(values))
-  return mean, mean - half, mean + half
-
-
-def _t_975_expansion(df: int) -> float:
-  """t_{0.975, df} by the Cornish-Fisher expansion (error < 1e-4 past 30)."""
-  z = 1.959964
-  return (
-      z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-  )
-
-
 def load_cells(root: str) -> dict[float, dict[str, dict]]:
   """{imbalance factor: {arm: summary.json}} of the finished cells."""
   cells = {}
@@ -147,29 +122,6 @@ def _mean_std(entry: dict) -> str:
   return f'{_pct(100 * entry["mean"])} ± {_pct(100 * (entry["std"] or 0))}'
 
 
-def paired_differences(treatment: dict, baseline: dict, result: str) -> dict:
-  """Per-seed differences treatment - baseline (in points) on the seeds
-  both have, with their mean and 95% interval, per group."""
-  seeds = [s for s in treatment['seeds'] if s in baseline['seeds']]
-  out = {'seeds': seeds}
-  for group in GROUPS:
-    a, b = treatment[result][group]['runs'], baseline[result][group]['runs']
-    pairs = [
-        (a[treatment['seeds'].index(s)], b[baseline['seeds'].index(s)])
-        for s in seeds
-    ]
-    if any(x is None or y is None for x, y in pairs):
-      continue  # an empty group (CIFAR-10-LT has no Few class)
-    diffs = 100 * np.array([x - y for x, y in pairs], float)
-    mean, low, high = confidence_interval(diffs)
-    out[group] = {
-        'per_seed': diffs.tolist(),
-        'mean': mean,
-        'ci95': [low, high],
-    }
-  return out
-
-
 def report(args):
   cells = load_cells(args.root)
   if not cells:
@@ -184,14 +136,15 @@ def report(args):
           f'Test accuracy (%), {title}, mean ± std over seeds:',
           '',
           '| arm | seeds | '
-          + ' | '.join(g.capitalize() for g in GROUPS)
+          + ' | '.join(g.capitalize() for g in results.GROUPS)
           + ' |',
-          '| --- | --- |' + ' --- |' * len(GROUPS),
+          '| --- | --- |' + ' --- |' * len(results.GROUPS),
       ]
       for arm, summary in arms.items():
-        cells_text = [_mean_std(summary[result][g]) for g in GROUPS]
+        cells_text = [_mean_std(summary[result][g]) for g in results.GROUPS]
         lines.append(
-            f'| {LABELS[arm]} | {len(summary["seeds"])} | '
+            f'| {LABELS[arm]} |'
+            f' {len(summary.get("finished_seeds", summary["seeds"]))} | '
             + ' | '.join(cells_text)
             + ' |'
         )
@@ -212,7 +165,7 @@ def report(args):
             '| group | per seed | mean | 95% CI |',
             '| --- | --- | --- | --- |',
         ]
-        for group in GROUPS:
+        for group in results.GROUPS:
           if group in paired:
             d = paired[group]
             lines.append(

@@ -1,15 +1,15 @@
 """Our jitted ResNet-32 NBN train step against the same step in PyTorch.
 
     pip install -r requirements-test.txt   # PyTorch: test/bench only
-    python bench/jax_vs_torch.py [--bf16] [--batch=128] [--rounds=7]
+    python -m bench.timing.jax_vs_torch [--bf16] [--batch=128] [--rounds=7]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot \
-        python bench/jax_vs_torch.py
+        python -m bench.timing.jax_vs_torch
 
 Both sides train the same network (ResNet-32, NBN on the last stage, batch
 128 of 32x32 images, 10 classes) with the same step: forward, softmax
 cross-entropy, backward, SGD with momentum and coupled weight decay, BN in
 train mode. Ours is `nbn_jax.training.steps` (uint8 input normalised inside
-the jitted step, donated state); PyTorch's is `bench/torch_resnet32.py`
+the jitted step, donated state); PyTorch's is `tests/torch_resnet32.py`
 (channels_last, its fastest CPU layout, float32 input). `--compile` adds
 the same PyTorch step with the model under `torch.compile` (default mode;
 the first two steps, compilation included, are timed apart). Rounds
@@ -19,23 +19,21 @@ arm's time (< 1: JAX is faster). `--bf16` runs both in bfloat16 compute (JAX: `d
 autocast). On a machine with a GPU both run there (PyTorch eager with
 cuDNN autotuning; one jitted call per JAX step, as here):
 
-    python bench/jax_vs_torch.py --steps-per-round=50 --compile
+    python -m bench.timing.jax_vs_torch --steps-per-round=50 --compile
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-# bench/ is not a package; nbn_overhead's config is the trainer's for these.
-from nbn_overhead import Trainer, _config  # noqa: E402
-from torch_resnet32 import ResNet32 as TorchResNet32, make_step  # noqa: E402
+# nbn_overhead's config is the trainer's for these.
+from bench.timing.nbn_overhead import Trainer, config_for
+from tests.torch_resnet32 import ResNet32 as TorchResNet32, make_step
 
 
 def torch_runner(images, labels, bf16, compile_model=False):
@@ -83,7 +81,9 @@ def main():
   arms = {
       'jax': (
           Trainer(
-              _config('resnet32', 'nbn', args.batch, args.bf16), images, labels
+              config_for('resnet32', 'nbn', args.batch, args.bf16),
+              images,
+              labels,
           ).run
       ),
       'torch': torch_runner(images, labels, args.bf16),

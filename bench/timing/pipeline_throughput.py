@@ -1,7 +1,7 @@
 """Images/second of our input paths over a naive baseline's, in one run.
 
-    python bench/pipeline_throughput.py                  # all three
-    python bench/pipeline_throughput.py --cifar-jpeg=../shared/data/cifar10-jpeg
+    python -m bench.timing.pipeline_throughput                  # all three
+    python -m bench.timing.pipeline_throughput --cifar-jpeg=../shared/data/cifar10-jpeg
 
 Measured on this machine in one process, one after the other:
 
@@ -20,7 +20,6 @@ real DataLoader: the ratios are conservative. CIFAR data: the real images
 """
 
 import argparse
-import io
 import itertools
 import multiprocessing
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU evidence of the README's "Results", in one go on one GPU:
 #
-#   bash bench/gpu_evidence.sh DATA_DIR OUT_DIR [SECONDS]
+#   bash bench/gpu/gpu_evidence.sh DATA_DIR OUT_DIR [SECONDS]
 #
 # DATA_DIR: the CIFAR-10 JPEG folder (train.txt, test.txt, the tarball);
 # OUT_DIR: logs, run workdirs and the report. SECONDS (default 560) bounds
@@ -13,9 +13,9 @@
 # 1. CIFAR-10-LT (IF 100), ResNet-32, the full 200-epoch recipe: BN and NBN
 #    with seeds 0 and 1, NBN + logit-adjusted CE with seed 0, several runs
 #    at once on the one GPU (on-device input path: no TensorFlow needed),
-#    then `bench/cifar10_lt_accuracy.py report`.
-# 2. Speed: `bench/jax_vs_torch.py` (ResNet-32 step, JAX vs PyTorch) and
-#    `bench/nbn_overhead.py --bf16` (NBN/BN step time; ResNet-50 bf16
+#    then `bench/experiments/cifar10_lt_accuracy.py report`.
+# 2. Speed: `bench/timing/jax_vs_torch.py` (ResNet-32 step, JAX vs PyTorch) and
+#    `bench/timing/nbn_overhead.py --bf16` (NBN/BN step time; ResNet-50 bf16
 #    training images/s at batch 256).
 source "$(dirname "$0")/gpu_lib.sh" "$@"
 mkdir -p "$out/runs"
@@ -29,7 +29,7 @@ wave() {
   for run in "$@"; do
     arm=${run%:*} seed=${run#*:}
     commands+=("XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 python3 \
-      '$here/cifar10_lt_accuracy.py' run --root='$out/runs' \
+      -m bench.experiments.cifar10_lt_accuracy run --root='$out/runs' \
       --data-dir='$data_dir' --epochs=200 --arms=$arm --seeds=$seed \
       --config.cache_dir='$out/cache' >>'$out/runs/${arm}_seed${seed}.log' 2>&1")
   done
@@ -39,14 +39,14 @@ wave() {
 wave bn:0 nbn:0 nbn_la:0
 (( $(left) > reserve )) && wave bn:1 nbn:1
 grep -H 'Training \|^last\|results:' "$out"/runs/*.log
-python3 "$here/cifar10_lt_accuracy.py" report --root="$out/runs" \
+python3 -m bench.experiments.cifar10_lt_accuracy report --root="$out/runs" \
   --out="$out/report"
 
 export JAX_COMPILATION_CACHE_DIR=$out/jax-cache
 stamp 'JAX vs PyTorch, ResNet-32 NBN step, batch 128, float32'
-timeout $(( $(left) / 2 )) python3 "$here/jax_vs_torch.py" \
+timeout $(( $(left) / 2 )) python3 -m bench.timing.jax_vs_torch \
   --steps-per-round=50 --rounds=7
 stamp 'NBN / BN step time and ResNet-50 throughput, bfloat16'
-timeout $(( $(left) - 10 )) python3 "$here/nbn_overhead.py" \
+timeout $(( $(left) - 10 )) python3 -m bench.timing.nbn_overhead \
   --models=resnet50,resnet32 --resnet50-batch=256 --bf16 --rounds=5 --steps-per-round=10
 stamp done

@@ -1,7 +1,7 @@
 """K training runs in one program against one run alone, in one process.
 
-    python bench/many_runs.py                          # K = 2, 4, 8, 16
-    python bench/many_runs.py --runs=2 --run-axis=vmap,unroll   # both maps
+    python -m bench.timing.many_runs                          # K = 2, 4, 8, 16
+    python -m bench.timing.many_runs --runs=2 --run-axis=vmap,unroll   # both maps
 
 ResNet-32 (NBN) trains on synthetic CIFAR-10-LT-sized data (12,406 32x32
 images, IF 100 class counts) with the on-device input path, batch 128,
@@ -26,6 +26,7 @@ convolutions) or unrolls them in the one program ('unroll').
 """
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -72,24 +73,28 @@ class Program:
         np.array(COUNTS),
         (32, 32, 3),
     )
-    init_key, data_key = runs.run_keys(0, num_runs)
     self.num_runs = num_runs
     self.steps_per_call = dispatch
-    self.state = core.init_state(init_key)
-    training_input = inputs.OnDeviceInput(
+    self.state = core.runs.init_state()
+    self._input = inputs.OnDeviceInput(
         on_device.put_on_devices(
             split, ip.SamplerSpec('instance'), core.topology.batch_sharding
         ),
-        core.device_steps(data_key, ip.Preprocessing('cifar', crop_padding=4)),
+        functools.partial(
+            core.runs.device_steps, ip.Preprocessing('cifar', crop_padding=4)
+        ),
         dispatch,
     )
-    self._call = lambda state: training_input.run(state, 0, dispatch)
+    self._step = 0  # the loop's step, which the runs' own steps follow
 
   def time(self, calls: int) -> float:
     """Seconds per step over `calls` calls."""
     start = time.perf_counter()
     for _ in range(calls):
-      self.state, metrics = self._call(self.state)
+      self.state, metrics = self._input.run(
+          self.state, self._step, self.steps_per_call
+      )
+      self._step += self.steps_per_call
     jax.block_until_ready((self.state, metrics))
     return (time.perf_counter() - start) / (calls * self.steps_per_call)
 

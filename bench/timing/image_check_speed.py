@@ -1,7 +1,7 @@
 """Images per second of the pre-training image check, on generated JPEGs.
 
-    python bench/image_check_speed.py                  # 4000 JPEGs in /tmp
-    python bench/image_check_speed.py --images=20000 --dir=/mnt/nfs/tmp
+    python -m bench.timing.image_check_speed                  # 4000 JPEGs in /tmp
+    python -m bench.timing.image_check_speed --images=20000 --dir=/mnt/nfs/tmp
 
 Writes `--images` JPEGs (320x240, ImageNet-like smooth content) and their
 list file in a temporary folder under `--dir`, then times

@@ -1,64 +1,43 @@
-"""Per-class strength of the last-stage features, BN against NBN (CPU).
-
-    python bench/feature_magnitude.py WORKDIR [WORKDIR ...] \
-        [--data-dir=DIR --cache-dir=DIR] [--out=report.md]
+"""Per-class strength of the last-stage features of trained runs.
 
 The paper's mechanism: NBN should make the features of rare classes less
-weak relative to frequent ones. For each workdir (a finished or stopped
-`train.py` run: its results.json, or config.json, and its newest
-checkpoint), the model is rebuilt from the run's config, restored, and run
-in eval mode over the run's test split (in-memory splits: CIFAR, digits).
+weak relative to frequent ones. For a workdir (a finished or stopped run),
+`class_magnitudes` rebuilds and restores its model (`trained.load`) and
+runs it in eval mode over the run's test split (in-memory splits: CIFAR,
+digits).
 A test image's feature magnitude is the L2 norm of the last stage's output
 averaged over positions, i.e. of the vector the classifier reads; a class's
 magnitude is the mean over its test images.
 
-Printed per arm (the config's `norm`, mean over the workdirs of that arm):
-each class's training count and magnitude, and how the magnitude falls
-from head to tail:
+`report` gives, per arm (the config's `norm`, mean over the workdirs of
+that arm), each class's training count and magnitude, and how the
+magnitude falls from head to tail (`fall_from_head_to_tail`):
 
 * slope: least-squares slope of log(magnitude) on log(training count); 0:
   no fall, larger: tail features weaker;
 * tail / head: the rarest class's magnitude over the most frequent one's;
 * spearman: rank correlation of magnitude with training count;
 * cv: standard deviation / mean of the class magnitudes.
-
---data-dir and --cache-dir replace the run's own data paths (workdirs
-brought back from another machine).
 """
 
-import argparse
-import collections
-import json
-import os
-import sys
+from typing import Callable
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
-from input_pipeline import on_device
-from nbn_jax.training import plan
-from nbn_jax.training.checkpoints import latest_variables
+from nbn_jax.training import plan, trained
 
 EVAL_BATCH = 500
 
 
-def _config(workdir: str) -> ml_collections.ConfigDict:
-  for name in ('results.json', 'config.json'):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        record = json.load(f)
-      return ml_collections.ConfigDict(record.get('config', record))
-  raise FileNotFoundError(
-      f'{workdir}: neither results.json nor config.json; pass the workdir '
-      'of a train.py run.'
-  )
+def pooled_features(
+    model: nn.Module, variables, prepare: Callable, images: np.ndarray
+) -> np.ndarray:
+  """(N, D) inputs of the classifier `fc` for uint8 images, in eval mode.
 
-
-def pooled_features(model: nn.Module, variables, images, mean, std):
-  """(N, D) inputs of the classifier `fc` for uint8 images, in eval mode."""
+  `prepare`: uint8 images -> model inputs (`trained.Trained.prepare`).
+  """
 
   @jax.jit
   def features(batch):
@@ -70,9 +49,7 @@ def pooled_features(model: nn.Module, variables, images, mean, std):
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(grab_fc_input):
-      model.apply(
-          variables, on_device.normalize_images(batch, mean, std), train=False
-      )
+      model.apply(variables, prepare(batch), train=False)
     return captured[0]
 
   return np.concatenate([
@@ -81,9 +58,14 @@ def pooled_features(model: nn.Module, variables, images, mean, std):
   ])
 
 
-def class_magnitudes(workdir: str, data_dir=None, cache_dir=None):
-  """(norm, train counts (C,), mean feature magnitude per class (C,))."""
-  config = _config(workdir)
+def class_magnitudes(workdir: str, data_dir=None, cache_dir=None, run=0):
+  """(norm, train counts (C,), mean feature magnitude per class (C,)).
+
+  `data_dir`, `cache_dir`: in place of the run's own (a workdir brought
+  from another machine).
+  """
+  run = trained.load(workdir, run)
+  config = run.config
   if data_dir:
     config.data_dir = data_dir
   if cache_dir:
@@ -91,18 +73,12 @@ def class_magnitudes(workdir: str, data_dir=None, cache_dir=None):
   benchmark = plan.load_benchmark(config)
   if not benchmark.test.in_memory:
     raise ValueError(
-        f'{workdir}: {benchmark.test.name} is not held in memory; this '
-        'script reads in-memory splits (CIFAR, digits).'
+        f'{workdir}: {benchmark.test.name} is not held in memory; the '
+        'feature magnitudes are read from in-memory splits (CIFAR, digits).'
     )
   spec = benchmark.spec
-  topology = plan.build_topology(config, jax.local_devices()[:1])
-  model = plan.build_model(config, spec.num_classes, topology)
   features = pooled_features(
-      model,
-      latest_variables(workdir),
-      benchmark.test.images,
-      spec.mean,
-      spec.std,
+      run.model, run.variables, run.prepare, benchmark.test.images
   )
   magnitude = np.linalg.norm(features, axis=1)
   labels = benchmark.test.labels
@@ -178,30 +154,3 @@ def report(arms: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> str:
         ),
     ]
   return '\n'.join(lines)
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('workdirs', nargs='+')
-  parser.add_argument('--data-dir', default='')
-  parser.add_argument('--cache-dir', default='')
-  parser.add_argument('--out', default='', help='also write the report here')
-  args = parser.parse_args()
-  arms = collections.defaultdict(list)
-  for workdir in args.workdirs:
-    norm, counts, magnitudes = class_magnitudes(
-        workdir, args.data_dir, args.cache_dir
-    )
-    arms[norm].append((counts, magnitudes))
-  counts = [c for runs in arms.values() for c, _ in runs]
-  if any((c != counts[0]).any() for c in counts):
-    sys.exit('error: the workdirs were trained on different class counts.')
-  text = report(arms)
-  print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
-
-
-if __name__ == '__main__':
-  main()

@@ -1,0 +1,1 @@
+"""Training experiments and their reports."""

@@ -1,0 +1,1 @@
+"""Speed benchmarks: ratios against a baseline, measured in one run."""

@@ -1,0 +1,146 @@
+"""The config checks: every refusal a `ConfigError` naming the field.
+
+`check_config` runs once per start, before anything is loaded or built,
+and returns the run layout it checked (how the runs sit on the devices), so
+nothing downstream checks or lays out again. Each rule is written once: the
+choices come from the registries of the parts that implement them (models,
+datasets and their sources, losses, schedules, BN scopes), and the rules
+about devices and batch sizes are `runs.run_layout`'s.
+
+Like the plan, this module reads the `ConfigDict`; nothing else does.
+"""
+
+import ml_collections
+
+import input_pipeline as ip
+from nbn_jax import models
+from nbn_jax.training import inputs, losses, optim, runs
+from nbn_jax.training.errors import ConfigError
+from nbn_jax.training.topology import BN_SCOPES
+
+CHOICES = {
+    'dataset': tuple(ip.DATASETS),
+    'data_source': tuple(ip.SOURCES),
+    'input_path': inputs.INPUT_PATHS,
+    'sampler': ip.SAMPLERS,
+    'model': tuple(models.MODELS),
+    'norm': models.NORMS,
+    'shortcut': ('A', 'B'),
+    'bn_scope': BN_SCOPES,
+    'schedule': optim.SCHEDULES,
+    'warmup_granularity': optim.WARMUP_GRANULARITIES,
+    'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
+    'loss': losses.LOSSES,
+}
+POSITIVE = (
+    'batch_size',
+    'lr_batch_size',
+    'num_epochs',
+    'eval_batch_size',
+    'log_every_steps',
+    'steps_per_dispatch',
+    'eval_every_epochs',
+    'checkpoint_every_epochs',
+    'keep_checkpoints',
+    'samples_per_class',
+    'bn_group_size',
+    'learning_rate',
+    'lr_decay_factor',
+    'num_runs',
+)
+NON_NEGATIVE = (
+    'weight_decay',
+    'momentum',
+    'warmup_epochs',
+    'image_size',
+    'resize_size',
+    'logit_adjust_tau',
+    'few_threshold',
+    'run_shards',
+)
+
+
+def check_config(
+    config: ml_collections.ConfigDict, device_count: int, process_count: int
+) -> runs.RunLayout:
+  """Raises ConfigError naming the first bad field; returns the run layout.
+
+  Every combination that passes trains: bn_scope x input_path x num_runs on
+  any device count the batch sizes and groups divide.
+
+  Args:
+    config: the run's config.
+    device_count: all devices of all hosts.
+    process_count: the hosts (JAX processes).
+  """
+  for field, allowed in CHOICES.items():
+    if config[field] not in allowed:
+      raise ConfigError(
+          f'config.{field}={config[field]!r} is not one of {allowed}.'
+      )
+  for field in POSITIVE:
+    if not config[field] > 0:
+      raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')
+  for field in NON_NEGATIVE:
+    if not config[field] >= 0:
+      raise ConfigError(f'config.{field}={config[field]!r} must be >= 0.')
+  if not config.momentum < 1:
+    raise ConfigError(f'config.momentum={config.momentum!r} must be < 1.')
+  if config.num_train_steps != -1 and not config.num_train_steps > 0:
+    raise ConfigError(
+        f'config.num_train_steps={config.num_train_steps!r} must be > 0, or '
+        '-1 for the whole run (config.num_epochs).'
+    )
+  decay_epochs = tuple(config.lr_decay_epochs)
+  if not all(isinstance(e, (int, float)) and e >= 0 for e in decay_epochs) or (
+      list(decay_epochs) != sorted(decay_epochs)
+  ):
+    raise ConfigError(
+        f'config.lr_decay_epochs={decay_epochs!r} must be epochs >= 0 in '
+        'ascending order, e.g. (160.0, 180.0).'
+    )
+  if config.warmup_granularity == 'epoch' and (
+      config.warmup_epochs != int(config.warmup_epochs)
+  ):
+    raise ConfigError(
+        f'config.warmup_epochs={config.warmup_epochs} must be a whole number '
+        "with config.warmup_granularity='epoch'."
+    )
+  if not config.imbalance_factor >= 1:
+    raise ConfigError(
+        f'config.imbalance_factor={config.imbalance_factor!r} must be >= 1 '
+        '(n_max / n_min; 1 is balanced).'
+    )
+  if (
+      config.input_path == 'on_device'
+      and not ip.SOURCES[config.data_source].in_memory
+  ):
+    raise ConfigError(
+        'config.input_path=on_device needs data held in memory (CIFAR, '
+        "digits); list-file datasets use config.input_path='tf_data'."
+    )
+  if config.sampler == 'class_aware' and (
+      config.batch_size % config.samples_per_class
+  ):
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} must be a multiple of '
+        f'config.samples_per_class={config.samples_per_class} for the '
+        'class-aware sampler.'
+    )
+  if not config.few_threshold <= config.many_threshold:
+    raise ConfigError(
+        'config.few_threshold must not exceed config.many_threshold.'
+    )
+  try:
+    return runs.run_layout(
+        config.num_runs,
+        device_count,
+        config.batch_size,
+        config.eval_batch_size,
+        config.bn_scope,
+        config.bn_group_size,
+        config.run_shards,
+        process_count if config.input_path == 'tf_data' else 1,
+    )
+  except runs.RunLayoutError as e:
+    raise ConfigError(str(e)) from None

@@ -1,0 +1,44 @@
+"""Local paths and URLs alike; files written atomically."""
+
+import os
+
+import pytest
+
+from input_pipeline import files
+
+
+@pytest.mark.parametrize(
+    'path', ['a/1.jpg', 'a/../b.jpg', './a/1.jpg', 'a..b/1.jpg', '..a.jpg']
+)
+def test_paths_that_stay_inside_the_root(path):
+  assert files.stays_inside_root(path)
+
+
+class TestWriteAtomically:
+
+  def test_the_file_appears_only_once_written(self, tmp_path):
+    path = tmp_path / 'new' / 'cache.json'
+    with files.write_atomically(str(path)) as f:
+      f.write('{}')
+      assert not path.exists()
+    assert path.read_text() == '{}'
+    assert os.listdir(path.parent) == ['cache.json']
+
+  def test_a_failed_write_leaves_the_old_file_and_nothing_else(self, tmp_path):
+    path = tmp_path / 'cache.json'
+    path.write_text('old')
+    with pytest.raises(KeyboardInterrupt):
+      with files.write_atomically(str(path)) as f:
+        f.write('half')
+        raise KeyboardInterrupt
+    assert path.read_text() == 'old'
+    assert os.listdir(tmp_path) == ['cache.json']
+
+  def test_writers_of_one_path_at_once_each_finish(self, tmp_path):
+    path = str(tmp_path / 'cache.json')
+    with files.write_atomically(path) as first:
+      with files.write_atomically(path) as second:  # another host
+        second.write('second')
+      first.write('first')
+    assert open(path).read() == 'first'
+    assert os.listdir(tmp_path) == ['cache.json']

@@ -1,0 +1,121 @@
+"""The config checks: each refusal is one line naming the field."""
+
+import itertools
+
+import jax
+import pytest
+
+from configs import default, imagenet_lt
+from nbn_jax.training import checks, plan
+from nbn_jax.training.errors import ConfigError
+from tests.nbn_jax.training.builders import first_devices, tiny_config
+
+
+def _check(config, device_count=8):
+  return checks.check_config(config, device_count, process_count=1)
+
+
+@pytest.mark.parametrize(
+    'field, value, message',
+    [
+        ('dataset', 'cifar1000', "config.dataset='cifar1000' is not one of"),
+        ('norm', 'batchnorm', "config.norm='batchnorm' is not one of"),
+        ('sampler', 'balanced', "config.sampler='balanced' is not one of"),
+        ('bn_scope', 'host', "config.bn_scope='host' is not one of"),
+        ('batch_size', 0, 'config.batch_size=0 must be > 0'),
+        ('learning_rate', -0.1, 'config.learning_rate=-0.1 must be > 0'),
+        ('weight_decay', -1e-4, 'config.weight_decay=-0.0001 must be >= 0'),
+        ('imbalance_factor', 0.5, 'config.imbalance_factor=0.5 must be >= 1'),
+        ('momentum', 1.5, 'config.momentum=1.5 must be < 1'),
+        ('lr_decay_factor', 0.0, 'config.lr_decay_factor=0.0 must be > 0'),
+        ('image_size', -3, 'config.image_size=-3 must be >= 0'),
+        ('logit_adjust_tau', -1.0, 'config.logit_adjust_tau=-1.0 must be'),
+        ('lr_decay_epochs', (50.0, 10.0), 'must be epochs >= 0 in ascending'),
+        ('lr_decay_epochs', ('abc',), 'must be epochs >= 0 in ascending'),
+        (
+            'batch_size',
+            100,
+            'config.batch_size=100 is not divisible by the 8 devices',
+        ),
+        ('eval_batch_size', 12, 'config.eval_batch_size=12 is not divisible'),
+    ],
+)
+def test_bad_values_name_the_field(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    _check(config)
+
+
+def test_on_device_input_needs_in_memory_data():
+  config = imagenet_lt.get_config()
+  config.input_path = 'on_device'
+  with pytest.raises(
+      ConfigError, match='input_path=on_device needs data held in memory'
+  ):
+    _check(config)
+
+
+def test_bn_groups_must_divide_the_devices():
+  config = default.get_config()
+  config.bn_scope, config.bn_group_size = 'group', 3
+  with pytest.raises(
+      ConfigError, match='bn_group_size=3 must divide the 8 devices'
+  ):
+    _check(config)
+
+
+@pytest.mark.parametrize(
+    'bn_scope, input_path, device_count',
+    list(
+        itertools.product(
+            ('global', 'device', 'group'), ('on_device', 'tf_data'), (1, 2, 8)
+        )
+    ),
+)
+def test_every_scope_and_input_path_passes_on_1_2_and_8_devices(
+    bn_scope, input_path, device_count
+):
+  config = default.get_config()
+  config.bn_scope, config.input_path = bn_scope, input_path
+  config.bn_group_size = min(2, device_count)
+  layout = checks.check_config(config, device_count, process_count=1)
+  topology = plan.build_topology(config, layout, first_devices(device_count))
+  assert topology.device_count == device_count
+  assert topology.batch_sharding.spec == jax.sharding.PartitionSpec(
+      topology.data_axes
+  )
+
+
+def test_runs_that_cannot_be_laid_out_are_one_line_config_errors():
+  config = default.get_config()
+  config.num_runs, config.run_shards = 4, 3
+  with pytest.raises(ConfigError, match='config.run_shards=3 must divide'):
+    _check(config)
+  config.run_shards, config.batch_size = 4, 126  # 2 devices per run: fits
+  assert _check(config).data_shards == 2
+  config.batch_size = 125
+  with pytest.raises(
+      ConfigError, match='config.batch_size=125 .* the 2 devices of each run'
+  ) as e:
+    _check(config)
+  assert '\n' not in str(e.value)
+
+
+def test_the_checks_return_the_layout_they_checked():
+  layout = _check(tiny_config(num_runs=4))
+  assert (layout.num_runs, layout.run_shards, layout.data_shards) == (4, 4, 2)
+  assert layout.mesh_run_shards == 4
+  assert _check(tiny_config()).mesh_run_shards is None  # one run: no axis
+
+
+def test_warmup_by_epoch_needs_whole_epochs():
+  config = tiny_config(warmup_granularity='epoch', warmup_epochs=2.5)
+  with pytest.raises(ConfigError, match='must be a whole number'):
+    _check(config)
+
+
+@pytest.mark.parametrize('steps', [0, -2])
+def test_a_step_limit_is_positive_or_the_whole_run(steps):
+  with pytest.raises(ConfigError, match='config.num_train_steps'):
+    _check(tiny_config(num_train_steps=steps))
