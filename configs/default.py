@@ -82,6 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
   #                                logit_adjusted
   config.logit_adjust_tau = 1.0
 
+  # --- A second stage: classifier re-training -------------------------------
+  # Start from a finished run's workdir (its newest checkpoint); '' starts
+  # afresh. trainable='classifier' trains only the classifier(s) and NBN's
+  # alphas (the reference's train_all: False; Decoupling's cRT), with a
+  # fresh classifier unless reinit_classifier=False. configs/crt.py sets it
+  # up for any benchmark config.
+  config.finetune_from = ''
+  config.trainable = 'all'  # all or classifier
+  config.reinit_classifier = True
+
   # --- Run ------------------------------------------------------------------
   config.seed = 0
   # K runs in one program, seeds seed .. seed + K - 1 (nbn_jax.training.runs):

@@ -633,3 +633,13 @@ def test_two_hosts_of_four_devices_equal_one_host_of_eight(tmp_path):
       latest_params(tmp_path / 'two'),
       latest_params(tmp_path / 'one'),
   )
+
+
+def test_the_second_stage_config_takes_its_benchmark_after_a_colon():
+  config = train.load_config_file(f'{ROOT / "configs" / "crt.py"}:quickstart')
+  assert (config.dataset, config.trainable, config.sampler) == (
+      'digits',
+      'classifier',
+      'class',
+  )
+  assert config.finetune_from == ''  # the user names the first stage

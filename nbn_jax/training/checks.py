@@ -31,6 +31,7 @@ CHOICES = {
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
     'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
     'loss': losses.LOSSES,
+    'trainable': ('all', 'classifier'),
 }
 POSITIVE = (
     'batch_size',
@@ -126,6 +127,11 @@ def check_config(
         f'config.batch_size={config.batch_size} must be a multiple of '
         f'config.samples_per_class={config.samples_per_class} for the '
         'class-aware sampler.'
+    )
+  if config.trainable == 'classifier' and not config.finetune_from:
+    raise ConfigError(
+        "config.trainable='classifier' trains a first stage's classifier: "
+        'set config.finetune_from to that run\'s workdir.'
     )
   if not config.few_threshold <= config.many_threshold:
     raise ConfigError(

@@ -77,6 +77,8 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
           f'config.eval_only=True but {workdir}/checkpoints holds no '
           'checkpoint to evaluate.'
       )
+    else:
+      state = plan.start(state)
     if jax.process_index() == 0:
       workdir_lib.record_config(workdir, plan.config)
     writers = [

@@ -24,7 +24,8 @@ import input_pipeline as ip
 from input_pipeline import on_device
 from input_pipeline.samplers import epoch_size
 from nbn_jax import inspection, models
-from nbn_jax.training import checks, inputs, losses, metrics, optim, runs, steps
+from nbn_jax.training import checks, finetune, inputs, losses, metrics, optim
+from nbn_jax.training import runs, steps
 from nbn_jax.training.errors import ConfigError
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.topology import Topology, make_topology
@@ -185,7 +186,8 @@ def build_optimizer(
 
   `alpha_paths`: '/'-joined paths of the model's NBN alphas
   (`NBNSites.alpha_paths`), exempt from weight decay when
-  `config.decay_alpha` is False.
+  `config.decay_alpha` is False, and trained with the classifier when
+  `config.trainable` is 'classifier' (the rest frozen, `finetune`).
   """
   schedule = optim.learning_rate_schedule(
       config.schedule,
@@ -208,6 +210,8 @@ def build_optimizer(
           () if config.decay_alpha else [p.split('/') for p in alpha_paths]
       ),
   )
+  if config.trainable == 'classifier':
+    tx = finetune.train_only(tx, finetune.classifier_and_alphas(alpha_paths))
   return tx, schedule
 
 
@@ -417,6 +421,8 @@ class Plan:
     sampler, preprocessing: the training stream.
     steps_per_dispatch: on-device steps per jitted call on accelerators.
     eval_batch_size: global eval batch.
+    finetune_from: a first stage's workdir to start from, or ''.
+    reinit_classifier: with `finetune_from`: a fresh classifier.
   """
 
   config: dict[str, Any]
@@ -432,10 +438,21 @@ class Plan:
   preprocessing: ip.Preprocessing
   steps_per_dispatch: int
   eval_batch_size: int
+  finetune_from: str = ''
+  reinit_classifier: bool = True
 
   @property
   def runs(self) -> runs.Runs:
     return self.core.runs
+
+  def start(self, fresh: steps.TrainState) -> steps.TrainState:
+    """The state a new run starts from: `fresh` (`runs.init_state()`), or
+    the first stage's variables in it (`finetune.start_from`)."""
+    if not self.finetune_from:
+      return fresh
+    return finetune.start_from(
+        fresh, self.finetune_from, self.reinit_classifier
+    )
 
   @property
   def selection_split(self) -> str:
@@ -507,4 +524,6 @@ def build_plan(
       preprocessing=recipe,
       steps_per_dispatch=config.steps_per_dispatch,
       eval_batch_size=config.eval_batch_size,
+      finetune_from=config.finetune_from,
+      reinit_classifier=config.reinit_classifier,
   )

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nbn_jax.training import reporting
+from nbn_jax.training import finetune, reporting
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.metrics import LongTailAccuracy
 from nbn_jax.training.plan import Plan
@@ -116,6 +116,18 @@ def finish(
         plan, record['runs'][k], tests[k], vals and vals[k], step
     )
     run_results['seed'] = runs.seeds[k]
+    if plan.finetune_from:  # a second stage: the first one's result too
+      first = finetune.first_stage_results(
+          plan.finetune_from, runs.run_dir(plan.finetune_from, k)
+      )
+      run_results['first_stage'] = first
+      if 'last' in first:
+        rows = {
+            f'first stage (step {first["last"]["step"]}) test': first['last'][
+                'test'
+            ],
+            **rows,
+        }
     scales = reporting.site_scales(runs.select(params, k), plan.core.nbn.alphas)
     run_results['scale_spread'] = {
         name: reporting.spread(scale) for name, scale in scales.items()

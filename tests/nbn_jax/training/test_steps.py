@@ -20,19 +20,25 @@ from tests.nbn_jax.training.builders import (
 )
 
 
-def _train(devices=None, **overrides):
-  core = tiny_step_plan(tiny_config(**overrides), devices)
+def _steps(core, step_config, num_steps):
+  """(state, per-step metrics) after `num_steps` of the plain train step."""
   state = core.runs.init_state()
-  step = steps.make_train_step(core.step_config)
+  step = steps.make_train_step(step_config)
   sharding = core.topology.batch_sharding
   metrics = []
-  for images, labels in random_batches(3):
+  for images, labels in random_batches(num_steps):
     state, m = step(
         state,
         jax.device_put(images, sharding),
         jax.device_put(labels, sharding),
     )
     metrics.append(m)
+  return state, metrics
+
+
+def _train(devices=None, **overrides):
+  core = tiny_step_plan(tiny_config(**overrides), devices)
+  state, metrics = _steps(core, core.step_config, 3)
   return jax.device_get((state.params, state.batch_stats, metrics))
 
 
@@ -138,16 +144,8 @@ def test_the_loss_is_told_the_epoch_and_sees_the_models_whole_output():
     )
 
   cfg = dataclasses.replace(core.step_config, loss_fn=toy_loss)
-  step = steps.make_train_step(cfg)
-  state, sharding = core.runs.init_state(), core.topology.batch_sharding
-  loss = []
-  for images, labels in random_batches(12):
-    state, metrics = step(
-        state,
-        jax.device_put(images, sharding),
-        jax.device_put(labels, sharding),
-    )
-    loss.append(float(metrics['loss']))
+  _, metrics = _steps(core, cfg, 12)
+  loss = [float(m['loss']) for m in metrics]
   assert seen[0] == (16, 10)
   # Step 9 is at epoch 1.44, step 10 at 1.6.
   np.testing.assert_allclose(loss, [1.0] * 10 + [3.0] * 2)

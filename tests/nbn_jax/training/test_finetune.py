@@ -1,0 +1,159 @@
+"""A second stage from a first stage's workdir: classifier re-training."""
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import crt, quickstart
+from nbn_jax.training import finetune, loop
+from nbn_jax.training import plan as plan_lib
+from nbn_jax.training.checkpoints import latest_variables
+from nbn_jax.training.errors import ConfigError
+
+DIGITS_TRAIN_SIZE = 503
+
+
+def test_train_only_moves_the_chosen_parameters_and_decays_nothing_else():
+  params = {
+      'conv': {'kernel': jnp.ones(3)},
+      'fc': {'kernel': jnp.ones(3), 'bias': jnp.ones(2)},
+      'nbn_alpha': jnp.float32(1.0),
+  }
+  tx = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.1))
+  trained = finetune.train_only(
+      tx, finetune.classifier_and_alphas(['nbn_alpha'])
+  )
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = trained.update(grads, trained.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new['conv']['kernel'], params['conv']['kernel'])
+  np.testing.assert_allclose(new['fc']['kernel'], 1 - 0.1 * (1 + 0.5))
+  np.testing.assert_allclose(new['nbn_alpha'], 1 - 0.1 * (1 + 0.5))
+
+
+def test_the_classifier_is_every_module_named_fc():
+  assert finetune.in_classifier(('fc', 'kernel'))
+  assert finetune.in_classifier(('expert_2', 'fc', 'bias'))
+  assert not finetune.in_classifier(('layer3_0', 'bn2', 'scale'))
+  assert not finetune.in_classifier(('fc_like',))  # a parameter, no module
+
+
+def _config(steps, **overrides):
+  config = quickstart.get_config()
+  config.update(
+      batch_size=16,
+      lr_batch_size=16,
+      eval_batch_size=32,
+      steps_per_dispatch=1,
+      warmup_epochs=0.0,
+      num_epochs=steps * 16 / DIGITS_TRAIN_SIZE,
+      **overrides,
+  )
+  return config
+
+
+def _stage(workdir, steps, **overrides):
+  return loop.train_and_evaluate(_config(steps, **overrides), str(workdir))
+
+
+def _snapshot(path: pathlib.Path):
+  return {
+      str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+      for p in sorted(path.rglob('*'))
+  }
+
+
+@pytest.mark.slow
+def test_a_second_stage_trains_only_the_classifier_and_the_alphas(tmp_path):
+  first = tmp_path / 'first'
+  _stage(first, 2)
+  before = _snapshot(first)
+  stage1 = latest_variables(str(first))
+  config_2 = crt.get_config('quickstart')  # the second stage's settings
+  results = _stage(
+      tmp_path / 'second',
+      3,
+      finetune_from=str(first),
+      trainable=config_2.trainable,
+      sampler=config_2.sampler,
+      schedule=config_2.schedule,
+      lr_decay_epochs=(),
+  )
+  stage2 = latest_variables(str(tmp_path / 'second'))
+  assert _snapshot(first) == before  # the first stage is only read
+  flat = lambda tree: {
+      '/'.join(k.key for k in path): leaf
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+  before_2, after_2 = flat(stage1['params']), flat(stage2['params'])
+  changed = {p for p in before_2 if not np.array_equal(before_2[p], after_2[p])}
+  assert changed == {'fc/kernel', 'fc/bias', 'nbn_alpha'}
+  # Batch statistics still move, as in the reference (train mode).
+  assert not np.array_equal(
+      stage1['batch_stats']['bn1']['mean'], stage2['batch_stats']['bn1']['mean']
+  )
+  first_results = json.loads((first / 'results.json').read_text())
+  assert results['first_stage'] == {
+      'workdir': os.path.abspath(first),
+      'last': first_results['last'],
+  }
+  assert results['last']['step'] == 3
+
+
+@pytest.mark.parametrize('reinit', [True, False])
+def test_the_second_stage_starts_from_the_first_stages_variables(
+    tmp_path, reinit
+):
+  first = tmp_path / 'first'
+  _stage(first, 1)
+  stage1 = latest_variables(str(first))
+  config = _config(
+      1,
+      finetune_from=str(first),
+      trainable='classifier',
+      reinit_classifier=reinit,
+  )
+  plan = plan_lib.build_plan(config)
+  fresh = plan.runs.init_state()
+  start = jax.device_get(plan.start(fresh))
+  for name in ('conv1', 'layer3_0', 'nbn_alpha'):  # the body and the alpha
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        start.params[name],
+        stage1['params'][name],
+    )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      start.batch_stats,
+      stage1['batch_stats'],
+  )
+  head = (
+      jax.device_get(fresh.params['fc']) if reinit else stage1['params']['fc']
+  )
+  jax.tree.map(np.testing.assert_array_equal, start.params['fc'], head)
+  assert int(start.step) == 0
+
+
+def test_a_first_stage_of_another_network_is_one_line(tmp_path):
+  first = tmp_path / 'first'
+  _stage(first, 1)
+  with pytest.raises(ConfigError, match='holds another network') as error:
+    _stage(
+        tmp_path / 'second',
+        1,
+        finetune_from=str(first),
+        trainable='classifier',
+        model='ResNet32',
+    )
+  assert '\n' not in str(error.value)
+
+
+def test_training_only_the_classifier_needs_a_first_stage(tmp_path):
+  with pytest.raises(ConfigError, match='set config.finetune_from'):
+    _stage(tmp_path, 1, trainable='classifier')
