@@ -107,6 +107,22 @@ def test_an_unknown_loss_names_the_choices():
     losses.make_loss('focal', COUNTS)
 
 
+def test_the_defaults_are_those_of_the_losses_sources():
+  # RIDE's RIDELoss: max_m 0.5, s 30, beta 0.9999, diversity factor -0.2 at
+  # base temperature 1, reweight factor 0.05; LDAM-DRW's (and RIDE's CIFAR)
+  # re-weighting epoch 160.
+  assert losses.LossSettings() == losses.LossSettings(
+      logit_adjust_tau=1.0,
+      ldam_max_m=0.5,
+      ldam_scale=30.0,
+      drw_epoch=160.0,
+      drw_beta=0.9999,
+      ride_diversity_factor=-0.2,
+      ride_diversity_temperature=1.0,
+      ride_reweight_factor=0.05,
+  )
+
+
 # --- The class constants, by hand ---------------------------------------------
 
 
@@ -208,6 +224,21 @@ def test_the_diversity_term_by_hand():
       [balanced - 0.2 * (0.75 * np.log(1.5) + 0.25 * np.log(0.5) + kl2)],
       rtol=1e-6,
   )
+
+
+def test_the_ensembles_distribution_is_a_constant_of_the_diversity_term():
+  # No gradient reaches the mean logits (RIDE's no_grad). When they are the
+  # experts' own mean, the gradient through them summed over the experts
+  # cancels exactly anyway (sum_e log q_e = E log p + a constant), so only
+  # other logits in their place show it; the PyTorch comparison cannot.
+  expert_logits, _ = _random_ensemble(np.float32)
+  other_logits, _ = _random_ensemble(np.float32, seed=1)
+  grad = jax.grad(
+      lambda mean: losses.diversity_kl(
+          jnp.asarray(expert_logits), mean, jnp.float32(2)
+      ).sum()
+  )(jnp.asarray(other_logits[0]))
+  np.testing.assert_array_equal(grad, 0)
 
 
 # --- Against PyTorch ----------------------------------------------------------
@@ -353,9 +384,10 @@ def test_an_ensemble_loss_on_plain_logits_says_it_needs_an_ensemble(name):
 # --- Through the real train step ----------------------------------------------
 
 TRAIN_COUNTS = np.array([40, 20, 10, 10, 5, 5, 4, 3, 2, 1])  # 100 images
-# 100 images, batch 16: 6.25 steps per epoch; epoch 3 starts at step
-# round(18.75) = 19.
-STEP_REWEIGHT = 19
+# 100 images, batch 16: 6.25 steps per epoch; epoch 1 starts at step
+# round(6.25) = 6 (an epoch count would wait for step 7).
+TRAIN_SETTINGS = losses.LossSettings(drw_epoch=1.0)
+STEP_REWEIGHT = 6
 
 
 class TinyEnsemble(nn.Module):
@@ -392,7 +424,7 @@ def _losses_at(core, model, loss_name, steps_at, batch):
       core.step_config,
       model=model,
       loss_fn=losses.make_loss(
-          loss_name, TRAIN_COUNTS, SETTINGS, core.length.steps_per_epoch
+          loss_name, TRAIN_COUNTS, TRAIN_SETTINGS, core.length.steps_per_epoch
       ),
   )
   train_step = steps.make_train_step(step_config)
@@ -427,7 +459,7 @@ def test_the_train_step_switches_at_the_epoch_boundary(loss_name, ensemble):
   # The plan's step config, with a tiny model and the loss in place of its
   # ResNet-8 and cross-entropy.
   core = tiny_step_plan(train_counts=TRAIN_COUNTS)
-  assert optim.epoch_start(3.0, core.length.steps_per_epoch) == STEP_REWEIGHT
+  assert optim.epoch_start(1.0, core.length.steps_per_epoch) == STEP_REWEIGHT
   model = TinyEnsemble(NUM_CLASSES, ensemble=ensemble)
   at = (0, STEP_REWEIGHT - 1, STEP_REWEIGHT)
   (first, before, after), outputs, loss_fn = _losses_at(
