@@ -79,8 +79,27 @@ def get_config() -> ml_collections.ConfigDict:
   # whole run's, so a later run with a larger value (or -1) continues it.
   config.num_train_steps = -1
   config.loss = 'cross_entropy'  # cross_entropy, balanced_softmax,
-  #                                logit_adjusted
+  #              logit_adjusted, ldam, ldam_drw; with an ensemble model also
+  #              ride (RIDE's loss) and ride_balanced_softmax (the reference's)
   config.logit_adjust_tau = 1.0
+  # LDAM (ldam, ldam_drw, ride): class margins ~ n_c^(-1/4), the largest
+  # ldam_max_m, taken off the target logit as ldam_scale * m_y; the model's
+  # logits count as scaled by s already (RIDE's convention: a cosine
+  # classifier with cosine_scale = ldam_scale is LDAM-DRW's own loss).
+  config.ldam_max_m = 0.5
+  config.ldam_scale = 30.0
+  # DRW (ldam_drw, ride): class-balanced weights (1 - beta) / (1 - beta^n_c)
+  # from (0-based) epoch drw_epoch on: LDAM-DRW's and RIDE's CIFAR 160;
+  # RIDE's ImageNet-LT and iNaturalist 80.
+  config.drw_epoch = 160.0
+  config.drw_beta = 0.9999
+  # RIDE's diversity term, factor * T^2 * KL(ensemble mean || expert), and
+  # from drw_epoch on (ride) per-class temperatures following the prior by
+  # ride_reweight_factor. RIDE's defaults; its configs: CIFAR-100-LT factor
+  # -0.45; ImageNet-LT reweight factor 0.02, iNaturalist 0.015.
+  config.ride_diversity_factor = -0.2
+  config.ride_diversity_temperature = 1.0
+  config.ride_reweight_factor = 0.05
 
   # --- A second stage: classifier re-training -------------------------------
   # Start from a finished run's workdir (its newest checkpoint); '' starts

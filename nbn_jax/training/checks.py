@@ -48,6 +48,8 @@ POSITIVE = (
     'learning_rate',
     'lr_decay_factor',
     'num_runs',
+    'ldam_scale',
+    'ride_diversity_temperature',
 )
 NON_NEGATIVE = (
     'weight_decay',
@@ -58,6 +60,9 @@ NON_NEGATIVE = (
     'logit_adjust_tau',
     'few_threshold',
     'run_shards',
+    'ldam_max_m',
+    'drw_epoch',
+    'ride_reweight_factor',
 )
 
 
@@ -133,6 +138,7 @@ def check_config(
         "config.trainable='classifier' trains a first stage's classifier: "
         'set config.finetune_from to that run\'s workdir.'
     )
+  _check_loss(config)
   if not config.few_threshold <= config.many_threshold:
     raise ConfigError(
         'config.few_threshold must not exceed config.many_threshold.'
@@ -150,3 +156,35 @@ def check_config(
     )
   except runs.RunLayoutError as e:
     raise ConfigError(str(e)) from None
+
+
+def _check_loss(config: ml_collections.ConfigDict):
+  """The loss's fields, and the model it needs."""
+  if not 0 <= config.drw_beta < 1:
+    raise ConfigError(
+        f'config.drw_beta={config.drw_beta!r} must be in [0, 1) (0: no '
+        're-weighting; DRW uses 0.9999).'
+    )
+  network = models.MODELS[config.model]
+  if config.loss in losses.ENSEMBLE_LOSSES and not models.takes_field(
+      network, 'num_experts'
+  ):
+    ensembles = [
+        name
+        for name, other in models.MODELS.items()
+        if models.takes_field(other, 'num_experts')
+    ]
+    raise ConfigError(
+        f'config.loss={config.loss!r} needs an ensemble model (per-expert '
+        f'logits); config.model={config.model!r} is not one. Choose one of '
+        f'{ensembles}, or a loss for one network (e.g. ldam_drw).'
+    )
+  if (
+      config.loss in losses.REWEIGHTING_LOSSES
+      and config.drw_epoch >= config.num_epochs
+  ):
+    raise ConfigError(
+        f'config.drw_epoch={config.drw_epoch!r} is not before the end of the '
+        f'run (config.num_epochs={config.num_epochs!r}): loss '
+        f'{config.loss!r} would never re-weight. Set an earlier drw_epoch.'
+    )

@@ -1,16 +1,41 @@
-"""Training losses: cross-entropy and the prior-adjusted variants.
+"""Training losses: cross-entropy, the prior-adjusted variants, LDAM-DRW and
+RIDE's ensemble losses.
 
 A loss (`Loss`) sees the model's whole training output, the labels and
 where training is (`Progress`: the step and the epoch), and returns one
 loss per example. The model's output is its logits, or a mapping holding
 them under 'logits' beside other heads (`logits_of`), so a loss may read
-several heads and change with the epoch.
+several heads and change with the epoch. The train step averages the
+per-example losses over the batch (`steps`), so a loss whose batch value
+is not a plain mean returns terms whose mean is that value.
 
-Balanced softmax (Ren et al. 2020) and logit-adjusted cross-entropy (Menon et
-al. 2021) add tau * log(class prior) to the logits before the softmax during
-training only; balanced softmax is tau = 1. Evaluation uses the plain logits.
+* Balanced softmax (Ren et al. 2020) and logit-adjusted cross-entropy
+  (Menon et al. 2021) add tau * log(class prior) to the logits before the
+  softmax during training only; balanced softmax is tau = 1. Evaluation uses
+  the plain logits.
+* LDAM (Cao et al. 2019): the target logit is lowered by s * m_y, with
+  class margins m_c proportional to n_c^(-1/4), the largest `ldam_max_m`.
+  As in RIDE's code, the model's logits are taken to be scaled by s already
+  (a cosine classifier times s): LDAM-DRW's own code feeds unscaled cosines
+  and multiplies the adjusted logits by s, the same loss when the model's
+  `cosine_scale` is `ldam_scale`. On a linear head nothing rescales: the
+  margin shift itself reaches s * max_m (15 logits by default).
+* DRW (deferred re-weighting, Cao et al. 2019): from `drw_epoch` on, each
+  example is weighted by the class-balanced weight of its class
+  (Cui et al. 2019), w_c = (1 - beta) / (1 - beta^n_c), normalised so the C
+  weights sum to C. The weighted loss is PyTorch's weighted cross-entropy:
+  sum_i w_i l_i / sum_i w_i over the batch the loss sees (`weighted_mean`).
+* RIDE (Wang et al. 2021) and the NBN reference's balanced-softmax RIDE
+  loss: per-expert losses on the ensemble's 'expert_logits' plus a
+  diversity term, summed over experts (`ride_loss`,
+  `ride_balanced_softmax_loss`); they need an ensemble model.
+
+Every "from epoch e on" is the step the learning-rate schedule starts epoch
+e at (`optim.epoch_start`), so re-weighting and a decay at the same epoch
+begin at the same step.
 """
 
+import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -18,8 +43,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-LOSSES = ('cross_entropy', 'balanced_softmax', 'logit_adjusted')
+from nbn_jax.training import optim
+
+LOSSES = (
+    'cross_entropy',
+    'balanced_softmax',
+    'logit_adjusted',
+    'ldam',
+    'ldam_drw',
+    'ride',
+    'ride_balanced_softmax',
+)
+# Losses that read each expert's logits: they need an ensemble model.
+ENSEMBLE_LOSSES = ('ride', 'ride_balanced_softmax')
+# Losses that change at `LossSettings.drw_epoch`.
+REWEIGHTING_LOSSES = ('ldam_drw', 'ride')
 LOGITS = 'logits'  # the key of the logits in a mapping of heads
+EXPERT_LOGITS = 'expert_logits'  # an ensemble's (E, B, C) per-expert logits
 
 
 class Progress(NamedTuple):
@@ -39,54 +79,398 @@ Outputs = jax.Array | Mapping[str, Any]
 Loss = Callable[[Outputs, jax.Array, Progress], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """The losses' constants; the config fields of the same names.
+
+  The defaults are those of the code each loss comes from (RIDE's
+  `RIDELoss`, LDAM-DRW's CIFAR training); recipes override them as their
+  configs do (RIDE's CIFAR-100-LT: diversity factor -0.45; ImageNet-LT:
+  re-weighting epoch 80, reweight factor 0.02).
+
+  Attributes:
+    logit_adjust_tau: 'logit_adjusted': the strength of the adjustment.
+    ldam_max_m: LDAM's largest class margin (the rarest class's).
+    ldam_scale: LDAM's s: the margin is subtracted as s * m_y.
+    drw_epoch: the (0-based) epoch re-weighting starts at: LDAM-DRW's
+      `epoch // 160` and RIDE's CIFAR `reweight_epoch` 160 (RIDE counts
+      epochs from 1 and re-weights from epoch > 160: the same epoch).
+    drw_beta: the class-balanced weights' beta.
+    ride_diversity_factor: the diversity term's factor (negative: the
+      experts are pushed away from the ensemble's mean).
+    ride_diversity_temperature: the diversity term's base temperature.
+    ride_reweight_factor: 'ride', from `drw_epoch` on: how far the
+      diversity temperatures follow the class prior
+      (`ride_diversity_temperatures`).
+  """
+
+  logit_adjust_tau: float = 1.0
+  ldam_max_m: float = 0.5
+  ldam_scale: float = 30.0
+  drw_epoch: float = 160.0
+  drw_beta: float = 0.9999
+  ride_diversity_factor: float = -0.2
+  ride_diversity_temperature: float = 1.0
+  ride_reweight_factor: float = 0.05
+
+
 def logits_of(outputs: Outputs) -> jax.Array:
   """The (B, C) logits of a model's output: itself, or its 'logits'."""
   return outputs[LOGITS] if isinstance(outputs, Mapping) else outputs
 
 
+def expert_logits_of(outputs: Outputs, loss: str) -> jax.Array:
+  """The (E, B, C) per-expert logits of an ensemble's output.
+
+  Raises:
+    ValueError: the model is not an ensemble (no 'expert_logits').
+  """
+  if not (isinstance(outputs, Mapping) and EXPERT_LOGITS in outputs):
+    raise ValueError(
+        f'loss={loss!r} needs the per-expert logits of an ensemble model '
+        f"(its output's {EXPERT_LOGITS!r}); this model returns only logits."
+    )
+  return outputs[EXPERT_LOGITS]
+
+
+def _float(x: jax.Array) -> jax.Array:
+  """`x` in float32, or in its own dtype when wider (float64)."""
+  return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+
+
+# --- The class constants (NumPy float64, from the training class counts) ------
+
+
+def log_prior(train_counts: np.ndarray) -> np.ndarray:
+  """(C,) float64 log of the training class frequencies."""
+  counts = np.asarray(train_counts, np.float64)
+  return np.log(counts / counts.sum())
+
+
+def ldam_margins(train_counts: np.ndarray, max_m: float) -> np.ndarray:
+  """(C,) float64 LDAM margins: m_c proportional to n_c^(-1/4), max max_m."""
+  margins = np.asarray(train_counts, np.float64) ** -0.25
+  return margins * (max_m / margins.max())
+
+
+def class_balanced_weights(train_counts: np.ndarray, beta: float) -> np.ndarray:
+  """(C,) float64 weights (1 - beta) / (1 - beta^n_c), summing to C.
+
+  beta = 0 gives all ones (LDAM-DRW's weights before re-weighting).
+  """
+  counts = np.asarray(train_counts, np.float64)
+  weights = (1.0 - beta) / (1.0 - beta**counts)
+  return weights * (len(counts) / weights.sum())
+
+
+def ride_diversity_temperatures(
+    train_counts: np.ndarray, reweight_factor: float
+) -> np.ndarray:
+  """(C,) float64 per-class factors of RIDE's re-weighted temperature.
+
+  t_c = C * p_c * r + 1 - r (p_c the class prior, r `reweight_factor`),
+  divided by its largest value: 1 for the most frequent class, less for
+  rarer ones. Their mean is 1 / max_c(C * p_c * r + 1 - r).
+
+  Raises:
+    ValueError: a factor is not positive (r too large for these counts).
+  """
+  counts = np.asarray(train_counts, np.float64)
+  prior = counts / counts.sum()
+  factors = len(counts) * prior * reweight_factor + 1.0 - reweight_factor
+  if not np.all(factors > 0):
+    raise ValueError(
+        f'ride_reweight_factor={reweight_factor} makes the diversity '
+        f'temperature of class {int(np.argmin(factors))} not positive; '
+        'use a value in [0, 1].'
+    )
+  return factors / factors.max()
+
+
+# --- The math -----------------------------------------------------------------
+
+
 def adjusted_cross_entropy(
-    logits: jax.Array, labels: jax.Array, log_prior: jax.Array, tau: float
+    logits: jax.Array, labels: jax.Array, log_prior: np.ndarray, tau: float
 ) -> jax.Array:
   """Per-example softmax cross-entropy of logits + tau * log_prior.
 
   Args:
-    logits: (B, C) float32.
+    logits: (..., B, C) float.
     labels: (B,) int.
     log_prior: (C,) log of the training class frequencies.
     tau: strength of the adjustment.
 
   Returns:
-    (B,) losses.
+    (..., B) losses.
   """
+  logits = _float(logits)
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits + tau * log_prior, labels
+      logits + tau * jnp.asarray(log_prior, logits.dtype),
+      jnp.broadcast_to(labels, logits.shape[:-1]),
   )
 
 
-def log_prior(train_counts: np.ndarray) -> jax.Array:
-  """(C,) float32 log of the training class frequencies."""
-  counts = np.asarray(train_counts)
-  return jnp.log(jnp.asarray(counts / counts.sum(), jnp.float32))
+def ldam_cross_entropy(
+    logits: jax.Array, labels: jax.Array, margins: np.ndarray, scale: float
+) -> jax.Array:
+  """Per-example cross-entropy with the target logit lowered by s * m_y.
+
+  Args:
+    logits: (..., B, C) float, already scaled by s (RIDE's convention).
+    labels: (B,) int.
+    margins: (C,) class margins m_c (`ldam_margins`).
+    scale: s.
+
+  Returns:
+    (..., B) losses.
+  """
+  logits = _float(logits)
+  margins = jnp.asarray(margins, logits.dtype)
+  target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  shifted = logits - scale * margins[labels][:, None] * target
+  return optax.softmax_cross_entropy_with_integer_labels(
+      shifted, jnp.broadcast_to(labels, logits.shape[:-1])
+  )
 
 
-def make_loss(name: str, train_counts: np.ndarray, tau: float = 1.0) -> Loss:
+def weighted_mean(losses: jax.Array, weights: jax.Array) -> jax.Array:
+  """Per-example terms whose batch mean is PyTorch's weighted mean.
+
+  `F.cross_entropy(..., weight=w)` reduces to sum_i w_i l_i / sum_i w_i
+  over the batch it is given; the term of example i is
+  l_i * w_i * B / sum_j w_j, so that their mean, what the train step takes,
+  is that value.
+
+  The batch is the one the loss sees: the global batch under
+  `bn_scope='global'`, one device's shard under 'device' and 'group' (the
+  step runs the loss per device, `steps.apply_batch`). There the step's
+  loss is the mean over devices of each device's weighted mean, and so is
+  its gradient: what PyTorch DDP computes, each rank weighting its own
+  batch and the gradients averaged over ranks. The two scopes differ
+  whenever the devices' label mixes do.
+
+  Args:
+    losses: (..., B) per-example losses.
+    weights: (B,) per-example weights.
+
+  Returns:
+    (..., B) terms.
+  """
+  return losses * weights * (weights.shape[0] / jnp.sum(weights))
+
+
+def diversity_kl(
+    logits: jax.Array, mean_logits: jax.Array, temperatures: jax.Array
+) -> jax.Array:
+  """Per-example KL(softmax(mean / T) || softmax(logits / T)).
+
+  The ensemble's distribution is a constant (no gradient flows into
+  `mean_logits`), as in RIDE; PyTorch's `F.kl_div(log q, p)` with
+  reduction 'batchmean' is the batch mean of these.
+
+  Args:
+    logits: (..., B, C) one expert's (or each expert's) logits.
+    mean_logits: (B, C) the ensemble's mean logits.
+    temperatures: () or (C,) T, one per class or one for all.
+
+  Returns:
+    (..., B) divergences.
+  """
+  logits = _float(logits)
+  temperatures = jnp.asarray(temperatures, logits.dtype)
+  log_p = jax.nn.log_softmax(
+      jax.lax.stop_gradient(_float(mean_logits)) / temperatures
+  )
+  log_q = jax.nn.log_softmax(logits / temperatures)
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def ride_loss(
+    expert_logits: jax.Array,
+    mean_logits: jax.Array,
+    labels: jax.Array,
+    class_weights: jax.Array,
+    temperatures: jax.Array,
+    margins: np.ndarray,
+    settings: LossSettings,
+) -> jax.Array:
+  """RIDE's loss (its `RIDELoss` with class counts), per example.
+
+  Summed over experts e: LDAM on expert e's logits, a weighted mean over
+  the batch with the class weights, plus
+
+      factor * mean_c(T_c)^2 * KL(softmax(mean / T) || softmax(expert_e / T))
+
+  with T the per-class `temperatures` (RIDE divides each class's logit by
+  its own T_c, and scales the term by the square of their mean).
+
+  As in RIDE, a diversity factor of 0 trains the ensemble's mean: the LDAM
+  term then reads the mean logits, once per expert.
+
+  Args:
+    expert_logits: (E, B, C) each expert's logits.
+    mean_logits: (B, C) their mean (the model's 'logits').
+    labels: (B,) int.
+    class_weights: (C,) the LDAM term's class weights (ones before
+      re-weighting, then `class_balanced_weights`).
+    temperatures: (C,) the diversity temperatures (the base temperature
+      before re-weighting, then times `ride_diversity_temperatures`).
+    margins: (C,) LDAM's margins.
+    settings: the loss's constants.
+
+  Returns:
+    (B,) terms whose batch mean is RIDE's loss.
+  """
+  factor = settings.ride_diversity_factor
+  ldam_inputs = (
+      jnp.broadcast_to(mean_logits, expert_logits.shape)
+      if factor == 0
+      else expert_logits
+  )
+  ldam = weighted_mean(
+      ldam_cross_entropy(ldam_inputs, labels, margins, settings.ldam_scale),
+      class_weights[labels],
+  )
+  diversity = diversity_kl(expert_logits, mean_logits, temperatures)
+  scale = factor * jnp.mean(temperatures) ** 2
+  return jnp.sum(ldam + scale * diversity, axis=0)
+
+
+def ride_balanced_softmax_loss(
+    expert_logits: jax.Array,
+    mean_logits: jax.Array,
+    labels: jax.Array,
+    log_prior: np.ndarray,
+    settings: LossSettings,
+) -> jax.Array:
+  """The NBN reference's balanced-softmax RIDE loss, per example.
+
+  Summed over experts e: balanced softmax on expert e's logits (the
+  cross-entropy of logits + log prior), plus
+  factor * T^2 * KL(softmax(mean / T) || softmax(expert_e / T)) with the
+  one base temperature T. No margin, no re-weighting.
+
+  Args:
+    expert_logits: (E, B, C), mean_logits: (B, C), labels: (B,).
+    log_prior: (C,) log of the training class frequencies.
+    settings: the loss's constants.
+
+  Returns:
+    (B,) terms whose batch mean is the reference's loss.
+  """
+  temperature = settings.ride_diversity_temperature
+  balanced = adjusted_cross_entropy(expert_logits, labels, log_prior, 1.0)
+  diversity = diversity_kl(expert_logits, mean_logits, temperature)
+  scale = settings.ride_diversity_factor * temperature**2
+  return jnp.sum(balanced + scale * diversity, axis=0)
+
+
+# --- The factory --------------------------------------------------------------
+
+
+def make_loss(
+    name: str,
+    train_counts: np.ndarray,
+    settings: LossSettings = LossSettings(),
+    steps_per_epoch: float | None = None,
+) -> Loss:
   """The loss `name` (one of `LOSSES`): (outputs, labels, progress) -> (B,).
 
   Args:
-    name: 'cross_entropy', 'balanced_softmax' or 'logit_adjusted'.
-    train_counts: (C,) training examples per class (the class prior).
-    tau: 'logit_adjusted' only: the strength of the adjustment.
+    name: 'cross_entropy', 'balanced_softmax', 'logit_adjusted', 'ldam',
+      'ldam_drw' (LDAM, re-weighted from `settings.drw_epoch` on), 'ride'
+      or 'ride_balanced_softmax' (`ENSEMBLE_LOSSES`: read the outputs'
+      'expert_logits').
+    train_counts: (C,) training examples per class.
+    settings: the losses' constants.
+    steps_per_epoch: the training stream's (fractional) steps per epoch;
+      needed by the losses that re-weight (`REWEIGHTING_LOSSES`), which
+      switch at step `optim.epoch_start(settings.drw_epoch,
+      steps_per_epoch)`, read from `Progress.step`.
+
+  Raises:
+    ValueError: an unknown name, a re-weighting loss without
+      `steps_per_epoch`, or a reweight factor these counts make invalid.
   """
+  if name not in LOSSES:
+    raise ValueError(f'loss={name!r} is not one of {LOSSES}.')
   if name == 'cross_entropy':
     return lambda outputs, labels, progress: (
         optax.softmax_cross_entropy_with_integer_labels(
-            logits_of(outputs), labels
+            _float(logits_of(outputs)), labels
         )
     )
-  if name not in LOSSES:
-    raise ValueError(f'loss={name!r} is not one of {LOSSES}.')
-  prior = log_prior(train_counts)
-  tau = 1.0 if name == 'balanced_softmax' else tau
-  return lambda outputs, labels, progress: adjusted_cross_entropy(
-      logits_of(outputs), labels, prior, tau
+  if name in ('balanced_softmax', 'logit_adjusted'):
+    prior = log_prior(train_counts)
+    tau = 1.0 if name == 'balanced_softmax' else settings.logit_adjust_tau
+    return lambda outputs, labels, progress: adjusted_cross_entropy(
+        logits_of(outputs), labels, prior, tau
+    )
+  if name == 'ride_balanced_softmax':
+    prior = log_prior(train_counts)
+    return lambda outputs, labels, progress: ride_balanced_softmax_loss(
+        expert_logits_of(outputs, name),
+        logits_of(outputs),
+        labels,
+        prior,
+        settings,
+    )
+
+  margins = ldam_margins(train_counts, settings.ldam_max_m)
+  if name == 'ldam':
+    return lambda outputs, labels, progress: ldam_cross_entropy(
+        logits_of(outputs), labels, margins, settings.ldam_scale
+    )
+  if steps_per_epoch is None:
+    raise ValueError(
+        f'loss={name!r} re-weights from drw_epoch on: give steps_per_epoch.'
+    )
+  reweight_from = optim.epoch_start(settings.drw_epoch, steps_per_epoch)
+  num_classes = len(train_counts)
+  balanced = class_balanced_weights(train_counts, settings.drw_beta)
+
+  def class_weights(progress: Progress, dtype) -> jax.Array:
+    """(C,): ones before the re-weighting step, then the balanced weights."""
+    return jnp.where(
+        progress.step >= reweight_from,
+        jnp.asarray(balanced, dtype),
+        jnp.ones(num_classes, dtype),
+    )
+
+  if name == 'ldam_drw':
+
+    def ldam_drw(outputs, labels, progress):
+      logits = _float(logits_of(outputs))
+      weights = class_weights(progress, logits.dtype)
+      return weighted_mean(
+          ldam_cross_entropy(logits, labels, margins, settings.ldam_scale),
+          weights[labels],
+      )
+
+    return ldam_drw
+
+  base = settings.ride_diversity_temperature
+  reweighted_temperatures = base * ride_diversity_temperatures(
+      train_counts, settings.ride_reweight_factor
   )
+
+  def ride(outputs, labels, progress):
+    expert_logits = _float(expert_logits_of(outputs, name))
+    dtype = expert_logits.dtype
+    temperatures = jnp.where(
+        progress.step >= reweight_from,
+        jnp.asarray(reweighted_temperatures, dtype),
+        jnp.full(num_classes, base, dtype),
+    )
+    return ride_loss(
+        expert_logits,
+        logits_of(outputs),
+        labels,
+        class_weights(progress, dtype),
+        temperatures,
+        margins,
+        settings,
+    )
+
+  return ride

@@ -64,8 +64,8 @@ def learning_rate_schedule(
       uses base_rate * (e + 1) / warmup_epochs (LDAM-DRW's staircase; needs
       a whole number of `warmup_epochs`).
 
-  Epoch e starts at step round(e * steps_per_epoch), for the warm-up's
-  stairs and the decay epochs alike.
+  Epoch e starts at step `epoch_start(e, steps_per_epoch)`, for the
+  warm-up's stairs and the decay epochs alike.
   """
   if schedule not in SCHEDULES:
     raise ValueError(f'schedule={schedule!r} is not one of {SCHEDULES}.')
@@ -79,7 +79,7 @@ def learning_rate_schedule(
         f'warmup_epochs={warmup_epochs} must be a whole number of epochs '
         "with warmup_granularity='epoch'; use 'step' for a fractional one."
     )
-  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  warmup_steps = epoch_start(warmup_epochs, steps_per_epoch)
   boundaries = _epoch_starts(lr_decay_epochs, steps_per_epoch)
   # Starts of warm-up epochs 1 .. warmup_epochs - 1 (the stairs' risers).
   stairs = _epoch_starts(range(1, int(warmup_epochs)), steps_per_epoch)
@@ -104,9 +104,20 @@ def learning_rate_schedule(
   return rate
 
 
+def epoch_start(epoch: float, steps_per_epoch: float) -> int:
+  """The first step of epoch `epoch` (0-based) in the continuous stream.
+
+  Epochs do not end on batch boundaries (`steps_per_epoch` is fractional),
+  so epoch e starts at the step nearest to e * steps_per_epoch. Every
+  "from epoch e on" of a run uses this step: the schedule's warm-up stairs
+  and decays, and the losses' re-weighting epoch (`losses.make_loss`).
+  """
+  return int(round(epoch * steps_per_epoch))
+
+
 def _epoch_starts(epochs, steps_per_epoch: float) -> jax.Array:
   """(len(epochs),) int32: the first step of each epoch in `epochs`."""
-  return jnp.array([int(round(e * steps_per_epoch)) for e in epochs], jnp.int32)
+  return jnp.array([epoch_start(e, steps_per_epoch) for e in epochs], jnp.int32)
 
 
 def weight_decay_mask(params, exempt: Sequence[tuple[str, ...]] = ()):

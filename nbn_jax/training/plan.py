@@ -215,6 +215,14 @@ def build_optimizer(
   return tx, schedule
 
 
+def loss_settings(config: ml_collections.ConfigDict) -> losses.LossSettings:
+  """The losses' constants: the config fields named as `LossSettings`'."""
+  return losses.LossSettings(**{
+      field.name: config[field.name]
+      for field in dataclasses.fields(losses.LossSettings)
+  })
+
+
 def build_step_config(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -223,11 +231,18 @@ def build_step_config(
     train_counts: np.ndarray,
     length: 'RunLength',
 ) -> steps.StepConfig:
+  try:
+    loss_fn = losses.make_loss(
+        config.loss,
+        train_counts,
+        loss_settings(config),
+        length.steps_per_epoch,
+    )
+  except ValueError as e:  # a setting these class counts make invalid
+    raise ConfigError(f'config.{e}') from None
   return steps.StepConfig(
       model=model,
-      loss_fn=losses.make_loss(
-          config.loss, train_counts, config.logit_adjust_tau
-      ),
+      loss_fn=loss_fn,
       topology=topology,
       global_batch_size=config.batch_size,
       prepare=functools.partial(

@@ -38,6 +38,20 @@ def _check(config, device_count=8):
             'config.batch_size=100 is not divisible by the 8 devices',
         ),
         ('eval_batch_size', 12, 'config.eval_batch_size=12 is not divisible'),
+        ('ldam_scale', 0.0, 'config.ldam_scale=0.0 must be > 0'),
+        ('ldam_max_m', -0.5, 'config.ldam_max_m=-0.5 must be >= 0'),
+        ('drw_epoch', -1.0, 'config.drw_epoch=-1.0 must be >= 0'),
+        ('drw_beta', 1.0, r'config.drw_beta=1.0 must be in \[0, 1\)'),
+        (
+            'ride_diversity_temperature',
+            0.0,
+            'config.ride_diversity_temperature=0.0 must be > 0',
+        ),
+        (
+            'ride_reweight_factor',
+            -0.05,
+            'config.ride_reweight_factor=-0.05 must be >= 0',
+        ),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
@@ -119,3 +133,28 @@ def test_warmup_by_epoch_needs_whole_epochs():
 def test_a_step_limit_is_positive_or_the_whole_run(steps):
   with pytest.raises(ConfigError, match='config.num_train_steps'):
     _check(tiny_config(num_train_steps=steps))
+
+
+@pytest.mark.parametrize('loss', ['ride', 'ride_balanced_softmax'])
+def test_the_ride_losses_need_an_ensemble_model(loss):
+  with pytest.raises(
+      ConfigError,
+      match=(
+          f"config.loss='{loss}' needs an ensemble model .* "
+          "config.model='ResNet32' is not one"
+      ),
+  ) as e:
+    _check(tiny_config(model='ResNet32', loss=loss))
+  assert '\n' not in str(e.value)
+
+
+def test_a_reweighting_epoch_after_the_run_is_refused():
+  config = tiny_config(loss='ldam_drw', num_epochs=90.0)  # drw_epoch 160
+  with pytest.raises(
+      ConfigError, match='config.drw_epoch=160.0 is not before the end'
+  ):
+    _check(config)
+  config.drw_epoch = 80.0
+  _check(config)
+  # Without re-weighting the field is not read.
+  _check(tiny_config(loss='ldam', num_epochs=90.0))

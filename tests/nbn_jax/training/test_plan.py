@@ -9,10 +9,11 @@ import numpy as np
 import optax
 import pytest
 
+import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, default, imagenet_lt, inat2018
 from configs import quickstart
 from nbn_jax import models
-from nbn_jax.training import checks, optim, plan, steps
+from nbn_jax.training import checks, losses, optim, plan, steps
 from nbn_jax.training.errors import ConfigError
 from tests.nbn_jax.training.builders import (
     random_batches,
@@ -174,6 +175,59 @@ def test_the_schedule_follows_the_config():
   assert float(core.learning_rate(0)) == pytest.approx(0.4 / 3)
   assert float(core.learning_rate(4)) == pytest.approx(0.4)
   assert float(core.learning_rate(7)) == pytest.approx(0.2)
+
+
+# --- The loss -------------------------------------------------------------
+
+
+def test_the_losses_constants_are_config_fields():
+  values = dict(
+      logit_adjust_tau=2.0,
+      ldam_max_m=0.3,
+      ldam_scale=16.0,
+      drw_epoch=1.0,
+      drw_beta=0.999,
+      ride_diversity_factor=-0.45,
+      ride_diversity_temperature=1.5,
+      ride_reweight_factor=0.02,
+  )
+  assert plan.loss_settings(tiny_config(**values)) == losses.LossSettings(
+      **values
+  )
+  # The defaults of the config and of the losses are the same (RIDE's).
+  assert plan.loss_settings(default.get_config()) == losses.LossSettings()
+
+
+def test_the_plans_loss_reweights_from_the_schedules_epoch_start():
+  # 100 images, batch 16: epoch 1 starts at step round(6.25) = 6.
+  counts = np.array([40, 20, 10, 10, 5, 5, 4, 3, 2, 1])
+  core = tiny_step_plan(
+      tiny_config(loss='ldam_drw', drw_epoch=1.0), train_counts=counts
+  )
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(16, 10)))
+  labels = jnp.arange(16) % 10
+  value = lambda step: float(
+      core.step_config.loss_fn(
+          logits, labels, steps.progress(core.step_config, jnp.int32(step))
+      ).mean()
+  )
+  assert value(0) == value(5) != value(6)
+
+
+def test_a_reweight_factor_the_class_counts_refuse_is_a_config_error():
+  config = tiny_config(loss='ride', ride_reweight_factor=2.0)
+  core = tiny_step_plan()
+  with pytest.raises(
+      ConfigError, match='config.ride_reweight_factor=2.0 makes the diversity'
+  ):
+    plan.build_step_config(
+        config,
+        core.model,
+        core.topology,
+        ip.DATASETS['cifar10'],
+        np.array([90, 2, 2, 2, 1, 1, 1, 1, 1, 1]),
+        core.length,
+    )
 
 
 # --- Group statistics, end to end -------------------------------------------
