@@ -34,6 +34,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import default
+
 from nbn_jax.training import USER_ERRORS, train_and_evaluate
 from nbn_jax.training import plan, preemption, workdir as workdir_lib
 
@@ -202,6 +204,7 @@ def run(values: flags.FlagValues) -> int:
       config.to_dict(),
       allow_config_change=values.allow_config_change,
       process_index=jax.process_index(),
+      defaults=default.get_config().to_dict(),
   ):
     if jax.process_count() > 1:
       logging.info(

@@ -390,6 +390,20 @@ def test_a_changed_log_frequency_is_accepted(tmp_path):
     assert changes == {}
 
 
+def test_a_workdir_recorded_before_a_new_field_resumes(tmp_path, monkeypatch):
+  """A field added since the run started, at its default, is no change."""
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  older = quickstart.get_config().to_dict()
+  for field in ('ldam_max_m', 'finetune_from'):  # before these existed
+    del older[field]
+  workdir_lib.record_config(str(workdir), older)
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: {})
+  args = ['train.py', f'--workdir={workdir}', f'--config={QUICKSTART}']
+  assert train.main(args) == 0
+  assert train.main([*args, '--config.ldam_max_m=0.3']) == 1  # a change
+
+
 def test_no_workdir_flag_is_one_line(capfd):
   assert train.main(['train.py', f'--config={QUICKSTART}']) == 1
   assert capfd.readouterr().err == 'error: --workdir is required.\n'

@@ -73,19 +73,29 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 def changed_fields(
-    recorded: Mapping[str, Any], config: Mapping[str, Any]
+    recorded: Mapping[str, Any],
+    config: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[Any, Any]]:
   """{field: (recorded value, new value)} of result-changing differences.
 
   A field present on one side only counts as changed (value None on the
-  other side).
+  other side), unless it is new since the run was recorded and has its
+  value in `defaults`: a config recorded before a field existed ran as its
+  default says (new fields default to the behaviour before them).
   """
   old, new = _flatten(recorded), _flatten(config)
+  default = _flatten(defaults or {})
   return {
       field: (old.get(field), new.get(field))
       for field in sorted(old.keys() | new.keys())
       if field.split('.')[0] not in NEUTRAL_FIELDS
       and old.get(field) != new.get(field)
+      and not (
+          field not in old
+          and field in default
+          and new.get(field) == default[field]
+      )
   }
 
 
@@ -105,9 +115,14 @@ def recorded_config(workdir: str) -> dict[str, Any] | None:
 
 
 def check_unchanged_config(
-    workdir: str, config: Mapping[str, Any], allow_changes: bool = False
+    workdir: str,
+    config: Mapping[str, Any],
+    allow_changes: bool = False,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[Any, Any]]:
   """Refuses a config that differs from the recorded one in a result field.
+
+  `defaults`: every field's default (`changed_fields`).
 
   Returns:
     The allowed changes (empty unless `allow_changes`).
@@ -118,7 +133,7 @@ def check_unchanged_config(
   recorded = recorded_config(workdir)
   if recorded is None:
     return {}
-  changes = changed_fields(recorded, config)
+  changes = changed_fields(recorded, config, defaults)
   if changes and not allow_changes:
     listed = ', '.join(
         f'{field} ({old!r} -> {new!r})' for field, (old, new) in changes.items()
@@ -271,6 +286,7 @@ def claim(
     config: Mapping[str, Any],
     allow_config_change: bool = False,
     process_index: int = 0,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, tuple[Any, Any]]]:
   """Holds `workdir` for one run (see the module docstring).
 
@@ -292,7 +308,9 @@ def claim(
           f'--workdir={workdir} is not writable ({e.strerror}).'
       ) from None
     try:
-      yield check_unchanged_config(workdir, config, allow_config_change)
+      yield check_unchanged_config(
+          workdir, config, allow_config_change, defaults
+      )
     finally:
       lock.release()
   finally:

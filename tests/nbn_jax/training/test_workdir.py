@@ -80,6 +80,15 @@ class TestConfigCheck:
   def test_a_field_missing_on_one_side_counts_as_changed(self):
     assert wd.changed_fields({'a': 1}, {'a': 1, 'b': 2}) == {'b': (None, 2)}
 
+  def test_a_field_newer_than_the_record_at_its_default_is_unchanged(self):
+    defaults = {'a': 0, 'b': 2}
+    assert wd.changed_fields({'a': 1}, {'a': 1, 'b': 2}, defaults) == {}
+    assert wd.changed_fields({'a': 1}, {'a': 1, 'b': 3}, defaults) == {
+        'b': (None, 3)
+    }
+    # A field the record has counts even at its default.
+    assert wd.changed_fields({'a': 1}, {'a': 0}, defaults) == {'a': (1, 0)}
+
   def test_allowed_changes_are_returned(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
     changes = wd.check_unchanged_config(
