@@ -198,25 +198,24 @@ class TestNBNPlacement:
 
 class TestOutputs:
 
-  @pytest.mark.parametrize('num_experts', [1, 2, 5])
-  @pytest.mark.parametrize('train', [True, False])
-  def test_logits_are_the_plain_mean_of_the_experts(
-      self, num_experts, train, images
-  ):
+  @pytest.mark.parametrize('num_experts', [1, 4])
+  def test_logits_are_the_plain_mean_of_the_experts(self, num_experts, images):
     x = images((4, 32, 32, 3))
     model = models.RIDEResNet8(7, num_experts=num_experts)
-    outputs = model.apply(
-        _init(model, x), x, train=train, mutable=['batch_stats']
-    )[0]
-    assert set(outputs) == {models.LOGITS, models.EXPERT_LOGITS}
-    assert outputs['expert_logits'].shape == (num_experts, 4, 7)
-    np.testing.assert_allclose(
-        outputs['logits'], outputs['expert_logits'].mean(0), rtol=1e-6
-    )
-    if num_experts > 1:  # experts are initialised independently
-      assert not np.allclose(
-          outputs['expert_logits'][0], outputs['expert_logits'][1]
+    variables = _init(model, x)
+    for train in (True, False):
+      outputs = model.apply(variables, x, train=train, mutable=['batch_stats'])[
+          0
+      ]
+      assert set(outputs) == {models.LOGITS, models.EXPERT_LOGITS}
+      assert outputs['expert_logits'].shape == (num_experts, 4, 7)
+      np.testing.assert_allclose(
+          outputs['logits'], outputs['expert_logits'].mean(0), rtol=1e-6
       )
+      if num_experts > 1:  # experts are initialised independently
+        assert not np.allclose(
+            outputs['expert_logits'][0], outputs['expert_logits'][1]
+        )
 
   def test_each_expert_owns_its_stages_and_head(self):
     params = abstract_variables(models.RIDEResNet14(10), IMAGENET_STYLE)[
