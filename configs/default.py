@@ -38,11 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.few_threshold = 20  # Few: fewer training images than this
 
   # --- Model ----------------------------------------------------------------
-  config.model = 'ResNet32'  # a name in nbn_jax.models
+  config.model = 'ResNet32'  # a name in nbn_jax.models.MODELS
   config.norm = 'nbn'  # nbn or bn (the baseline)
   # Where NBN goes. None (the default): the model's own reference placement
   # (ResNet-50/ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last
-  # stage's bn2 and its shortcut BN), all sharing one alpha. Set a field to
+  # stage's bn2 and its shortcut BN), all sharing one alpha; RIDE ensembles:
+  # every BN of each expert's last stage, one alpha per expert. Set a field to
   # override just that part: 0-based stages, e.g. (2,); block BN names, e.g.
   # ('bn2',); projection-shortcut BN (bool); one shared alpha (bool).
   config.nbn_stages = config_dict.placeholder(tuple)
@@ -51,6 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.nbn_shared_alpha = config_dict.placeholder(bool)
   config.shortcut = 'A'  # CIFAR ResNets: A (zero-padding, LDAM) or B
   config.logit_norm = False  # the reference's logit-rectification head
+  # None (the default): the model's own value. RIDE ensembles (RIDE*
+  # models): experts (3), RIDE's narrower experts (off). Every ResNet: the
+  # classifier, linear or cosine (LDAM's/RIDE's normalised one times
+  # cosine_scale, 30); linear, except RIDEResNet32's cosine.
+  config.num_experts = config_dict.placeholder(int)
+  config.reduce_dimension = config_dict.placeholder(bool)
+  config.classifier = config_dict.placeholder(str)
+  config.cosine_scale = config_dict.placeholder(float)
   config.half_precision = False  # bfloat16 compute, float32 parameters
   # BN statistics over: global (the whole batch), device (each device's
   # shard, as the reference's DDP), group (bn_group_size devices).

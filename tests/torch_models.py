@@ -9,7 +9,8 @@ Written from docs/method.md ("The reference's checkpoints"), test-only:
   such module (20), and only the layer4 ones are scaled, all by entry 0.
 
 LDAM's CIFAR ResNet-32 in PyTorch is the trainer's oracle,
-`tests.torch_resnet32.ResNet32` (LDAM's names, the NBN scalar ``alpha``).
+`tests.torch_resnet32.ResNet32` (LDAM's names, the NBN scalar ``alpha``);
+the RIDE ensembles are `tests.torch_ride`.
 
 `randomize` gives every parameter and statistic random values, so a
 converted model can only match if every tensor lands in the right place.
@@ -34,25 +35,32 @@ class NBNBatchNorm2d(torch_resnet32.NormalizedBatchNorm2d):
 
 
 class Bottleneck(nn.Module):
-  """torchvision's Bottleneck (stride on the 3x3), ResNeXt's with groups."""
+  """torchvision's Bottleneck (stride on the 3x3), ResNeXt's with groups.
 
-  def __init__(self, inplanes, planes, stride, groups, base_width, nbn):
+  `nbn_norms`: which of 'bn1', 'bn2', 'bn3', 'downsample' are of the NBN
+  class (plain BN until their model sets alpha).
+  """
+
+  def __init__(self, inplanes, planes, stride, groups, base_width, nbn_norms):
     super().__init__()
     width = int(planes * base_width / 64) * groups
     out = planes * 4
+    norm = lambda name, channels: (
+        NBNBatchNorm2d if name in nbn_norms else nn.BatchNorm2d
+    )(channels)
     self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
+    self.bn1 = norm('bn1', width)
     self.conv2 = nn.Conv2d(
         width, width, 3, stride, 1, groups=groups, bias=False
     )
-    self.bn2 = nn.BatchNorm2d(width)
+    self.bn2 = norm('bn2', width)
     self.conv3 = nn.Conv2d(width, out, 1, bias=False)
-    self.bn3 = (NBNBatchNorm2d if nbn else nn.BatchNorm2d)(out)
+    self.bn3 = norm('bn3', out)
     self.downsample = None
     if stride != 1 or inplanes != out:
       self.downsample = nn.Sequential(
           nn.Conv2d(inplanes, out, 1, stride, bias=False),
-          (NBNBatchNorm2d if nbn else nn.BatchNorm2d)(out),
+          norm('downsample', out),
       )
 
   def forward(self, x):
@@ -84,7 +92,12 @@ class ResNet(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         blocks.append(
             Bottleneck(
-                inplanes, 64 * 2**stage, stride, groups, width_per_group, nbn
+                inplanes,
+                64 * 2**stage,
+                stride,
+                groups,
+                width_per_group,
+                ('bn3', 'downsample') if nbn else (),
             )
         )
         inplanes = 64 * 2**stage * 4

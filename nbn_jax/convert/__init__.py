@@ -20,13 +20,27 @@ Names read (method.md, "The reference's checkpoints"):
 * CIFAR ResNet-32 (`nbn_jax.models.CifarResNet`): LDAM's, ``conv1``,
   ``bn1``, ``layer{1-3}.{i}.conv{1,2}`` / ``bn{1,2}``, ``linear``
   (option-B shortcuts: ``shortcut.{0,1}``).
-* The NBN scalar: ``scale_factor``, a vector of which only entry 0 is read
-  (the reference's layout), or a scalar ``alpha`` (the PyTorch ResNet-32 in
-  bench/torch_resnet32.py), becomes ``nbn_alpha``.
+* RIDE ensembles (`nbn_jax.models.RIDEEnsemble`): the reference's
+  `resnet50_ride_NBN` (and RIDE's own networks): the shared parts named as
+  above, expert e's stages ``layer3s.<e>.{i}...`` and ``layer4s.<e>.{i}...``
+  (CIFAR: ``layer2s.<e>``, ``layer3s.<e>``) and its head ``linears.<e>``.
+* The logit-rectification BN (`logit_norm`), the reference's
+  `Linear_fcbn_notaffine`: ``fc.bn`` (RIDE: ``linears.<e>.bn``), its
+  running statistics. A cosine classifier's weight (LDAM's and RIDE's
+  NormedLinear) is kept as (in, out) by PyTorch, as flax does.
+* The NBN scalar: ``scale_factor``, a vector (one entry per BN module of
+  the reference's networks: 20 in ResNet-50, 111 in its RIDE ResNet-50) of
+  which entry 0 becomes ``nbn_alpha`` and, in a RIDE ensemble, entry e
+  expert e's ``expert_{e}/nbn_alpha``; or a scalar ``alpha`` (the PyTorch
+  ResNet-32 in tests/torch_resnet32.py).
 * BN ``weight``/``bias`` are the raw NBN vectors (NBN layers) or the plain
   BN affine; ``running_mean``/``running_var`` the statistics;
   ``num_batches_tracked`` is ignored; a ``module.`` prefix (DataParallel,
   DDP) is removed.
+
+A checkpoint that does not fit the model is refused with one line naming
+the first differing key and the network the checkpoint looks like
+(`looks_like`).
 """
 
 from typing import Any, Mapping
@@ -39,26 +53,48 @@ from nbn_jax.models.cifar_resnet import CifarResNet
 from nbn_jax.models.common import NBN_ALPHA
 
 Path = tuple[str, ...]
-# The reference's NBN scalars; entry 0 is the one its ResNets read.
+# The reference's NBN scalars; entry 0 is the one its ResNets read, entries
+# 0..E-1 those of its RIDE experts.
 TORCH_ALPHA = 'scale_factor'
-# The same as one scalar (our PyTorch ResNet-32, bench/torch_resnet32.py).
+# The same as one scalar (our PyTorch ResNet-32, tests/torch_resnet32.py).
 TORCH_SCALAR_ALPHA = 'alpha'
 IGNORED_SUFFIXES = ('num_batches_tracked',)
+EXPERT = 'expert_'  # the flax module of expert e is expert_{e}
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint does not hold the network the config describes."""
 
 
-def _torch_module(name: str, cifar: bool) -> str:
-  """One flax module name -> its PyTorch counterpart."""
-  if name.startswith('layer'):  # layer2_0 -> layer2.0
-    return name.replace('_', '.')
+def _expert_of(path: Path) -> int | None:
+  """The expert a variable belongs to (its path starts with expert_{e})."""
+  if path and path[0].startswith(EXPERT):
+    return int(path[0][len(EXPERT) :])
+  return None
+
+
+def _torch_module(name: str, cifar: bool, expert: int | None) -> str:
+  """One flax module name -> its PyTorch counterpart.
+
+  `expert`: the RIDE expert the module belongs to, whose stages and head
+  are entries of RIDE's ModuleLists (``layer3s.<e>``, ``linears.<e>``).
+  """
+  head = 'linear' if cifar else 'fc'
+  if expert is not None:
+    head = f'linears.{expert}'
+  if name.startswith('layer'):  # layer2_0 -> layer2.0, or layer2s.<e>.0
+    stage, block = name.split('_')
+    return (
+        f'{stage}s.{expert}.{block}'
+        if expert is not None
+        else (f'{stage}.{block}')
+    )
   shortcut = 'shortcut' if cifar else 'downsample'
   return {
       'downsample_conv': f'{shortcut}.0',
       'downsample_bn': f'{shortcut}.1',
-      'fc': 'linear' if cifar else 'fc',
+      'fc': head,
+      'logit_norm': f'{head}.bn',  # the reference's Linear_fcbn_notaffine
   }.get(name, name)
 
 
@@ -68,13 +104,17 @@ def torch_name(collection: str, path: Path, cifar: bool) -> str:
   Args:
     collection: 'params' or 'batch_stats'.
     path: module names then the variable name, e.g.
-      ``('layer4_0', 'downsample_bn', 'scale')``.
+      ``('layer4_0', 'downsample_bn', 'scale')`` or, in a RIDE ensemble,
+      ``('expert_1', 'layer4_0', 'bn1', 'scale')``.
     cifar: LDAM's CIFAR names (``linear``, ``shortcut``) rather than
       torchvision's.
   """
-  if path == (NBN_ALPHA,):
-    return TORCH_ALPHA
   *modules, leaf = path
+  if leaf == NBN_ALPHA:
+    return TORCH_ALPHA
+  expert = _expert_of(path)
+  if expert is not None:
+    modules = modules[1:]
   leaf = {
       'kernel': 'weight',
       'scale': 'weight',
@@ -83,22 +123,46 @@ def torch_name(collection: str, path: Path, cifar: bool) -> str:
       'var': 'running_var',
   }.get(leaf, leaf)
   del collection  # the leaf names are unique across collections
-  return '.'.join([_torch_module(m, cifar) for m in modules] + [leaf])
+  return '.'.join([_torch_module(m, cifar, expert) for m in modules] + [leaf])
 
 
-def _to_flax(array: np.ndarray, like: Any, torch_key: str) -> np.ndarray:
-  """A PyTorch tensor (as NumPy) in flax's layout and `like`'s dtype."""
+def alpha_entry(path: Path) -> int:
+  """The entry of ``scale_factor`` a flax ``nbn_alpha`` reads.
+
+  Expert e's: entry e (the reference's RIDE model); the network's own:
+  entry 0 (its ResNets).
+  """
+  expert = _expert_of(path)
+  return 0 if expert is None else expert
+
+
+def _to_flax(
+    array: np.ndarray, like: Any, torch_key: str, path: Path, cosine: bool
+) -> np.ndarray:
+  """A PyTorch tensor (as NumPy) in flax's layout and `like`'s dtype.
+
+  `cosine`: the classifier is a cosine one, whose weight PyTorch keeps as
+  (in, out) already (NormedLinear).
+  """
   if torch_key == TORCH_ALPHA:
-    array = array.reshape(-1)[0]
+    entries = array.reshape(-1)
+    entry = alpha_entry(path)
+    if entry >= entries.size:
+      raise CheckpointMismatchError(
+          f'checkpoint key {torch_key!r} has {entries.size} entries, the '
+          f'model reads entry {entry} ({"/".join(path)}); check '
+          'config.num_experts.'
+      )
+    array = entries[entry]
   elif array.ndim == 4:  # conv (O, I/g, kh, kw) -> (kh, kw, I/g, O)
     array = array.transpose(2, 3, 1, 0)
-  elif array.ndim == 2:  # linear (out, in) -> (in, out)
-    array = array.T
+  elif array.ndim == 2 and not (cosine and path[-2:] == ('fc', 'kernel')):
+    array = array.T  # linear (out, in) -> (in, out)
   if array.shape != like.shape:
     raise CheckpointMismatchError(
         f'checkpoint key {torch_key!r} has shape {array.shape} in flax layout'
-        f', the model expects {like.shape}; check config.model and the '
-        'dataset (class count).'
+        f', the model expects {like.shape}; check config.model, '
+        'config.reduce_dimension and the dataset (class count).'
     )
   return np.asarray(array, like.dtype)
 
@@ -127,14 +191,11 @@ def from_torch_state_dict(
 
   Raises:
     CheckpointMismatchError: a key is missing or extra, or a shape differs;
-      the one-line message names the first such key (in sorted order).
+      the one-line message names the first such key (in sorted order) and
+      the network the checkpoint looks like.
   """
-  if getattr(model, 'logit_norm', False):
-    raise CheckpointMismatchError(
-        'config.logit_norm=True: the reference ResNets have no logit BN to '
-        'convert; set config.logit_norm=False.'
-    )
   cifar = isinstance(model, CifarResNet)
+  cosine = getattr(model, 'classifier', 'linear') == 'cosine'
   state_dict = {
       TORCH_ALPHA if k == TORCH_SCALAR_ALPHA else k: np.asarray(v)
       for k, v in strip_prefix(state_dict).items()
@@ -145,28 +206,94 @@ def from_torch_state_dict(
       lambda x: model.init(jax.random.key(0), x, train=False), image
   )
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  names = {}
-  for key_path, like in flat:
+  sources = []  # (torch key, flax path) of each leaf of `flat`
+  for key_path, _ in flat:
     collection, *path = (k.key for k in key_path)
-    names[torch_name(collection, tuple(path), cifar)] = (key_path, like)
-  _check_keys(set(names), set(state_dict), model)
+    sources.append((torch_name(collection, tuple(path), cifar), tuple(path)))
+  _check_keys({key for key, _ in sources}, state_dict, model)
   leaves = [
-      _to_flax(state_dict[name], like, name)
-      for name, (_, like) in names.items()
+      _to_flax(state_dict[key], like, key, path, cosine)
+      for (key, path), (_, like) in zip(sources, flat)
   ]
-  treedef = jax.tree.structure(shapes)
-  by_path = dict(zip((kp for kp, _ in names.values()), leaves))
-  return jax.tree.unflatten(treedef, [by_path[kp] for kp, _ in flat])
+  return jax.tree.unflatten(jax.tree.structure(shapes), leaves)
 
 
-def _check_keys(expected: set[str], found: set[str], model: nn.Module):
+def _check_keys(
+    expected: set[str], state_dict: Mapping[str, np.ndarray], model: nn.Module
+):
   """Raises CheckpointMismatchError naming the first differing key."""
+  found = set(state_dict)
   if expected == found:
     return
   first = min(expected ^ found)
   where = 'missing from the checkpoint' if first in expected else 'unexpected'
   raise CheckpointMismatchError(
       f'checkpoint key {first!r} is {where} for {type(model).__name__}'
-      f'(norm={model.norm!r}); check config.model, config.norm and the NBN '
-      'placement fields.'
+      f'(norm={model.norm!r}); the checkpoint looks like '
+      f'{looks_like(state_dict)}; check config.model, config.norm and the '
+      'NBN placement fields.'
   )
+
+
+def _blocks(keys: set[str], stage: str) -> int:
+  """Blocks of a stage, from keys such as ``layer3.4.conv1.weight``."""
+  prefix = f'{stage}.'
+  return len(
+      {k[len(prefix) :].split('.')[0] for k in keys if k.startswith(prefix)}
+  )
+
+
+def looks_like(state_dict: Mapping[str, np.ndarray]) -> str:
+  """The network a state dict seems to hold, as config overrides.
+
+  E.g. ``--config.model=RIDEResNet50 --config.num_experts=3
+  --config.logit_norm=True (norm nbn, 1000 classes)``, or a description
+  when it is none of this package's networks. Read from the key names and
+  shapes alone (the module docstring's layouts); never raises.
+  """
+  keys = set(state_dict)
+  experts = {int(k.split('.')[1]) for k in keys if k.startswith('linears.')}
+  imagenet_style = any(k.startswith(('layer4.', 'layer4s.')) for k in keys)
+  cifar_style = not imagenet_style and any(
+      k.startswith(('linear.', 'linears.')) for k in keys
+  )
+  if not (imagenet_style or cifar_style):
+    return 'none of the ResNets or RIDE ensembles here'
+  ride = bool(experts)
+  head = 'linears.0' if ride else ('fc' if imagenet_style else 'linear')
+  stages = ('layer1', 'layer2', 'layer3', 'layer4')[
+      : 4 if imagenet_style else 3
+  ]
+  owned = [s for s in stages if any(k.startswith(f'{s}s.') for k in keys)]
+  sizes = tuple(_blocks(keys, f'{s}s.0' if s in owned else s) for s in stages)
+  if imagenet_style:
+    conv2 = state_dict.get('layer1.0.conv2.weight')
+    groups = conv2.shape[0] // conv2.shape[1] if conv2 is not None else 1
+    family = 'ResNeXt' if groups > 1 else 'ResNet'
+    depth = {(3, 4, 6, 3): 50, (1, 1, 1, 1): 14}.get(sizes)
+    if family == 'ResNeXt' and depth != 50:
+      depth = None
+    # The last conv of the last stage: 4 x 512 filters, RIDE's reduced 4 x 384.
+    last_conv, full_width = 'conv3', 2048
+  else:
+    family = 'ResNet'
+    depth = {(5, 5, 5): 32, (1, 1, 1): 8}.get(sizes)
+    last_conv, full_width = 'conv1', 64  # RIDE's reduced: 48
+  if depth is None:
+    return f'a {family} with {sizes} blocks per stage, none of the models here'
+  flags = [f'--config.model={"RIDE" if ride else ""}{family}{depth}']
+  if ride:
+    flags.append(f'--config.num_experts={len(experts)}')
+    if len(owned) != 2:
+      flags.append(f'(experts own {", ".join(owned)}, not the last 2 stages)')
+    last = state_dict.get(f'{stages[-1]}s.0.0.{last_conv}.weight')
+    if last is not None and last.shape[0] < full_width:
+      flags.append('--config.reduce_dimension=True')
+  if f'{head}.bn.running_mean' in keys:
+    flags.append('--config.logit_norm=True')
+  if f'{head}.weight' in keys and f'{head}.bias' not in keys:
+    flags.append('--config.classifier=cosine')
+  nbn = TORCH_ALPHA in keys or TORCH_SCALAR_ALPHA in keys
+  bias = state_dict.get(f'{head}.bias')
+  classes = f', {bias.shape[0]} classes' if bias is not None else ''
+  return f'{" ".join(flags)} (norm {"nbn" if nbn else "bn"}{classes})'

@@ -1,4 +1,5 @@
-"""ResNets whose BN layers can be switched to NBN with `norm='nbn'`.
+"""ResNets whose BN layers can be switched to NBN with `norm='nbn'`, and
+their RIDE ensembles (`nbn_jax.models.ride`).
 
 `MODELS` names every network (`config.model` chooses from it); a new
 network registers itself with `common.named_network` in its own module.
@@ -12,6 +13,7 @@ from nbn_jax.models.cifar_resnet import (
     ResNet32,
 )
 from nbn_jax.models.common import (
+    CLASSIFIERS,
     MODELS,
     NORMS,
     NBNPlacement,
@@ -26,17 +28,44 @@ from nbn_jax.models.resnet import (
     ResNet50,
     ResNeXt50,
 )
+from nbn_jax.models.ride import (
+    EXPERT_LOGITS,
+    LOGITS,
+    RIDE_LAST_STAGE_NBN,
+    RIDE_LAYER4_NBN,
+    RIDECifarResNet,
+    RIDEEnsemble,
+    RIDEResNet,
+    RIDEResNet8,
+    RIDEResNet14,
+    RIDEResNet32,
+    RIDEResNet50,
+    RIDEResNeXt50,
+)
 
 __all__ = [
     'BasicBlock',
     'BottleneckBlock',
+    'CLASSIFIERS',
     'CifarResNet',
+    'EXPERT_LOGITS',
     'LAST_STAGE_NBN',
     'LAYER4_NBN',
+    'LOGITS',
     'MODELS',
     'NORMS',
     'NBNPlacement',
     'NormSwitchedResNet',
+    'RIDECifarResNet',
+    'RIDEEnsemble',
+    'RIDEResNet',
+    'RIDEResNet8',
+    'RIDEResNet14',
+    'RIDEResNet32',
+    'RIDEResNet50',
+    'RIDEResNeXt50',
+    'RIDE_LAST_STAGE_NBN',
+    'RIDE_LAYER4_NBN',
     'ResNet',
     'ResNet8',
     'ResNet14',

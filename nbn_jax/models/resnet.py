@@ -1,13 +1,12 @@
 """ResNet-50 and ResNeXt-50 32x4d in torchvision's layout (NHWC)."""
 
-import functools
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from nbn_jax.models.blocks import BottleneckBlock
 from nbn_jax.models.common import (
+    KernelInits,
+    LayerDefs,
     NBNPlacement,
     NormSwitchedResNet,
     named_network,
@@ -18,6 +17,12 @@ Array = jax.Array
 # The reference: the last BN of every layer4 block and the layer4 shortcut BN,
 # all four reading one shared alpha.
 LAYER4_NBN = NBNPlacement(stages=(3,), block_norms=('bn3',))
+# He-normal (fan-out) convolutions; PyTorch's default linear weight init,
+# U(+-1 / sqrt(fan_in)).
+TORCHVISION_INITS = KernelInits(
+    conv=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+    fc=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+)
 
 
 class ResNet(NormSwitchedResNet):
@@ -27,10 +32,12 @@ class ResNet(NormSwitchedResNet):
   of 64/128/256/512 filters with the stride on each first block's 3x3
   convolution, He-normal (fan-out) convolutions, PyTorch's default linear
   init, no zero-init of the last BN of a block. Shared fields (`num_classes`,
-  `norm`, BN settings, `dtype`, ...) are documented in `NormSwitchedResNet`.
+  `norm`, `classifier`, BN settings, `dtype`, ...) are documented in
+  `NormSwitchedResNet`.
 
   Attributes:
     stage_sizes: blocks per stage.
+    widths: filters per stage (each block outputs 4 times as many).
     nbn_placement: where NBN goes; default the reference's four layer4 BNs
       with one shared alpha.
     groups: ResNeXt cardinality (1 for ResNet).
@@ -38,41 +45,39 @@ class ResNet(NormSwitchedResNet):
   """
 
   stage_sizes: tuple[int, ...]
+  widths: tuple[int, ...] = (64, 128, 256, 512)
   nbn_placement: NBNPlacement = LAYER4_NBN
   groups: int = 1
   width_per_group: int = 64
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool = True) -> Array:
-    """(batch, height, width, 3) images -> (batch, num_classes) logits."""
-    norm, nbn, alpha = self.norm_layers(
-        train, len(self.stage_sizes), ('bn1', 'bn2', 'bn3')
-    )
-    conv = functools.partial(
-        nn.Conv,
-        use_bias=False,
-        dtype=self.dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-    )
-    x = jnp.asarray(x, self.dtype)
-    x = conv(64, (7, 7), (2, 2), padding=3, name='conv1')(x)
-    x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for stage, num_blocks in enumerate(self.stage_sizes):
-      for block in range(num_blocks):
-        x = BottleneckBlock(
-            filters=64 * 2**stage,
-            conv=conv,
-            norm=norm,
-            nbn=nbn,
-            nbn_sites=self.nbn_sites(stage),
-            strides=2 if stage > 0 and block == 0 else 1,
-            groups=self.groups,
-            width_per_group=self.width_per_group,
-            name=f'layer{stage + 1}_{block}',
-        )(x, alpha)
-    torch_linear = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
-    return self.classifier_head(x, torch_linear, norm)
+  BLOCK_NORMS = ('bn1', 'bn2', 'bn3')
+  KERNEL_INITS = TORCHVISION_INITS
+
+  @nn.nowrap
+  def stem(self, x: Array, layers: LayerDefs) -> Array:
+    """(batch, h, w, 3) -> (batch, h / 4, w / 4, 64)."""
+    x = layers.conv(64, (7, 7), (2, 2), padding=3, name='conv1')(x)
+    x = nn.relu(layers.norm(name='bn1')(x))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+  @nn.nowrap
+  def stage(
+      self, x: Array, stage: int, layers: LayerDefs, alpha: Array | None
+  ) -> Array:
+    """The bottleneck blocks ``layer{stage + 1}_{block}`` of one stage."""
+    for block in range(self.stage_sizes[stage]):
+      x = BottleneckBlock(
+          filters=self.stage_widths()[stage],
+          conv=layers.conv,
+          norm=layers.norm,
+          nbn=layers.nbn,
+          nbn_sites=self.nbn_sites(stage),
+          strides=2 if stage > 0 and block == 0 else 1,
+          groups=self.groups,
+          width_per_group=self.width_per_group,
+          name=f'layer{stage + 1}_{block}',
+      )(x, alpha)
+    return x
 
 
 ResNet50 = named_network(

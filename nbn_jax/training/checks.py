@@ -51,6 +51,14 @@ POSITIVE = (
     'ldam_scale',
     'ride_diversity_temperature',
 )
+# Model fields that are None (the network's own value) unless set; a field
+# set must be one of the chosen network's.
+MODEL_OPTIONS = (
+    'num_experts',
+    'reduce_dimension',
+    'classifier',
+    'cosine_scale',
+)
 NON_NEGATIVE = (
     'weight_decay',
     'momentum',
@@ -84,6 +92,7 @@ def check_config(
       raise ConfigError(
           f'config.{field}={config[field]!r} is not one of {allowed}.'
       )
+  _check_model_options(config)
   for field in POSITIVE:
     if not config[field] > 0:
       raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')
@@ -188,3 +197,27 @@ def _check_loss(config: ml_collections.ConfigDict):
         f'run (config.num_epochs={config.num_epochs!r}): loss '
         f'{config.loss!r} would never re-weight. Set an earlier drw_epoch.'
     )
+
+
+def _check_model_options(config: ml_collections.ConfigDict):
+  """The `MODEL_OPTIONS` set: the network has them, with sensible values."""
+  network = models.MODELS[config.model]
+  for field in MODEL_OPTIONS:
+    if config[field] is not None and not models.takes_field(network, field):
+      having = [
+          n for n, m in models.MODELS.items() if models.takes_field(m, field)
+      ]
+      raise ConfigError(
+          f'config.{field}={config[field]!r}: {config.model} has no '
+          f'{field}; leave it unset, or choose one of {having}.'
+      )
+  if config.classifier is not None and (
+      config.classifier not in models.CLASSIFIERS
+  ):
+    raise ConfigError(
+        f'config.classifier={config.classifier!r} is not one of '
+        f'{models.CLASSIFIERS}.'
+    )
+  for field in ('num_experts', 'cosine_scale'):
+    if config[field] is not None and not config[field] > 0:
+      raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')

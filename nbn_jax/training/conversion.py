@@ -6,7 +6,10 @@
         --config.eval_only=True [...]
 
 The config says which network the checkpoint holds (`model`, `norm`, NBN
-placement, `shortcut`) and which dataset (its class count); the command
+placement, `shortcut`, `logit_norm`, the ensemble fields `num_experts` and
+`reduce_dimension`, `classifier`) and which dataset (its class count); the
+reference's RIDE checkpoints (`resnet50_ride_NBN`, ride_nbn_lr) convert with
+``--config.model=RIDEResNet50 --config.logit_norm=True``. The command
 writes a step-0 checkpoint into WORKDIR, built by the run plan as the
 trainer builds its train state, that `train.py` evaluates (or fine-tunes
 from), and records the config there (config.json), as train.py does, so

@@ -7,7 +7,10 @@ runs it in eval mode over the run's test split (in-memory splits: CIFAR,
 digits).
 A test image's feature magnitude is the L2 norm of the last stage's output
 averaged over positions, i.e. of the vector the classifier reads; a class's
-magnitude is the mean over its test images.
+magnitude is the mean over its test images. In a RIDE ensemble that vector
+is the concatenation of the experts' pooled features: the mean of linear
+experts' logits is one linear classifier on it, and its squared norm is the
+sum of the experts' squared norms.
 
 `report` gives, per arm (the config's `norm`, mean over the workdirs of
 that arm), each class's training count and magnitude, and how the
@@ -24,6 +27,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nbn_jax.training import plan, trained
@@ -35,6 +39,9 @@ def pooled_features(
     model: nn.Module, variables, prepare: Callable, images: np.ndarray
 ) -> np.ndarray:
   """(N, D) inputs of the classifier `fc` for uint8 images, in eval mode.
+
+  An ensemble's experts each have an `fc`: their inputs, concatenated in
+  expert order, (N, E * D).
 
   `prepare`: uint8 images -> model inputs (`trained.Trained.prepare`).
   """
@@ -50,7 +57,7 @@ def pooled_features(
 
     with nn.intercept_methods(grab_fc_input):
       model.apply(variables, prepare(batch), train=False)
-    return captured[0]
+    return jnp.concatenate(captured, axis=-1)
 
   return np.concatenate([
       np.asarray(features(images[i : i + EVAL_BATCH]), np.float32)

@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# The keys of a model output that is a mapping of heads (an ensemble's).
+from nbn_jax.models import EXPERT_LOGITS, LOGITS
 from nbn_jax.training import optim
 
 LOSSES = (
@@ -58,8 +60,6 @@ LOSSES = (
 ENSEMBLE_LOSSES = ('ride', 'ride_balanced_softmax')
 # Losses that change at `LossSettings.drw_epoch`.
 REWEIGHTING_LOSSES = ('ldam_drw', 'ride')
-LOGITS = 'logits'  # the key of the logits in a mapping of heads
-EXPERT_LOGITS = 'expert_logits'  # an ensemble's (E, B, C) per-expert logits
 
 
 class Progress(NamedTuple):

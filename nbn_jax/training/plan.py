@@ -30,8 +30,9 @@ from nbn_jax.training.errors import ConfigError
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.topology import Topology, make_topology
 
-# Config fields handed to the networks that have a field of that name.
-MODEL_FIELDS = ('shortcut',)
+# Config fields handed, unless None, to the networks that have a field of
+# that name (the others are `checks.MODEL_OPTIONS`, refused there when set).
+MODEL_FIELDS = ('shortcut', *checks.MODEL_OPTIONS)
 DETERMINISTIC_XLA_FLAGS = '--xla_gpu_deterministic_ops=true'
 
 
@@ -70,8 +71,9 @@ def build_model(
   """The network of `config.model` with the config's norm settings.
 
   NBN goes where the model's own reference placement says (ResNet-50 and
-  ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last stage's bn2),
-  unless the config's `nbn_*` fields say otherwise, field by field.
+  ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last stage's bn2;
+  RIDE ensembles: every BN of each expert's last stage), unless the
+  config's `nbn_*` fields say otherwise, field by field.
 
   Args:
     config: the run's config.
@@ -86,9 +88,10 @@ def build_model(
       bn_axis_name=bn_axis_name,
       dtype=compute_dtype(config),
       **{
-          field: config[field]
+          field: config.get(field)  # None also in configs recorded before it
           for field in MODEL_FIELDS
-          if models.takes_field(network, field)
+          if config.get(field) is not None
+          and models.takes_field(network, field)
       },
   )
   overrides = {

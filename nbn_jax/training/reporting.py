@@ -19,6 +19,9 @@ import numpy as np
 from input_pipeline.files import write_atomically
 from nbn_jax.normalization import effective_affine
 
+METRICS_FILE = 'metrics.jsonl'
+ALPHA_TAG = 'nbn/alpha'  # the tags of NBN's alphas start with it
+
 
 class MetricWriter:
   """Scalars to TensorBoard events and metrics.jsonl (process 0 only).
@@ -37,7 +40,7 @@ class MetricWriter:
 
     os.makedirs(workdir, exist_ok=True)
     self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
-    path = os.path.join(workdir, 'metrics.jsonl')
+    path = os.path.join(workdir, METRICS_FILE)
     _drop_rows_after(path, first_step)
     self._jsonl = open(path, 'a')
 
@@ -88,6 +91,14 @@ def _drop_rows_after(path: str, step: int):
   if len(kept) != len(lines):
     with write_atomically(path) as f:
       f.writelines(kept)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl (none if it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _finite_or_none(value):
@@ -222,7 +233,7 @@ def alpha_scalars(alphas: Mapping[str, Any]) -> dict[str, float]:
   a layer's own, 'nbn/alpha/expert_1' for an expert's.
   """
   return {
-      '/'.join(['nbn/alpha', *path.split('/')[:-1]]): float(value)
+      '/'.join([ALPHA_TAG, *path.split('/')[:-1]]): float(value)
       for path, value in alphas.items()
   }
 
@@ -321,6 +332,46 @@ def plot_scale_spread(path: str, scales: dict[str, np.ndarray], title: str):
   ax.set_ylabel('|effective scale| / layer mean')
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def alpha_curves(
+    rows: list[dict[str, Any]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{alpha tag: (epochs, values)} from metrics.jsonl rows, in tag order.
+
+  The alphas are logged with the training scalars, 'train/epoch' among them.
+  A non-finite value (logged as null) is left out.
+  """
+  curves = {}
+  for row in rows:
+    for tag, value in row.items():
+      if tag.startswith(ALPHA_TAG) and value is not None:
+        epochs, values = curves.setdefault(tag, ([], []))
+        epochs.append(row['train/epoch'])
+        values.append(value)
+  return {
+      tag: (np.asarray(epochs, float), np.asarray(values, float))
+      for tag, (epochs, values) in curves.items()
+  }
+
+
+def plot_alphas(
+    path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str
+):
+  """Each NBN alpha over training, one line each (`alpha_curves`)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for tag, (epochs, values) in curves.items():
+    owner = tag[len(ALPHA_TAG) + 1 :] or 'network'  # or expert_1, layer3_0/bn2
+    ax.plot(epochs, values, label=owner, lw=1)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('alpha')
+  ax.set_title(title, fontsize=9)
+  if len(curves) <= 20:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -293,6 +293,16 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
       {f'final/test/{k}': v for k, v in results['last']['test'].items()}
       | {f'scale_spread/{k}': v for k, v in results['scale_spread'].items()},
   )
+  writer.flush()
+  curves = reporting.alpha_curves(
+      reporting.read_metrics(os.path.join(out_dir, reporting.METRICS_FILE))
+  )
+  if curves:
+    reporting.plot_alphas(
+        os.path.join(out_dir, f'alpha{suffix}.png'),
+        curves,
+        f'{plan.label}, seed {results["seed"]}\nNBN alpha during training',
+    )
   table = reporting.summary_table(rows)
   print(
       f'\n{plan.label}, seed {results["seed"]}\n{table}\nresults: '

@@ -1,9 +1,10 @@
 """nbn_jax.convert: the reference's PyTorch state dicts as flax variables.
 
-Each PyTorch model (tests/torch_models.py, and the trainer's PyTorch
-ResNet-32 oracle) gets random values in every tensor; the converted flax
-model must give the same evaluation logits to 1e-4 relative (max |diff| /
-max |logit|). The command line is tests/nbn_jax/training/test_conversion.py.
+Each PyTorch model (tests/torch_models.py, tests/torch_ride.py and the
+trainer's PyTorch ResNet-32 oracle) gets random values in every tensor; the
+converted flax model must give the same evaluation logits to 1e-4 relative
+(max |diff| / max |logit|; RIDE: 1e-5, the mean and every expert's). The
+command line is tests/nbn_jax/training/test_conversion.py.
 """
 
 import pathlib
@@ -13,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests import torch_resnet32
 from nbn_jax import models
 from nbn_jax.convert import (
     CheckpointMismatchError,
     from_torch_state_dict,
+    looks_like,
     torch_name,
 )
-from tests import torch_models
+from tests import torch_models, torch_resnet32, torch_ride
 
 ROOT = pathlib.Path(__file__).parents[2]
 NUM_CLASSES = 10
@@ -34,15 +35,36 @@ def _images(size=32, batch=2, seed=0):
   return np.random.default_rng(seed).normal(size=(batch, size, size, 3))
 
 
-def _relative_logit_difference(torch_model, flax_model, variables, images):
-  with torch.no_grad():
-    expected = torch_model(
-        torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2)
-    ).numpy()
-  logits = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(
+def _relative(ours, theirs) -> float:
+  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def _eval_outputs(flax_model, variables, images):
+  return jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(
       variables, images.astype(np.float32)
   )
-  return float(np.abs(logits - expected).max() / np.abs(expected).max())
+
+
+def _torch_nchw(images):
+  return torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2)
+
+
+def _relative_logit_difference(torch_model, flax_model, variables, images):
+  with torch.no_grad():
+    expected = torch_model(_torch_nchw(images)).numpy()
+  logits = _eval_outputs(flax_model, variables, images)
+  return _relative(logits, expected)
+
+
+def ride_logit_differences(torch_model, flax_model, variables, images):
+  """Relative differences of (mean logits, each expert's logits)."""
+  with torch.no_grad():
+    mean, experts = torch_model.expert_logits(_torch_nchw(images))
+  outputs = _eval_outputs(flax_model, variables, images)
+  return (
+      _relative(outputs['logits'], mean.numpy()),
+      _relative(outputs['expert_logits'], experts.numpy()),
+  )
 
 
 ARCHITECTURES = {
@@ -101,6 +123,122 @@ class TestAgainstPyTorch:
     )
 
 
+RIDE_ARCHITECTURES = {
+    # The reference's ride_nbn_lr: NBN, logit rectification, full widths.
+    'ride_resnet50_nbn_lr': (
+        lambda: torch_ride.RIDEResNet(
+            num_classes=NUM_CLASSES, head='linear_bn'
+        ),
+        lambda: models.RIDEResNet50(NUM_CLASSES, logit_norm=True),
+    ),
+    # The reference's ride (its BN baseline).
+    'ride_resnet50_bn': (
+        lambda: torch_ride.RIDEResNet(num_classes=NUM_CLASSES, nbn=False),
+        lambda: models.RIDEResNet50(NUM_CLASSES, norm='bn'),
+    ),
+    # RIDE's own: reduced widths, cosine head.
+    'ride_resnext50_reduced_cosine': (
+        lambda: torch_ride.RIDEResNet(
+            num_classes=NUM_CLASSES,
+            groups=32,
+            width_per_group=4,
+            reduce_dimension=True,
+            head='cosine',
+        ),
+        lambda: models.RIDEResNeXt50(
+            NUM_CLASSES, reduce_dimension=True, classifier='cosine'
+        ),
+    ),
+    'ride_resnet32_nbn': (
+        lambda: torch_ride.RIDECifarResNet(num_classes=NUM_CLASSES),
+        lambda: models.RIDEResNet32(NUM_CLASSES),
+    ),
+}
+
+
+def _ride_tiny(**fields):
+  """The torch RIDE ResNet with one block per stage, and our RIDEResNet14."""
+  torch.manual_seed(0)
+  torch_model = torch_models.randomize(
+      torch_ride.RIDEResNet(
+          layers=(1, 1, 1, 1), num_classes=NUM_CLASSES, **fields
+      )
+  )
+  return torch_model, _state_dict(torch_model)
+
+
+class TestRIDE:
+  """The reference's resnet50_ride_NBN and RIDE's ensembles."""
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize('name', sorted(RIDE_ARCHITECTURES))
+  def test_eval_logits_equal(self, name):
+    make_torch, make_flax = RIDE_ARCHITECTURES[name]
+    torch.manual_seed(0)
+    torch_model = torch_models.randomize(make_torch())
+    flax_model = make_flax()
+    variables = from_torch_state_dict(flax_model, _state_dict(torch_model))
+    mean, experts = ride_logit_differences(
+        torch_model, flax_model, variables, _images()
+    )
+    print(
+        f'{name}: relative logit difference {mean:.2e}, experts {experts:.2e}'
+    )
+    assert mean < 1e-5 and experts < 1e-5
+
+  def test_each_expert_reads_its_entry_of_scale_factor(self):
+    torch_model, state = _ride_tiny(head='linear_bn')
+    assert state['scale_factor'].shape == (33,)  # 9 shared + 8 per expert BNs
+    state = {f'module.{k}': v for k, v in state.items()}
+    flax_model = models.RIDEResNet14(NUM_CLASSES, logit_norm=True)
+    variables = from_torch_state_dict(flax_model, state)
+    for e in range(3):
+      assert (
+          variables['params'][f'expert_{e}']['nbn_alpha']
+          == state['module.scale_factor'][e]
+      )
+      np.testing.assert_array_equal(
+          variables['batch_stats'][f'expert_{e}']['logit_norm']['var'],
+          state[f'module.linears.{e}.bn.running_var'],
+      )
+    mean, experts = ride_logit_differences(
+        torch_model, flax_model, variables, _images()
+    )
+    assert mean < 1e-5 and experts < 1e-5
+
+  def test_cifar_ensemble_with_cosine_heads(self):
+    torch.manual_seed(0)
+    torch_model = torch_models.randomize(
+        torch_ride.RIDECifarResNet(
+            layers=(1, 1, 1), num_classes=NUM_CLASSES, reduce_dimension=True
+        )
+    )
+    flax_model = models.RIDEResNet8(NUM_CLASSES, reduce_dimension=True)
+    variables = from_torch_state_dict(flax_model, _state_dict(torch_model))
+    # NormedLinear keeps (in, out): taken as it is, not transposed.
+    np.testing.assert_array_equal(
+        variables['params']['expert_2']['fc']['kernel'],
+        torch_model.linears[2].weight.detach().numpy(),
+    )
+    mean, experts = ride_logit_differences(
+        torch_model, flax_model, variables, _images()
+    )
+    assert mean < 1e-5 and experts < 1e-5
+
+  def test_too_few_scale_factor_entries_name_the_key(self):
+    torch.manual_seed(0)
+    torch_model = torch_ride.RIDECifarResNet(
+        layers=(1, 1, 1), num_classes=NUM_CLASSES
+    )
+    state = _state_dict(torch_model)
+    state['scale_factor'] = state['scale_factor'][:2]
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"'scale_factor' has 2 entries, the model reads entry 2",
+    ):
+      from_torch_state_dict(models.RIDEResNet8(NUM_CLASSES), state)
+
+
 class TestMismatch:
   """One line naming the first differing key."""
 
@@ -132,6 +270,89 @@ class TestMismatch:
     with pytest.raises(CheckpointMismatchError, match="'fc.bias' has shape"):
       from_torch_state_dict(models.ResNet14(100), self._resnet14_state())
 
+  def test_a_ride_checkpoint_for_a_plain_resnet_says_ride(self):
+    """The authors' resnet50_ride_NBN with ride_nbn_lr's head."""
+    state = _state_dict(torch_ride.RIDEResNet(head='linear_bn'))
+    with pytest.raises(CheckpointMismatchError) as error:
+      from_torch_state_dict(models.ResNet50(1000), state)
+    message = str(error.value)
+    print(message)
+    assert "'fc.bias' is missing from the checkpoint" in message
+    assert (
+        'looks like --config.model=RIDEResNet50 --config.num_experts=3 '
+        '--config.logit_norm=True (norm nbn, 1000 classes)'
+    ) in message
+    assert '\n' not in message
+
+  def test_a_plain_checkpoint_for_a_ride_model(self):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r'looks like --config.model=ResNet14 \(norm nbn, 10 classes\)',
+    ):
+      from_torch_state_dict(
+          models.RIDEResNet14(NUM_CLASSES), self._resnet14_state()
+      )
+
+  def test_another_number_of_experts(self):
+    _, state = _ride_tiny(num_experts=4, nbn=False)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"'layer3s.3.0.bn1.bias' is unexpected .* "
+        r'--config.model=RIDEResNet14 --config.num_experts=4 \(norm bn',
+    ):
+      from_torch_state_dict(models.RIDEResNet14(NUM_CLASSES, norm='bn'), state)
+
+
+class TestLooksLike:
+  """The network a checkpoint seems to hold, from its keys and shapes."""
+
+  @pytest.mark.parametrize(
+      'make, expected',
+      [
+          (
+              lambda: torch_ride.RIDEResNet(
+                  groups=32,
+                  width_per_group=4,
+                  reduce_dimension=True,
+                  head='cosine',
+                  num_classes=100,
+              ),
+              (
+                  '--config.model=RIDEResNeXt50 --config.num_experts=3 '
+                  '--config.reduce_dimension=True --config.classifier=cosine '
+                  '(norm nbn)'
+              ),
+          ),
+          (
+              lambda: torch_ride.RIDECifarResNet(
+                  num_experts=2, reduce_dimension=True, nbn=False
+              ),
+              (
+                  '--config.model=RIDEResNet32 --config.num_experts=2 '
+                  '--config.reduce_dimension=True --config.classifier=cosine '
+                  '(norm bn)'
+              ),
+          ),
+          (
+              lambda: torch_resnet32.ResNet32(100, 'nbn'),
+              '--config.model=ResNet32 (norm nbn, 100 classes)',
+          ),
+          (
+              lambda: torch_models.ResNet(
+                  num_classes=7, groups=32, width_per_group=4, nbn=False
+              ),
+              '--config.model=ResNeXt50 (norm bn, 7 classes)',
+          ),
+      ],
+  )
+  def test_the_networks_here(self, make, expected):
+    assert looks_like(_state_dict(make())) == expected
+
+  def test_something_else(self):
+    assert looks_like({'encoder.weight': np.zeros(3)}) == (
+        'none of the ResNets or RIDE ensembles here'
+    )
+
 
 def test_torch_names_of_the_three_layouts():
   assert (
@@ -145,3 +366,33 @@ def test_torch_names_of_the_three_layouts():
   assert torch_name('params', ('fc', 'kernel'), True) == 'linear.weight'
   assert torch_name('params', ('fc', 'kernel'), False) == 'fc.weight'
   assert torch_name('params', ('nbn_alpha',), False) == 'scale_factor'
+
+
+def test_torch_names_of_ride_experts():
+  assert (
+      torch_name(
+          'params', ('expert_2', 'layer4_0', 'downsample_bn', 'scale'), False
+      )
+      == 'layer4s.2.0.downsample.1.weight'
+  )
+  assert (
+      torch_name('params', ('expert_1', 'layer2_3', 'conv1', 'kernel'), True)
+      == 'layer2s.1.3.conv1.weight'
+  )
+  assert torch_name('params', ('expert_1', 'fc', 'bias'), False) == (
+      'linears.1.bias'
+  )
+  assert (
+      torch_name('batch_stats', ('expert_0', 'logit_norm', 'mean'), False)
+      == 'linears.0.bn.running_mean'
+  )
+  assert (
+      torch_name('batch_stats', ('logit_norm', 'var'), False)
+      == 'fc.bn.running_var'
+  )
+  assert torch_name('params', ('expert_1', 'nbn_alpha'), False) == (
+      'scale_factor'
+  )
+  assert torch_name('params', ('layer1_0', 'conv1', 'kernel'), False) == (
+      'layer1.0.conv1.weight'
+  )

@@ -52,14 +52,21 @@ def _assert_folds(model, image_shape):
       lambda x: bn_model.init(jax.random.key(0), x, train=False), x
   )
   assert jax.tree.structure(folded) == jax.tree.structure(expected)
-  logits = _eval(model, variables, x)
-  folded_logits = _eval(bn_model, folded, x)
+  # Every output: the logits, and an ensemble's experts' logits too.
+  outputs = _eval(model, variables, x)
+  folded_outputs = _eval(bn_model, folded, x)
+  assert jax.tree.structure(folded_outputs) == jax.tree.structure(outputs)
+  for logits, folded_logits in zip(
+      jax.tree.leaves(outputs), jax.tree.leaves(folded_outputs)
+  ):
+    scale = float(jnp.abs(logits).max())
+    np.testing.assert_allclose(folded_logits, logits, atol=1e-5 * scale, rtol=0)
+  # The fold is not a no-op: the raw NBN vectors in BN give other logits
+  # (the alphas left in are not read by the BN model).
+  logits = jax.tree.leaves(outputs)[0]
+  raw_logits = jax.tree.leaves(_eval(bn_model, variables, x))[0]
   scale = float(jnp.abs(logits).max())
-  np.testing.assert_allclose(folded_logits, logits, atol=1e-5 * scale, rtol=0)
-  # The fold is not a no-op: the raw NBN vectors in BN give other logits.
-  raw = {**variables, 'params': dict(variables['params'])}
-  raw['params'].pop('nbn_alpha', None)
-  assert not np.allclose(_eval(bn_model, raw, x), logits, atol=1e-3 * scale)
+  assert not np.allclose(raw_logits, logits, atol=1e-3 * scale)
 
 
 class TestFold:
@@ -71,6 +78,19 @@ class TestFold:
   @pytest.mark.slow
   def test_resnet50(self):
     _assert_folds(models.ResNet50(10), (2, 32, 32, 3))
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize(
+      'model',
+      [
+          pytest.param(models.RIDEResNet8(10), id='resnet8_cosine'),
+          pytest.param(
+              models.RIDEResNet14(10, logit_norm=True), id='resnet14_logit_bn'
+          ),
+      ],
+  )
+  def test_ride_ensembles_one_alpha_per_expert(self, model):
+    _assert_folds(model, (4, 32, 32, 3))
 
   @pytest.mark.slow
   def test_per_layer_alphas_and_two_stages(self):

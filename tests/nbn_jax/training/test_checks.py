@@ -61,6 +61,41 @@ def test_bad_values_name_the_field(field, value, message):
     _check(config)
 
 
+@pytest.mark.parametrize(
+    'model, field, value, message',
+    [
+        (
+            'ResNet32',
+            'num_experts',
+            3,
+            r'config.num_experts=3: ResNet32 has no num_experts; leave it '
+            r"unset, or choose one of \['RIDEResNet50'",
+        ),
+        ('ResNet50', 'reduce_dimension', True, 'ResNet50 has no reduce_dim'),
+        ('RIDEResNet32', 'num_experts', 0, 'config.num_experts=0 must be > 0'),
+        ('ResNet32', 'classifier', 'normed', "config.classifier='normed' is"),
+        ('ResNet32', 'cosine_scale', 0.0, 'config.cosine_scale=0.0 must be'),
+    ],
+)
+def test_model_fields_must_be_the_networks_and_sensible(
+    model, field, value, message
+):
+  config = default.get_config()
+  config.model = model
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    _check(config)
+
+
+def test_unset_model_fields_pass_on_every_network():
+  config = default.get_config()
+  for model in ('ResNet32', 'ResNet50', 'RIDEResNet32', 'RIDEResNet50'):
+    config.model = model
+    _check(config)
+  config.classifier, config.cosine_scale = 'cosine', 16.0
+  _check(config)  # every ResNet has a classifier
+
+
 def test_on_device_input_needs_in_memory_data():
   config = imagenet_lt.get_config()
   config.input_path = 'on_device'

@@ -17,8 +17,9 @@ from nbn_jax.convert import CheckpointMismatchError, from_torch_state_dict
 from nbn_jax.training import loop, trained
 from nbn_jax.training.checkpoints import latest_params
 from nbn_jax.training.conversion import load_torch_state_dict, write_checkpoint
-from tests import torch_models, torch_resnet32
+from tests import torch_models, torch_resnet32, torch_ride
 from tests.fake_data import mock_tfds_cifar
+from tests.nbn_jax.test_convert import ride_logit_differences
 
 ROOT = pathlib.Path(__file__).parents[3]
 
@@ -125,6 +126,92 @@ def test_command_refuses_a_mismatched_checkpoint_in_one_line(tmp_path):
   assert last.startswith('error: checkpoint key '), result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'workdir' / 'checkpoints').exists()
+
+
+def _tiny_ride_nbn_lr(num_classes=10):
+  """The reference's ride_nbn_lr network with one block per stage."""
+  torch.manual_seed(0)
+  return torch_models.randomize(
+      torch_ride.RIDEResNet(
+          layers=(1, 1, 1, 1), num_classes=num_classes, head='linear_bn'
+      )
+  )
+
+
+def _authors_checkpoint(torch_model):
+  """What the reference's main.py saves: DDP keys inside 'state_dict'."""
+  optimizer = torch.optim.SGD(torch_model.parameters(), 0.1, momentum=0.9)
+  return {
+      'epoch': 200,
+      'arch': 'resnet50_ride_NBN',
+      'state_dict': {
+          f'module.{k}': v for k, v in torch_model.state_dict().items()
+      },
+      'best_acc1': torch.tensor(55.0),
+      'optimizer': optimizer.state_dict(),
+  }
+
+
+@pytest.mark.parametrize('save_format', ['authors', 'bare'])
+def test_both_save_formats_of_a_ride_checkpoint_give_its_logits(
+    tmp_path, save_format
+):
+  torch_model = _tiny_ride_nbn_lr()
+  checkpoint = tmp_path / 'ride.pth'
+  torch.save(
+      _authors_checkpoint(torch_model)
+      if save_format == 'authors'
+      else torch_model.state_dict(),
+      checkpoint,
+  )
+  model = models.RIDEResNet14(10, logit_norm=True)
+  variables = from_torch_state_dict(
+      model, load_torch_state_dict(str(checkpoint))
+  )
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3))
+  mean, experts = ride_logit_differences(torch_model, model, variables, images)
+  assert mean < 1e-5 and experts < 1e-5
+
+
+@pytest.mark.slow
+def test_command_converts_a_ride_checkpoint_and_refuses_it_for_resnet50(
+    tmp_path,
+):
+  """ImageNet-LT's config: with the RIDE model the authors' logits come
+  back from the workdir; with its ResNet-50 the one line says RIDE."""
+  torch_model = _tiny_ride_nbn_lr(num_classes=1000)
+  checkpoint = tmp_path / 'ride_nbn_lr.pth'
+  torch.save(_authors_checkpoint(torch_model), checkpoint)
+  config = ROOT / 'configs' / 'imagenet_lt.py'
+  refused = _convert(
+      f'--checkpoint={checkpoint}',
+      f'--config={config}',
+      f'--workdir={tmp_path / "refused"}',
+  )
+  assert refused.returncode == 1
+  last = refused.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: checkpoint key 'fc.bias' is missing"), last
+  assert '--config.model=RIDEResNet14 --config.num_experts=3' in last
+  assert 'Traceback' not in refused.stderr
+  assert not (tmp_path / 'refused' / 'checkpoints').exists()
+
+  converted = _convert(
+      f'--checkpoint={checkpoint}',
+      f'--config={config}',
+      '--config.model=RIDEResNet14',
+      '--config.logit_norm=True',
+      '--config.half_precision=False',
+      f'--workdir={tmp_path / "workdir"}',
+  )
+  assert converted.returncode == 0, converted.stderr[-2000:]
+  run = trained.load(str(tmp_path / 'workdir'))
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  with torch.no_grad():
+    expected = torch_model(
+        torch_resnet32.torch_inputs(images, run.spec.mean, run.spec.std)
+    ).numpy()
+  ours = run.logits(images)
+  assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_help_describes_the_command_and_exits_0():

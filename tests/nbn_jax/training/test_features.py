@@ -1,9 +1,12 @@
 """Per-class feature magnitudes of trained runs, BN against NBN."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import quickstart
+from nbn_jax import models
 from nbn_jax.training import features, loop, plan, trained
 
 DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
@@ -41,6 +44,30 @@ def test_features_are_what_the_classifier_reads(workdirs):
   np.testing.assert_allclose(
       pooled @ fc['kernel'] + fc['bias'],
       run.logits(images),
+      rtol=1e-5,
+      atol=1e-5,
+  )
+
+
+def test_an_ensembles_features_are_its_experts_side_by_side():
+  """The mean of the linear experts' logits is linear in them."""
+  model = models.RIDEResNet8(10, num_experts=3, classifier='linear')
+  images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), np.uint8)
+  prepare = lambda x: jnp.asarray(x, jnp.float32) / 255
+  variables = model.init(jax.random.key(0), prepare(images), train=False)
+  pooled = features.pooled_features(model, variables, prepare, images)
+  assert pooled.shape == (6, 3 * 64)
+  heads = [variables['params'][f'expert_{e}']['fc'] for e in range(3)]
+  logits = (
+      sum(
+          f @ h['kernel'] + h['bias']
+          for f, h in zip(np.split(pooled, 3, 1), heads)
+      )
+      / 3
+  )
+  np.testing.assert_allclose(
+      logits,
+      model.apply(variables, prepare(images), train=False)['logits'],
       rtol=1e-5,
       atol=1e-5,
   )

@@ -383,3 +383,96 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   top1 = [results['runs'][k]['last']['test']['top1'] for k in (0, 2)]
   assert summary['last']['top1']['runs'] == pytest.approx(top1)
   assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
+
+
+# --- RIDE ensembles ------------------------------------------------------------
+
+RIDE_ALPHAS = {f'nbn/alpha/expert_{e}' for e in range(3)}
+
+
+def test_a_ride_ensemble_trains_logs_each_experts_alpha_and_plots_them(
+    tmp_path,
+):
+  """RIDEResNet8 on the quickstart's digits, cross-entropy on the mean
+  logits."""
+  config = _tiny(
+      quickstart.get_config(),
+      model='RIDEResNet8',
+      num_epochs=_epochs_for(2, 503),
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, steps=2)
+  assert set(results['nbn_site_alphas'].values()) == {
+      f'expert_{e}/nbn_alpha' for e in range(3)
+  }
+  assert len(results['nbn_sites']) == 6  # bn1, bn2 of each layer3_0
+  assert set(results['scale_spread']) == set(results['nbn_sites'])
+  assert RIDE_ALPHAS <= _tensorboard_scalars(tmp_path)
+  assert 'nbn/alpha' not in _tensorboard_scalars(tmp_path)
+  curves = reporting.alpha_curves(
+      reporting.read_metrics(str(tmp_path / 'metrics.jsonl'))
+  )
+  assert set(curves) == RIDE_ALPHAS
+  assert all(len(epochs) == 2 for epochs, _ in curves.values())  # 2 steps
+  assert os.path.getsize(tmp_path / 'alpha.png') > 0
+  params = latest_params(str(tmp_path))
+  for e in range(3):  # what was logged last is the checkpoint's alpha
+    assert curves[f'nbn/alpha/expert_{e}'][1][-1] == pytest.approx(
+        float(params[f'expert_{e}']['nbn_alpha'])
+    )
+
+
+@pytest.mark.slow
+def test_a_stopped_ride_run_continues_then_evaluates_its_checkpoint(tmp_path):
+  config = _tiny(
+      quickstart.get_config(),
+      model='RIDEResNet8',
+      num_train_steps=1,
+      num_epochs=_epochs_for(2, 503),
+  )
+  assert loop.train_and_evaluate(config, str(tmp_path))['last']['step'] == 1
+  config.num_train_steps = -1
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, steps=2)
+  curves = reporting.alpha_curves(
+      reporting.read_metrics(str(tmp_path / 'metrics.jsonl'))
+  )
+  assert [len(epochs) for epochs, _ in curves.values()] == [2, 2, 2]
+  config.eval_only = True
+  evaluated = loop.train_and_evaluate(config, str(tmp_path))
+  assert evaluated['last']['test'] == results['last']['test']
+  assert os.path.getsize(tmp_path / 'alpha_eval.png') > 0
+
+
+@pytest.mark.slow
+def test_ride_runs_side_by_side_through_tf_data_in_bf16(tmp_path):
+  """K=2 RIDE runs in one program, BN statistics per group of 2 devices,
+  bfloat16, the tf.data path: each run's outputs and alpha plot."""
+  config = _tiny(
+      quickstart.get_config(),
+      model='RIDEResNet8',
+      num_runs=2,
+      bn_scope='group',
+      bn_group_size=2,
+      half_precision=True,
+      input_path='tf_data',
+      num_epochs=_epochs_for(2, 503),
+  )
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  for k, run in enumerate(results['runs']):
+    run_dir = tmp_path / f'run_{k}'
+    _check_outputs(str(run_dir), run, steps=2, checkpoints=False)
+    curves = reporting.alpha_curves(
+        reporting.read_metrics(str(run_dir / 'metrics.jsonl'))
+    )
+    assert set(curves) == RIDE_ALPHAS
+    assert os.path.getsize(run_dir / 'alpha.png') > 0
+  # The runs differ (their own seeds), also in the experts' alphas.
+  first, second = (
+      reporting.alpha_curves(
+          reporting.read_metrics(str(tmp_path / f'run_{k}' / 'metrics.jsonl'))
+      )['nbn/alpha/expert_0'][1]
+      for k in range(2)
+  )
+  assert not np.allclose(first, second)
+  assert json.loads((tmp_path / 'summary.json').read_text())['seeds'] == [0, 1]

@@ -5,6 +5,7 @@ import itertools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -118,7 +119,67 @@ def test_every_model_builds_for_every_dataset_config(config_module, model_name):
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
   )
-  assert variables['params']['nbn_alpha'].shape == ()
+  alpha_paths = plan.nbn_sites(model, shape).alpha_paths
+  assert alpha_paths  # the model's own placement reads at least one alpha
+  for path in alpha_paths:
+    leaf = variables['params']
+    for name in path.split('/'):
+      leaf = leaf[name]
+    assert leaf.shape == ()
+
+
+def test_a_ride_ensemble_gets_one_alpha_per_expert_from_the_config():
+  config = tiny_config(model='RIDEResNet8')
+  core = tiny_step_plan(config)
+  assert core.nbn.alpha_paths == tuple(
+      f'expert_{e}/nbn_alpha' for e in range(3)
+  )
+  assert core.nbn.paths == tuple(
+      f'expert_{e}/layer3_0/bn{i}' for e in range(3) for i in (1, 2)
+  )
+  assert (core.model.num_experts, core.model.classifier) == (3, 'cosine')
+
+
+def test_the_ensemble_and_head_fields_reach_the_model_when_set():
+  config = tiny_config(
+      model='RIDEResNet8',
+      num_experts=2,
+      reduce_dimension=True,
+      classifier='linear',
+      cosine_scale=16.0,
+  )
+  model = plan.build_model(config, 10)
+  assert (
+      model.num_experts,
+      model.reduce_dimension,
+      model.classifier,
+      model.cosine_scale,
+  ) == (2, True, 'linear', 16.0)
+  plain = plan.build_model(tiny_config(classifier='cosine'), 10)
+  assert (plain.classifier, plain.cosine_scale) == ('cosine', 30.0)
+
+
+def test_a_config_recorded_before_the_ensemble_fields_still_builds():
+  """trained.load of an older workdir: its config.json lacks them."""
+  config = tiny_config().to_dict()
+  for field in checks.MODEL_OPTIONS:
+    del config[field]
+  model = plan.build_model(ml_collections.ConfigDict(config), 10)
+  assert model.classifier == 'linear'
+
+
+@pytest.mark.parametrize('decay_alpha', [True, False])
+def test_expert_alphas_are_decayed_unless_decay_alpha_is_off(decay_alpha):
+  core = tiny_step_plan(
+      tiny_config(model='RIDEResNet8', decay_alpha=decay_alpha)
+  )
+  params = {f'expert_{e}': {'nbn_alpha': jnp.float32(1.5)} for e in range(3)}
+  params['w'] = jnp.float32(1.5)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = core.tx.update(zeros, core.tx.init(params), params)
+  assert float(updates['w']) != 0.0  # decay alone moves a parameter
+  for e in range(3):
+    assert (float(updates[f'expert_{e}']['nbn_alpha']) != 0.0) == decay_alpha
 
 
 # --- The optimiser and schedule ---------------------------------------------

@@ -112,3 +112,40 @@ def test_per_class_plot_stays_readable_for_any_class_count(
   reporting.plot_per_class_accuracy(path, accuracy, counts, 'title')
   width, height = Image.open(path).size
   assert width <= 1200 and height == 480  # at most 10 x 4 inches at 120 dpi
+
+
+def test_alpha_curves_read_each_alpha_over_epochs_from_the_rows():
+  rows = [
+      {
+          'step': 1,
+          'train/loss': 2.0,
+          'train/epoch': 0.5,
+          'nbn/alpha/expert_0': 1.0,
+          'nbn/alpha/expert_1': 0.9,
+      },
+      {'step': 1, 'eval/test/top1': 0.1},  # an evaluation row: no alpha
+      {
+          'step': 2,
+          'train/loss': 1.0,
+          'train/epoch': 1.0,
+          'nbn/alpha/expert_0': 0.8,
+          'nbn/alpha/expert_1': None,
+      },
+  ]
+  curves = reporting.alpha_curves(rows)
+  assert list(curves) == ['nbn/alpha/expert_0', 'nbn/alpha/expert_1']
+  np.testing.assert_array_equal(curves['nbn/alpha/expert_0'][0], [0.5, 1.0])
+  np.testing.assert_array_equal(curves['nbn/alpha/expert_0'][1], [1.0, 0.8])
+  np.testing.assert_array_equal(curves['nbn/alpha/expert_1'][1], [0.9])
+  assert reporting.alpha_curves([{'step': 1, 'train/epoch': 0.1}]) == {}
+
+
+def test_alpha_plot_is_written(tmp_path):
+  path = str(tmp_path / 'alpha.png')
+  epochs = np.linspace(0, 2, 5)
+  reporting.plot_alphas(
+      path,
+      {'nbn/alpha': (epochs, epochs), 'nbn/alpha/expert_0': (epochs, -epochs)},
+      't',
+  )
+  assert Image.open(path).size == (720, 480)
