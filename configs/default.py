@@ -83,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_granularity = 'step'
   config.lr_decay_epochs = (160.0, 180.0)
   config.lr_decay_factor = 0.01
+  # cosine: 0, one half cosine over the run; P > 0, PyTorch's
+  # CosineAnnealingLR(T_max=P epochs) continued past P (the reference's RIDE
+  # configs: T_max 90 in a 200-epoch run, so the rate rises again).
+  config.cosine_period_epochs = 0.0
   config.num_epochs = 200.0
   # Stop after this many steps (-1: the whole run). The schedule stays the
   # whole run's, so a later run with a larger value (or -1) continues it.

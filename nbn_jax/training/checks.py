@@ -71,6 +71,7 @@ NON_NEGATIVE = (
     'ldam_max_m',
     'drw_epoch',
     'ride_reweight_factor',
+    'cosine_period_epochs',
 )
 
 

@@ -46,6 +46,7 @@ def learning_rate_schedule(
     lr_decay_epochs: tuple[float, ...] = (),
     lr_decay_factor: float = 0.1,
     warmup_granularity: str = 'step',
+    cosine_period_epochs: float = 0.0,
 ) -> optax.Schedule:
   """Step -> learning rate.
 
@@ -63,6 +64,12 @@ def learning_rate_schedule(
       base_rate * (s + 1) / warmup_steps. 'epoch': every step of epoch e
       uses base_rate * (e + 1) / warmup_epochs (LDAM-DRW's staircase; needs
       a whole number of `warmup_epochs`).
+    cosine_period_epochs: 'cosine' only. 0: one half cosine from the end of
+      the warm-up to 0 at the last step. P > 0: PyTorch's
+      `CosineAnnealingLR(T_max=P epochs)` continued past P, as the
+      reference's ride*.yaml run it for 200 epochs with T_max 90: the rate
+      reaches 0 at P epochs after the warm-up, rises back to the base rate
+      at 2P, and so on.
 
   Epoch e starts at step `epoch_start(e, steps_per_epoch)`, for the
   warm-up's stairs and the decay epochs alike.
@@ -84,12 +91,19 @@ def learning_rate_schedule(
   # Starts of warm-up epochs 1 .. warmup_epochs - 1 (the stairs' risers).
   stairs = _epoch_starts(range(1, int(warmup_epochs)), steps_per_epoch)
   decay_steps = max(1, total_steps - warmup_steps)
+  period_steps = epoch_start(cosine_period_epochs, steps_per_epoch)
 
   def rate(step):
     step = jnp.asarray(step, jnp.int32)
     if schedule == 'step':
       decays = jnp.sum(step >= boundaries)
       main = base_rate * lr_decay_factor**decays
+    elif period_steps:  # periodic, as torch's scheduler past T_max
+      main = (
+          0.5
+          * base_rate
+          * (1 + jnp.cos(jnp.pi * (step - warmup_steps) / period_steps))
+      )
     else:
       progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
       main = 0.5 * base_rate * (1 + jnp.cos(jnp.pi * progress))

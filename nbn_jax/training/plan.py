@@ -203,6 +203,7 @@ def build_optimizer(
       tuple(config.lr_decay_epochs),
       config.lr_decay_factor,
       config.warmup_granularity,
+      config.cosine_period_epochs,
   )
   tx = optim.sgd(
       schedule,

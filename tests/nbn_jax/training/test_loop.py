@@ -14,7 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 import input_pipeline as ip
-from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
+from configs import cifar10_lt, cifar10_lt_ldam_drw, cifar10_lt_ride
+from configs import cifar100_lt, cifar100_lt_ldam_drw, cifar100_lt_ride
+from configs import imagenet_lt, imagenet_lt_ride, imagenet_lt_ride_nbn_lr
+from configs import inat2018, quickstart
 from nbn_jax.training import ConfigError, loop, reporting
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import runs as runs_lib
@@ -183,6 +186,56 @@ class TestEveryBenchmarkConfig:
       assert 'val' in results['last']
     else:
       assert 'best_on_val' not in results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'config_module, model',
+    [
+        (cifar10_lt_ride, 'RIDEResNet8'),
+        (cifar100_lt_ride, 'RIDEResNet8'),
+        (cifar10_lt_ldam_drw, 'ResNet8'),
+        (cifar100_lt_ldam_drw, 'ResNet8'),
+        (imagenet_lt_ride_nbn_lr, 'RIDEResNet14'),
+    ],
+)
+def test_each_method_config_trains_end_to_end(tmp_path, config_module, model):
+  """RIDE (+ NBN) and LDAM-DRW, their losses re-weighting from step 1."""
+  config = config_module.get_config()
+  overrides = dict(model=model, num_epochs=None, drw_epoch=None)
+  if config.dataset == 'imagenet_lt':
+    data = _list_dataset(tmp_path, 1000, test_size=40)
+    train_size = 1000 + 40
+    overrides |= dict(image_size=32, resize_size=36, num_experts=2, **data)
+  else:
+    classes = 10 if config.dataset == 'cifar10' else 100
+    train_size = ip.long_tail_counts(20, classes, 10).sum()
+    overrides |= dict(imbalance_factor=10.0)
+  overrides['num_epochs'] = _epochs_for(2, train_size)
+  overrides['drw_epoch'] = _epochs_for(1, train_size)  # from step 1 on
+  config = _tiny(config, **overrides)
+  if config.dataset == 'imagenet_lt':
+    results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  else:
+    with _mock_cifar(classes, 20, 2):
+      results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  _check_outputs(str(tmp_path / 'workdir'), results, steps=2)
+  if model.startswith('RIDE'):  # each expert's NBN reads its own alpha
+    alphas = set(results['nbn_site_alphas'].values())
+    expected = {f'expert_{e}/nbn_alpha' for e in range(config.num_experts)}
+    assert alphas == (expected if config.norm == 'nbn' else {None})
+
+
+def test_the_ride_baseline_is_ride_nbn_lr_with_plain_bn_heads():
+  """configs/imagenet_lt_ride.py (the reference's ride.yaml) differs from
+  the end-to-end tested ride_nbn_lr only where the reference's two differ."""
+  nbn_lr = imagenet_lt_ride_nbn_lr.get_config().to_dict()
+  baseline = imagenet_lt_ride.get_config().to_dict()
+  assert {k for k in nbn_lr if nbn_lr[k] != baseline[k]} == {
+      'norm',
+      'logit_norm',
+  }
+  assert (baseline['norm'], baseline['logit_norm']) == ('bn', False)
 
 
 def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -142,3 +142,19 @@ def test_epoch_warmup_needs_whole_epochs():
     optim.learning_rate_schedule(
         'step', 0.1, 7.0, 100, 2, warmup_granularity='batch'
     )
+
+
+def test_a_cosine_period_continues_as_pytorchs_scheduler_past_t_max():
+  """T_max 90 epochs in a 200-epoch run (the reference's RIDE configs): 0
+  at epoch 90, the base rate again at 180; with period 0, 0 at the end."""
+  periodic = optim.learning_rate_schedule(
+      'cosine', 0.1, 10.0, 2000, cosine_period_epochs=90.0
+  )
+  by_epoch = {e: float(periodic(e * 10)) for e in (0, 45, 90, 135, 180, 199)}
+  torch_rate = lambda e: 0.05 * (1 + np.cos(np.pi * e / 90))  # closed form
+  assert by_epoch == pytest.approx({e: torch_rate(e) for e in by_epoch})
+  assert by_epoch[90] == pytest.approx(0.0, abs=1e-9)
+  assert by_epoch[180] == pytest.approx(0.1)
+  once = optim.learning_rate_schedule('cosine', 0.1, 10.0, 2000)
+  assert float(once(1000)) == pytest.approx(0.05)
+  assert float(once(2000)) == pytest.approx(0.0, abs=1e-9)
