@@ -4,6 +4,7 @@
 #                     requirements.txt and this package, trains the quickstart
 #   make test         adds requirements-test.txt (PyTorch), then runs
 #                     lint-imports and the whole suite
+#   make help         this text (also plain `make`)
 #
 # Each install step reruns only when its requirements file changes. The
 # recipes are the README's manual steps, run with $(VENV)/bin first on the
@@ -18,7 +19,12 @@ QUICKSTART_WORKDIR ?= /tmp/quickstart
 PYTEST_FLAGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: quickstart test
+.PHONY: help quickstart test
+.DEFAULT_GOAL := help
+
+help:
+	@bash tools/help.sh Makefile
+
 
 quickstart: $(VENV)/.installed
 	python train.py --config=configs/quickstart.py --workdir=$(QUICKSTART_WORKDIR)

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Prints the path of a CPython 3.12 that can create a virtual environment
 # (what `make` builds .venv with), or says in one line on stderr what to
-# install or set, and exits 1.
+# install or set, and exits 1:
+#
+#   bash tools/find_python.sh
 #
 # Tried in order: $PYTHON, then python3.12, python3 and python on the PATH.
 # A pyenv shim that cannot run (its selected version is not installed, or
 # is not a 3.12) is named with the fix: PYENV_VERSION=<an installed 3.12>,
 # or `pyenv install 3.12`.
 set -u
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  exec bash "$(dirname "$0")/help.sh" "$0"
+fi
 
 # The interpreter's own path if it is CPython 3.12; nothing otherwise.
 python_312() {
