@@ -54,7 +54,7 @@ done
 
 if ((${#shims[@]})); then
   # Why the shim does not give a 3.12 here (pyenv's own first line).
-  why=$("${shims[0]}" --version 2>&1 | head -n 1)
+  IFS= read -r why < <("${shims[0]}" --version 2>&1)
   installed=""
   while read -r version; do
     [[ "$version" =~ ^3\.12\.[0-9]+$ ]] && installed=$version
@@ -67,7 +67,7 @@ if ((${#shims[@]})); then
   fail "${shims[0]} is a pyenv shim and pyenv has no CPython 3.12 ($why):" \
     "run pyenv install 3.12, or set PYTHON=/path/to/python3.12."
 fi
+not_312=${found_non_312[*]:+; ${found_non_312[*]} are not 3.12}
 fail "no CPython 3.12 found (tried \$PYTHON, python3.12, python3, python" \
-  "${found_non_312[*]:+: ${found_non_312[*]} are not 3.12}); install it" \
-  "(python.org, apt install python3.12 python3.12-venv, pyenv install" \
-  "3.12) or set PYTHON=/path/to/python3.12."
+  "on the PATH$not_312): install it (python.org, apt install python3.12" \
+  "python3.12-venv, pyenv install 3.12) or set PYTHON=/path/to/python3.12."
