@@ -36,11 +36,9 @@ $(VENV)/bin/python:
 	python=$$(bash tools/find_python.sh) && "$$python" -m venv $(VENV)
 
 $(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
-	python -m pip install --upgrade pip
-	python -m pip install -r requirements.txt
-	python -m pip install --no-deps -e .
+	pip install -r requirements.txt && pip install -e .
 	touch $@
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
-	python -m pip install -r requirements-test.txt
+	pip install -r requirements-test.txt
 	touch $@
