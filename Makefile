@@ -25,7 +25,6 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 help:
 	@bash tools/help.sh Makefile
 
-
 quickstart: $(VENV)/.installed
 	python train.py --config=configs/quickstart.py --workdir=$(QUICKSTART_WORKDIR)
 
