@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ''  # TFDS data_dir, or the CIFAR-10 JPEG folder
   config.imbalance_factor = 100.0  # CIFAR / digits long tail, n_max / n_min
   config.image_root = ''  # list-file datasets: folder the listed paths are in
-  config.train_list = ''
+  config.train_list = ''  # eval_only: optional, read for the class counts
   config.val_list = ''  # empty: no validation split (select nothing)
   config.test_list = ''
   config.cache_dir = ''  # where decoded CIFAR JPEG arrays are kept
@@ -144,5 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 512
   config.checkpoint_every_epochs = 10.0
   config.keep_checkpoints = 2
-  config.eval_only = False  # evaluate the workdir's latest checkpoint
+  # Evaluate the workdir's latest checkpoint; list-file datasets need only
+  # test_list then (train_list, if given, gives Many/Medium/Few).
+  config.eval_only = False
   return config

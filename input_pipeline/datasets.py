@@ -135,6 +135,10 @@ class SourceSettings:
       (iNaturalist: its val set is the test set).
     cache_dir: where decoded CIFAR JPEG arrays are kept.
     check_images: for list files, check that the listed images exist.
+    train_counts_only: the training split serves only its class counts (an
+      evaluation, whose Many/Medium/Few groups they define): for list
+      files, `train_list` may be empty (a train split without examples) or
+      miss classes, and its images are not checked.
   """
 
   data_dir: str | None = None
@@ -145,6 +149,7 @@ class SourceSettings:
   test_list: str = ''
   cache_dir: str | None = None
   check_images: bool = True
+  train_counts_only: bool = False
 
 
 Splits = tuple[Split, Split | None, Split]  # train, val (or None), test
@@ -204,34 +209,40 @@ def _load_digits(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
 
 
 def _load_lists(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
-  missing = [
-      field
-      for field, value in (
-          ('train_list', s.train_list),
-          ('test_list', s.test_list),
-          ('image_root', s.image_root),
-      )
-      if not value
-  ]
+  required = {'test_list': s.test_list, 'image_root': s.image_root}
+  if not s.train_counts_only:
+    required = {'train_list': s.train_list} | required
+  missing = [field for field, value in required.items() if not value]
   if missing:
     raise DataError(
         f'{name} from list files needs {", ".join(missing)} (see README, '
         '"Data").'
     )
 
-  def load(list_file, kind, all_classes):
+  def load(list_file, kind, all_classes=False, check_images=s.check_images):
     return sources.load_list_split(
         list_file,
         s.image_root,
         spec.num_classes,
         name=f'{name}:{kind}',
         require_all_classes=all_classes,
-        check_images=s.check_images,
+        check_images=check_images,
     )
 
-  train = load(s.train_list, 'train', True)
-  val = load(s.val_list, 'val', False) if s.val_list else None
-  return train, val, load(s.test_list, 'test', False)
+  if not s.train_counts_only:
+    train = load(s.train_list, 'train', all_classes=True)
+  elif s.train_list:  # its labels alone: classes may be missing, images too
+    train = load(s.train_list, 'train', check_images=False)
+  else:
+    train = Split(
+        f'{name}:train',
+        labels=np.zeros(0, np.int32),
+        num_classes=spec.num_classes,
+        paths=np.zeros(0, str),
+        image_root=s.image_root,
+    )
+  val = load(s.val_list, 'val') if s.val_list else None
+  return train, val, load(s.test_list, 'test')
 
 
 # Every source a benchmark can name in its `DatasetSpec.sources`.
@@ -254,7 +265,7 @@ def load_benchmark(dataset: str, *, source: str, **settings) -> Benchmark:
       'digits' (embedded).
     **settings: where the source finds the data, the fields of
       `SourceSettings` (data_dir, imbalance_factor, image_root, the lists,
-      cache_dir, check_images).
+      cache_dir, check_images, train_counts_only).
 
   Raises:
     DataError: unknown dataset or source, or missing data.

@@ -166,9 +166,13 @@ def check_images(
       json.dump({'split': split.name, 'images': len(paths)}, f)
 
 
-def check_benchmark_images(benchmark, cache_dir: str | None = None) -> None:
-  """`check_images` on the train, val and test splits of a Benchmark."""
-  for split in (benchmark.train, benchmark.val, benchmark.test):
+def check_benchmark_images(
+    benchmark, cache_dir: str | None = None, train: bool = True
+) -> None:
+  """`check_images` on the train (unless `train` is False: an evaluation
+  reads no training image), val and test splits of a Benchmark."""
+  splits = [benchmark.train] if train else []
+  for split in splits + [benchmark.val, benchmark.test]:
     if split is not None:
       check_images(split, cache_dir)
 

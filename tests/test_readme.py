@@ -1,17 +1,22 @@
 """The README's code runs as written."""
 
+import os
 import pathlib
 import re
+import shlex
+import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import train
 from configs import quickstart
-from nbn_jax.training import loop
+from nbn_jax.training import checks, conversion, loop
 
-README = pathlib.Path(__file__).parents[1] / 'README.md'
+ROOT = pathlib.Path(__file__).parents[1]
+README = ROOT / 'README.md'
 
 
 def test_readme_example_trains_with_shared_alpha():
@@ -77,3 +82,97 @@ def test_use_it_in_your_model_runs_as_written(tmp_path):
   config.update(num_train_steps=2, steps_per_dispatch=1)
   loop.train_and_evaluate(config, str(tmp_path / 'quickstart'))
   assert _run(load)['logits'].shape == (4, 10)
+
+
+def _indented_blocks(title: str) -> list[list[str]]:
+  """The section's indented (shell) blocks, each a list of its lines."""
+  blocks = re.findall(r'\n\n((?:    .*\n)+)', _section(title))
+  return [[line.strip() for line in block.splitlines()] for block in blocks]
+
+
+def _commands(lines: list[str]) -> list[str]:
+  """Shell lines as single commands ('a && b' is two)."""
+  return [c.strip() for line in lines for c in line.split(' && ')]
+
+
+def _make_dry_run(target: str, venv: pathlib.Path) -> list[str]:
+  """What `make TARGET` would run, for an environment at `venv`, with none
+  of the Makefile's settings taken from this process (`.ci/run` sets some)."""
+  settings = ('VENV', 'PYTHON', 'QUICKSTART_WORKDIR', 'PYTEST_FLAGS')
+  env = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in settings and not k.startswith(('MAKE', 'MFLAGS'))
+  }
+  result = subprocess.run(
+      ['make', '--dry-run', '--no-print-directory', target, f'VENV={venv}'],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
+  return _commands(result.stdout.splitlines())
+
+
+def test_the_two_commands_are_the_ones_ci_runs():
+  """The README's first block is what .ci/run runs, in the same order."""
+  two = _indented_blocks('Set up, try, test')[0]
+  ci = [
+      line.strip()
+      for line in (ROOT / '.ci' / 'run').read_text().splitlines()
+      if line.startswith('make ')
+  ]
+  assert len(two) == 2 and ci == two
+
+
+def test_the_two_commands_run_the_manual_steps(tmp_path):
+  """From nothing, `make quickstart` and `make test` run the README's steps
+  "by hand" that follow creating and entering the environment, in order
+  (`make test` all but the quickstart); with an environment in place, only
+  the quickstart or the suite."""
+  blocks = _indented_blocks('Set up, try, test')
+  [manual] = [b for b in blocks if b[0].startswith('python3.12 -m venv')]
+  steps = _commands(manual)[2:]
+  [train] = [c for c in steps if c.startswith('python train.py')]
+  quickstart = steps[: steps.index(train) + 1]
+  suite = [c for c in steps if c != train]
+  fresh = tmp_path / 'absent'
+  assert [c for c in _make_dry_run('quickstart', fresh) if c in steps] == (
+      quickstart
+  )
+  assert [c for c in _make_dry_run('test', fresh) if c in steps] == suite
+  installed = tmp_path / 'venv'
+  for name in ('bin/python', '.installed', '.installed-test'):
+    (installed / name).parent.mkdir(parents=True, exist_ok=True)
+    (installed / name).touch()
+  assert _make_dry_run('quickstart', installed) == [train]
+  assert _make_dry_run('test', installed) == suite[-2:]
+
+
+def _command_lines(program: str) -> list[list[str]]:
+  """Every `program ...` command of the README, in a block (continuation
+  lines joined) or in backticks, as argv."""
+  text = README.read_text().replace('\\\n', ' ')
+  found = re.findall(rf'^ +({program} .*)$', text, re.M)
+  found += re.findall(rf'`({program} [^`]*)`', text)
+  return [shlex.split(command)[len(program.split()) - 1 :] for command in found]
+
+
+def test_the_train_commands_are_valid_command_lines():
+  """Each README train.py command parses and passes the config checks on
+  8 devices (its data is not here)."""
+  commands = _command_lines('python train.py')
+  assert len(commands) >= 8
+  for argv in commands:
+    values = train.parse_flags(argv)
+    checks.check_config(values.config, device_count=8, process_count=1)
+
+
+def test_the_convert_commands_are_valid_command_lines():
+  commands = _command_lines('python -m nbn_jax.convert')
+  assert len(commands) == 2  # the ResNets' and RIDE's
+  for argv in commands:
+    values = conversion.parse_flags(argv)
+    assert values.checkpoint.endswith('.pth')
+    checks.check_config(values.config, device_count=8, process_count=1)

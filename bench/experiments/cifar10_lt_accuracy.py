@@ -304,7 +304,9 @@ def report(args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('command', choices=('run', 'report'))
   parser.add_argument('--root', required=True, help='folder of the runs')
   parser.add_argument('--data-dir', help='the CIFAR-10 JPEG folder')

@@ -19,7 +19,9 @@ from nbn_jax.training import features
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--data-dir', default='')
   parser.add_argument('--cache-dir', default='')

@@ -157,7 +157,9 @@ def first_gradient_norms(data):
 
 
 def main():
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--seeds', default='0,1')
   args = parser.parse_args()

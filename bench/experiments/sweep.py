@@ -184,7 +184,9 @@ def report(args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   commands = parser.add_subparsers(dest='command', required=True)
   run_parser = commands.add_parser('run')
   run_parser.add_argument('--root', required=True)

@@ -279,7 +279,9 @@ def summary(args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('oracle', help='train the PyTorch oracle as LDAM does')
   run.add_argument('--data-dir', required=True, help='CIFAR-10 JPEG folder')

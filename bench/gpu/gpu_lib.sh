@@ -12,14 +12,18 @@
 
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  bash "$root/tools/help.sh" "$0"
+  exit 0
+fi
 if (( $# < 2 )); then
-  echo "usage: $0 DATA_DIR OUT_DIR [SECONDS]" >&2
+  echo "usage: $0 DATA_DIR OUT_DIR [SECONDS] (--help: what it runs)" >&2
   exit 2
 fi
 data_dir=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2/cache" && out=$(cd "$2" && pwd) || exit 2
 budget=${3:-560}
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 cd "$root"
 

@@ -68,7 +68,9 @@ def folder_bytes(path: str) -> int:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--dir', default=None, help='where to write')
   parser.add_argument('--rounds', type=int, default=3)
   args = parser.parse_args()

@@ -41,7 +41,9 @@ def write_jpegs(root: str, count: int, classes: int) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--images', type=int, default=4000)
   parser.add_argument('--dir', default=None)
   args = parser.parse_args()

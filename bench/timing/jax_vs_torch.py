@@ -65,7 +65,9 @@ def torch_runner(images, labels, bf16, compile_model=False):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--steps-per-round', type=int, default=3)

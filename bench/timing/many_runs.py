@@ -100,7 +100,9 @@ class Program:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--runs', default='2,4,8,16')
   parser.add_argument(
       '--run-axis',

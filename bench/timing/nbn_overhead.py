@@ -106,7 +106,9 @@ def measure(name, batch, rounds, steps_per_round, bf16):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--models', default='resnet32,resnet50')
   parser.add_argument('--resnet32-batch', type=int, default=128)
   parser.add_argument('--resnet50-batch', type=int, default=8)

@@ -168,7 +168,9 @@ def _jpeg_folder(folder, count):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--cifar-jpeg', default='', help='CIFAR-10 JPEG folder')
   parser.add_argument('--cifar-batches', type=int, default=150)
   parser.add_argument('--imagenet-images', type=int, default=512)

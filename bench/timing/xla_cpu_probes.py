@@ -17,6 +17,7 @@
    of a forward+backward pass.
 """
 
+import argparse
 import statistics
 import time
 
@@ -156,6 +157,9 @@ def probe_remat():
 
 
 def main():
+  argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  ).parse_args()  # no options: --help
   print(f'jax {jax.__version__} on {jax.default_backend()}')
   probe_weight_gradient()
   probe_remat()

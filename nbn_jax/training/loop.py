@@ -57,7 +57,9 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
   Nothing is written to `workdir` before every image file is checked and,
   for eval_only, a checkpoint to evaluate is found.
   """
-  image_check.check_benchmark_images(plan.benchmark)  # cached once passed
+  # Cached once passed; an evaluation reads no training image.
+  image_check.check_benchmark_images(plan.benchmark, train=not plan.eval_only)
+  _log_uncounted_classes(plan)
   runs = plan.runs
   checkpoints = Checkpoints(
       workdir,
@@ -103,6 +105,33 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
   finally:
     checkpoints.wait()
     checkpoints.close()
+
+
+def _log_uncounted_classes(plan: Plan):
+  """One line if classes lack a training count (eval_only with a partial or
+  no train list): they are in no Many/Medium/Few group."""
+  counts = plan.benchmark.train_counts()
+  uncounted = np.flatnonzero(counts == 0)
+  if not plan.eval_only or not uncounted.size:
+    return
+  if uncounted.size == counts.size:
+    logging.warning(
+        'eval_only without config.train_list: no class has a training '
+        'count, so Many/Medium/Few are n/a (top-1 is over every test '
+        'image); give config.train_list for them.'
+    )
+    return
+  logging.warning(
+      'eval_only: %d of %d classes (%s%s) have no example in '
+      'config.train_list and are in no shot group: Many/Medium/Few are '
+      'over the %d classes it has (%s), top-1 over every test image.',
+      uncounted.size,
+      counts.size,
+      ', '.join(map(str, uncounted[:5])),
+      ', ...' if uncounted.size > 5 else '',
+      counts.size - uncounted.size,
+      ' / '.join(f'{len(ids)} {name}' for name, ids in plan.groups.items()),
+  )
 
 
 def _train(

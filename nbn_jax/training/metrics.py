@@ -21,11 +21,19 @@ def shot_groups(
     train_counts: np.ndarray,
     many: int = MANY_THRESHOLD,
     few: int = FEW_THRESHOLD,
+    counted: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
   """Many / Medium / Few class ids by training count.
 
   Many: more than `many` training images; Few: fewer than `few`; Medium: the
   rest (`few` to `many` inclusive), as in the long-tail literature.
+
+  Args:
+    train_counts: (C,) training images per class.
+    many, few: the thresholds.
+    counted: (C,) bool, the classes whose training count is known (default:
+      all). The others are in no group (an evaluation whose train list is
+      partial or absent); they count in top-1 only.
 
   Returns:
     {'many': ids, 'medium': ids, 'few': ids}, each a sorted int64 array.
@@ -33,10 +41,11 @@ def shot_groups(
   if not few <= many:
     raise ValueError(f'shot thresholds need few <= many, got {few=}, {many=}.')
   counts = np.asarray(train_counts)
+  known = np.ones(len(counts), bool) if counted is None else counted
   return {
-      'many': np.flatnonzero(counts > many),
-      'medium': np.flatnonzero((counts >= few) & (counts <= many)),
-      'few': np.flatnonzero(counts < few),
+      'many': np.flatnonzero(known & (counts > many)),
+      'medium': np.flatnonzero(known & (counts >= few) & (counts <= many)),
+      'few': np.flatnonzero(known & (counts < few)),
   }
 
 

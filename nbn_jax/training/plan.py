@@ -291,6 +291,7 @@ def load_benchmark(config: ml_collections.ConfigDict) -> ip.Benchmark:
       val_list=config.val_list,
       test_list=config.test_list,
       cache_dir=config.cache_dir or None,
+      train_counts_only=config.eval_only,
   )
 
 
@@ -434,7 +435,8 @@ class Plan:
     keep_checkpoints: periodic checkpoints kept.
     benchmark: the splits; `val` None where the benchmark has none.
     shot_thresholds: (many, few) training counts of the shot groups.
-    groups: Many/Medium/Few class ids.
+    groups: Many/Medium/Few class ids (for eval_only, of the classes the
+      train list has; the others are in none).
     core: the topology, model, optimiser, steps, run length and runs.
     input_path: 'on_device' or 'tf_data'.
     sampler, preprocessing: the training stream.
@@ -520,6 +522,15 @@ def build_plan(
   benchmark = load_benchmark(config)
   spec = benchmark.spec
   train_counts = benchmark.train_counts()
+  # An evaluation reads the training counts for the shot groups alone, and
+  # its train list may be partial or absent: a class without a count is in
+  # no group. The step plan's uses of the counts (the run's length, a
+  # loss's class prior) are training's; it gets one image where none is
+  # listed, as the converter gives it one for every class.
+  counted = train_counts > 0 if config.eval_only else None
+  step_counts = (
+      np.maximum(train_counts, 1) if config.eval_only else train_counts
+  )
   recipe = preprocessing(config, spec)
   if benchmark.train.in_memory:
     image_shape = tuple(benchmark.train.images.shape[1:])
@@ -533,10 +544,10 @@ def build_plan(
       benchmark=benchmark,
       shot_thresholds=(config.many_threshold, config.few_threshold),
       groups=metrics.shot_groups(
-          train_counts, config.many_threshold, config.few_threshold
+          train_counts, config.many_threshold, config.few_threshold, counted
       ),
       core=_build_step_plan(
-          config, layout, spec, train_counts, image_shape, devices
+          config, layout, spec, step_counts, image_shape, devices
       ),
       input_path=config.input_path,
       sampler=sampler_spec(config),

@@ -48,6 +48,52 @@ def test_training_list_missing_classes_is_a_clear_error(jpeg_dataset):
     )
 
 
+class TestTrainCountsOnly:
+  """An evaluation reads the train list for its class counts alone."""
+
+  def test_without_a_train_list_the_train_split_is_empty(self, jpeg_dataset):
+    test_list, root = jpeg_dataset([1] * 365, size=(8, 8), name='test')
+    benchmark = ip.load_benchmark(
+        'places_lt',
+        source='lists',
+        image_root=root,
+        test_list=test_list,
+        train_counts_only=True,
+    )
+    assert benchmark.train_counts().tolist() == [0] * 365
+    assert len(benchmark.test) == 365
+
+  def test_a_train_list_may_miss_classes_and_images(
+      self, jpeg_dataset, tmp_path
+  ):
+    test_list, root = jpeg_dataset([1] * 365, size=(8, 8), name='test')
+    train_list = tmp_path / 'partial.txt'
+    train_list.write_text('absent/a.jpg 2\nabsent/b.jpg 2\nabsent/c.jpg 5\n')
+    benchmark = ip.load_benchmark(
+        'places_lt',
+        source='lists',
+        image_root=root,
+        train_list=str(train_list),
+        test_list=test_list,
+        train_counts_only=True,
+    )
+    counts = benchmark.train_counts()
+    assert counts[2] == 2 and counts[5] == 1 and counts.sum() == 3
+
+  def test_the_test_list_is_still_checked(self, jpeg_dataset, tmp_path):
+    _, root = jpeg_dataset([1], size=(8, 8), name='test')
+    test_list = tmp_path / 'test.txt'
+    test_list.write_text('absent/a.jpg 0\n')
+    with pytest.raises(ip.DataError, match='1 listed images are missing'):
+      ip.load_benchmark(
+          'places_lt',
+          source='lists',
+          image_root=root,
+          test_list=str(test_list),
+          train_counts_only=True,
+      )
+
+
 def test_digits_benchmark():
   benchmark = ip.load_benchmark('digits', source='digits', imbalance_factor=10)
   assert benchmark.val is None

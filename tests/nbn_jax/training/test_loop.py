@@ -4,8 +4,10 @@ steps on mock or generated data, and resumption after a kill."""
 import json
 import math
 import os
+import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -236,6 +238,102 @@ def test_the_ride_baseline_is_ride_nbn_lr_with_plain_bn_heads():
       'logit_norm',
   }
   assert (baseline['norm'], baseline['logit_norm']) == ('bn', False)
+
+
+@pytest.fixture(scope='module')
+def trained_list_workdir(tmp_path_factory):
+  """(workdir, its config, its results): two steps on an ImageNet-LT-shaped
+  list dataset (1,000 classes, each in the train list), from a classifier
+  whose bias makes it answer class 0 (half of the test list: 20 images of
+  class 0, one of each class 1..20)."""
+  folder = tmp_path_factory.mktemp('imagenet_lt')
+  data = _list_dataset(folder, 1000, test_size=40)
+  test_lines = open(data['test_list']).read().splitlines()
+  with open(data['test_list'], 'w') as f:
+    f.writelines(
+        f'{line.split()[0]} {label}\n'
+        for line, label in zip(test_lines, [0] * 20 + list(range(1, 21)))
+    )
+  config = _tiny(
+      imagenet_lt.get_config(),
+      model='ResNet8',
+      image_size=32,
+      resize_size=36,
+      num_epochs=_epochs_for(2, 1000 + 40),
+      **data,
+  )
+  init_state = runs_lib.SingleRun.init_state
+
+  def answering_class_0(strategy):
+    state = init_state(strategy)
+    fc = state.params['fc']
+    bias = fc['bias'].at[0].set(100.0)
+    return state.replace(params={**state.params, 'fc': {**fc, 'bias': bias}})
+
+  workdir = str(folder / 'workdir')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(runs_lib.SingleRun, 'init_state', answering_class_0)
+    results = loop.train_and_evaluate(config, workdir)
+  assert results['last']['test']['top1'] == 0.5
+  return workdir, config, results
+
+
+def _evaluate_only(trained, caplog, **overrides):
+  """eval_only on the trained workdir: (results_eval.json, warning lines)."""
+  workdir, config, _ = trained
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.update(eval_only=True, val_list='', **overrides)
+  with caplog.at_level('WARNING'):
+    results = loop.train_and_evaluate(config, workdir)
+  assert results['last']['step'] == 2
+  written = json.loads(
+      (pathlib.Path(workdir) / 'results_eval.json').read_text()
+  )
+  return written, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.slow
+class TestEvalOnlyNeedsTheTrainListOnlyForTheShotGroups:
+  """ImageNet-LT-style evaluation of a checkpoint (a converted one, say)."""
+
+  def test_with_a_test_list_only(self, trained_list_workdir, caplog):
+    results, warnings = _evaluate_only(
+        trained_list_workdir, caplog, train_list=''
+    )
+    assert results['last']['test']['top1'] == 0.5
+    for group in ('many', 'medium', 'few'):
+      assert results['last']['test'][group] is None  # NaN, 'n/a' in the table
+      assert results['shot_groups'][group] == []
+    assert results['train_counts'] == [0] * 1000
+    [line] = [w for w in warnings if 'train_list' in w]
+    assert 'no class has a training count' in line and 'n/a' in line
+
+  def test_with_a_train_list_missing_classes_and_images(
+      self, trained_list_workdir, tmp_path, caplog
+  ):
+    """Classes 0, 1 and 2 listed with 150, 50 and 5 images (many, medium,
+    few), none of those images on disk."""
+    partial = tmp_path / 'partial_train.txt'
+    partial.write_text(
+        ''.join(
+            f'absent/{c}_{i}.jpg {c}\n'
+            for c, n in ((0, 150), (1, 50), (2, 5))
+            for i in range(n)
+        )
+    )
+    results, warnings = _evaluate_only(
+        trained_list_workdir, caplog, train_list=str(partial)
+    )
+    assert results['shot_groups'] == {'many': [0], 'medium': [1], 'few': [2]}
+    assert results['last']['test'] == {
+        'top1': 0.5,  # over every test image
+        'many': 1.0,  # class 0's 20 images
+        'medium': 0.0,  # class 1's one
+        'few': 0.0,
+    }
+    [line] = [w for w in warnings if 'train_list' in w]
+    assert '997 of 1000 classes (3, 4, 5, 6, 7, ...)' in line
+    assert 'over the 3 classes it has (1 many / 1 medium / 1 few)' in line
 
 
 def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -26,6 +26,16 @@ def test_shot_group_boundaries():
   assert 'Many (> 19' in metrics.describe_shot_groups(custom, 19, 6)
 
 
+def test_classes_without_a_known_count_are_in_no_group():
+  counts = np.array([101, 0, 50, 0, 5])
+  groups = metrics.shot_groups(counts, counted=counts > 0)
+  assert {g: ids.tolist() for g, ids in groups.items()} == {
+      'many': [0],
+      'medium': [2],
+      'few': [4],
+  }
+
+
 def test_class_hits_ignore_masked_examples():
   logits = jnp.array([[2.0, 0, 0], [0, 3, 0], [0, 0, 1], [5, 0, 0], [0, 9, 0]])
   labels = jnp.array([0, 2, 2, 1, 1])
