@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -226,3 +227,37 @@ class TestLock:
     os.utime(lock, (old, old))
     with wd.claim(str(tmp_path), config):
       assert json.loads(lock.read_text())['host'] == socket.gethostname()
+
+  def test_a_live_process_of_another_user_holds_its_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    # Signalling another user's process is refused (EPERM): it is alive.
+    pid = os.getpid()  # a live process, whose start time is known
+    (tmp_path / 'lock.0').write_text(
+        json.dumps({
+            'host': socket.gethostname(),
+            'pid': pid,
+            'start_time': wd._start_time(pid),
+        })
+    )
+
+    def not_permitted(target, signum):
+      raise PermissionError(1, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'kill', not_permitted)
+    with pytest.raises(wd.WorkdirError, match=f'is in use by pid {pid}'):
+      with wd.claim(str(tmp_path), config, process_index=0):
+        pytest.fail('entered')
+
+  def test_a_running_claim_refreshes_its_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    monkeypatch.setattr(wd, 'HEARTBEAT_SECONDS', 0.01)
+    with wd.claim(str(tmp_path), config):
+      lock = tmp_path / 'lock.0'
+      old = time.time() - wd.STALE_SECONDS - 1
+      os.utime(lock, (old, old))
+      deadline = time.monotonic() + 10
+      while os.path.getmtime(lock) == old and time.monotonic() < deadline:
+        time.sleep(0.01)
+      assert os.path.getmtime(lock) > old + wd.STALE_SECONDS
