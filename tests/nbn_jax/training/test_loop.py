@@ -254,6 +254,12 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
       whole['runs'][-1]['last']['test']
   )
   assert [h['step'] for h in resumed['history']] == [4, 8]
+  # Each step's row once: the steps after the checkpoint, logged before the
+  # kill, are dropped on resuming and logged again.
+  run_dir = tmp_path / 'resumed' / ('run_1' if num_runs > 1 else '')
+  with open(run_dir / 'metrics.jsonl') as f:
+    logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
+  assert logged == list(range(1, 9))
 
 
 @pytest.mark.slow
