@@ -48,12 +48,17 @@ class UsageError(ValueError):
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Passes warnings and up from QUIET_LIBRARIES, everything from the rest."""
+  """Passes warnings and up from QUIET_LIBRARIES, everything from the rest.
+
+  Their records that carry a traceback are dropped too: orbax logs one for
+  each of its background threads when a checkpoint write fails, and the
+  trainer reports that failure itself, in one line.
+  """
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        library in record.pathname for library in QUIET_LIBRARIES
-    )
+    if not any(library in record.pathname for library in QUIET_LIBRARIES):
+      return True
+    return record.levelno >= std_logging.WARNING and not record.exc_info
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -249,8 +254,26 @@ def _absl_flags_only(argv: list[str]) -> list[str]:
   return flags.FLAGS(argv, known_only=True)
 
 
+def _quiet_unraisable(unraisable):
+  """Drops the echoes of a failed checkpoint read or write; passes the rest.
+
+  When one of orbax's array reads or writes fails, the others still in
+  flight finish after its event loop has closed, and each prints a
+  traceback ('Event loop is closed'); the trainer reports the failure
+  itself, in one line.
+  """
+  echo = isinstance(unraisable.exc_value, RuntimeError) and (
+      str(unraisable.exc_value) == 'Event loop is closed'
+  )
+  code = getattr(unraisable.object, 'cr_code', None)  # an abandoned coroutine
+  if echo or (code is not None and '/orbax/' in code.co_filename):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def _absl_main(argv: list[str]):
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_unraisable
   sys.exit(main(argv))
 
 

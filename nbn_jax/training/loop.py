@@ -99,8 +99,10 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       for writer in writers:
         writer.close()
   finally:
-    checkpoints.wait()
-    checkpoints.close()
+    try:
+      checkpoints.wait()
+    finally:
+      checkpoints.close()
 
 
 def _train(
@@ -154,6 +156,7 @@ def _train(
           plan, state, record, step, pending, progress, checkpoints, writers
       )
       pending = []
+      checkpoints.confirm()  # a failed background write stops the run here
     if step % length.eval_every == 0 or end:
       _evaluate(plan, state, record, evaluator, step, checkpoints, writers)
     if checkpoint or stop:
@@ -161,8 +164,9 @@ def _train(
       if stop and not checkpoint:
         logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)
     if stop:
-      checkpoints.wait()
+      checkpoints.confirm()
       raise preemption.Preempted(step, signals.signal_name)
+  checkpoints.confirm()  # the last checkpoint is on disk before the results
   return state
 
 
