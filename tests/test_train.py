@@ -561,6 +561,49 @@ class TestStopAndResume:
     # Resuming is SIGTERM's path: the handler is the same for both.
     self._stop(tmp_path, signal.SIGINT)
 
+  @pytest.mark.parametrize(
+      'failing, last_step, kept',
+      [
+          (1, 5, 'No earlier one was written'),  # detected one step later
+          (2, 8, 'The last good one (step 4) is kept'),  # the run's end
+      ],
+  )
+  def test_a_disk_that_fills_up_stops_in_one_line_and_resumes_identical(
+      self, tmp_path, uninterrupted, failing, last_step, kept
+  ):
+    full = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'tests.disk_full',
+            str(failing),
+            f'--workdir={tmp_path}',
+            *self.RUN,
+        ],
+        cwd=ROOT,
+        env=_environment(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = _error_line(full)
+    step = 4 * failing
+    assert line == (
+        f'error: writing the checkpoint of step {step} to'
+        f' {tmp_path}/checkpoints failed: no space left on device. {kept}; fix'
+        ' the cause (free space, say) and rerun the same command to resume.'
+    )
+    progress = re.findall(r'step (\d+)/8 ', full.stderr)
+    assert int(progress[-1]) == last_step  # stopped at the next progress line
+    assert [d for d in _checkpoint_dirs(tmp_path) if d.isdigit()] == ['4'] * (
+        failing - 1
+    )
+    assert not (tmp_path / 'results.json').exists()
+    resumed = _train(tmp_path, *self.RUN, devices=1)  # space freed
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _checkpoint_dirs(tmp_path) == ['4', '8']  # the partial one is gone
+    assert self._results(tmp_path) == self._results(uninterrupted)
+
   def test_a_corrupt_latest_checkpoint_falls_back_and_ends_identical(
       self, tmp_path, uninterrupted
   ):
