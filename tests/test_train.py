@@ -87,6 +87,12 @@ def _write(path: pathlib.Path, text: str) -> str:
   return str(path)
 
 
+def _write_bytes(path: pathlib.Path, data: bytes) -> str:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+  return str(path)
+
+
 def _lists(tmp_path, train_lines: str) -> list[str]:
   """Flags for an ImageNet-LT-shaped list dataset under tmp_path."""
   return [
@@ -351,6 +357,24 @@ BAD_INPUTS = [
         'malformed_list_line',
         lambda t: _lists(t, 'a.jpg zero\n'),
         ['train.txt:1: expected "relative/path label"'],
+        None,
+    ),
+    (
+        'list_file_not_utf8',
+        lambda t: _lists(t, '')
+        + [
+            '--config.train_list='
+            + _write_bytes(
+                t / 'latin1.txt', 'a.jpg 0\ncaf\xe9.jpg 1\n'.encode('latin-1')
+            )
+        ],
+        ['latin1.txt:2: not UTF-8 text (byte 0xe9 at byte 4 of the line)'],
+        None,
+    ),
+    (
+        'list_file_is_a_folder',
+        lambda t: _lists(t, '') + [f'--config.train_list={t}'],
+        [f'list file {{t}} cannot be read (Is a directory)'],
         None,
     ),
 ]
