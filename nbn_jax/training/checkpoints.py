@@ -243,8 +243,9 @@ def structure_difference(saved, like_state) -> str | None:
     None if the paths and shapes agree, else which entry differs and how.
   """
   ours, theirs = _shapes(like_state), _shapes(saved)
-  differing = sorted(
-      k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)
+  differing = sorted(  # parameters first: they name the network's parts
+      (k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)),
+      key=lambda k: (not k.startswith('params/'), k),
   )
   if not differing:
     return None
@@ -256,7 +257,12 @@ def structure_difference(saved, like_state) -> str | None:
   else:
     what = f'{first} has shape {theirs[first]} there and {ours[first]} here'
   others = len(differing) - 1
-  return what + (f' ({others} more entries differ)' if others else '')
+  if others:
+    what += (
+        f' ({others} more'
+        f' {"entry differs" if others == 1 else "entries differ"})'
+    )
+  return what
 
 
 def _move_aside(manager, step: int) -> str:
@@ -277,6 +283,14 @@ def _move_aside(manager, step: int) -> str:
   return target
 
 
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  """What each checkpoint holds: the train state and the record (JSON)."""
+  return {
+      'state': ocp.StandardCheckpointHandler(),
+      'record': ocp.JsonCheckpointHandler(),
+  }
+
+
 def _manager(folder: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       folder,
@@ -287,6 +301,7 @@ def _manager(folder: str, keep: int) -> ocp.CheckpointManager:
           # folder; the next run removes it.
           cleanup_tmp_directories=True,
       ),
+      item_handlers=_item_handlers(),
   )
 
 
@@ -571,10 +586,7 @@ def latest_variables(workdir: str) -> dict:
   manager = ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(create=False),
-      item_handlers={
-          'state': ocp.StandardCheckpointHandler(),
-          'record': ocp.JsonCheckpointHandler(),
-      },
+      item_handlers=_item_handlers(),
   )
   try:
     step = manager.latest_step()

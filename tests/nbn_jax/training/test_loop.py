@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
-from nbn_jax.training import ConfigError, loop, reporting
+from nbn_jax.training import CheckpointError, ConfigError, loop, reporting
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import runs as runs_lib
 from nbn_jax.training.checkpoints import latest_params
@@ -389,3 +389,21 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   top1 = [results['runs'][k]['last']['test']['top1'] for k in (0, 2)]
   assert summary['last']['top1']['runs'] == pytest.approx(top1)
   assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
+
+
+@pytest.mark.slow
+def test_a_changed_network_is_refused_on_resuming_with_the_right_advice(
+    tmp_path,
+):
+  config = _tiny(quickstart.get_config(), num_epochs=_epochs_for(1, 503))
+  loop.train_and_evaluate(config, str(tmp_path))
+  config.norm = 'bn'  # as --allow_config_change lets through
+  with pytest.raises(CheckpointError) as error:
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert str(error.value).startswith(
+      f'the checkpoints in {tmp_path}/checkpoints hold another network or '
+      'run layout than this config: params/nbn_alpha is in the checkpoints '
+      'but not in the run (1 more entry differs).'
+  )
+  assert 'use a new --workdir' in str(error.value)
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']  # nothing moved aside
