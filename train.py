@@ -14,8 +14,10 @@ Exit status:
       checkpoint: one line on stderr says what and how to fix it, and a
       refused run leaves nothing in the workdir.
   75  stopped by SIGTERM or SIGINT (preemption, Ctrl-C) after writing a
-      checkpoint at the step it stopped at; rerun the same command to resume
-      (EX_TEMPFAIL: schedulers that retry on it resume the run).
+      checkpoint at the step it stopped at, or by SIGTERM outside the
+      training steps (while starting or finishing: nothing to save); rerun
+      the same command to resume (EX_TEMPFAIL: schedulers that retry on it
+      resume the run).
   130, 143  a second SIGINT or SIGTERM: exited at once, without a checkpoint.
 
 A workdir records the config it was started with (`config.json`); a rerun
@@ -27,8 +29,26 @@ import difflib
 import importlib.util
 import logging as std_logging
 import os
+import signal
 import sys
 
+EXIT_PREEMPTED = 75  # preemption.EXIT_PREEMPTED, before it can be imported
+
+
+def _terminated_while_loading(signum: int, frame):
+  """A SIGTERM while the libraries load: nothing is written yet."""
+  del frame
+  sys.stderr.write(
+      f'stopped on {signal.Signals(signum).name} while loading, before '
+      'anything was written. Rerun the same command.\n'
+  )
+  os._exit(EXIT_PREEMPTED)
+
+
+if __name__ == '__main__':  # the imports below take seconds
+  signal.signal(signal.SIGTERM, _terminated_while_loading)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import ml_collections
 from absl import app, flags, logging
@@ -226,7 +246,11 @@ def main(argv: list[str]) -> int:
   Every error a user can cause ends in one line on stderr, ``error: ...``.
   """
   try:
-    return run(parse_flags(argv))
+    with preemption.terminate_outside_training():
+      return run(parse_flags(argv))
+  except preemption.Terminated as e:
+    logging.warning('%s', e)
+    return preemption.EXIT_PREEMPTED
   except (UsageError, *USER_ERRORS) as e:
     print(f'error: {e}', file=sys.stderr)
   except OSError as e:  # e.g. the disk filled up or became read-only

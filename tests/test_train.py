@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 import train
 from configs import quickstart
+from nbn_jax.training import preemption
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_params
 
@@ -374,7 +376,7 @@ BAD_INPUTS = [
     (
         'list_file_is_a_folder',
         lambda t: _lists(t, '') + [f'--config.train_list={t}'],
-        [f'list file {{t}} cannot be read (Is a directory)'],
+        ['list file {t} cannot be read (Is a directory)'],
         None,
     ),
 ]
@@ -642,6 +644,54 @@ class TestStopAndResume:
     assert re.search(r'checkpoints/8 cannot be restored \(\w+', resumed.stderr)
     assert _checkpoint_dirs(workdir) == ['4', '8', '8.unreadable']
     assert self._results(workdir) == self._results(uninterrupted)
+
+
+def _catches_sigterm(pid: int) -> bool:
+  """Whether process `pid` has a handler for SIGTERM installed (Linux)."""
+  with open(f'/proc/{pid}/status') as f:
+    caught = next(int(l.split()[1], 16) for l in f if l.startswith('SigCgt:'))
+  return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'moment',
+    ['loading', 'claimed'],  # its libraries; the workdir's lock taken
+)
+def test_a_sigterm_while_starting_is_one_line_and_leaves_nothing(
+    tmp_path, moment
+):
+  workdir = tmp_path / 'workdir'
+  run = subprocess.Popen(
+      [
+          sys.executable,
+          str(ROOT / 'train.py'),
+          f'--workdir={workdir}',
+          f'--config={QUICKSTART}',
+          *FAST,
+          '--config.num_epochs=0.5',
+      ],
+      cwd=ROOT,
+      env=_environment(devices=1),
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  ready = {
+      'loading': lambda: _catches_sigterm(run.pid),
+      'claimed': lambda: (workdir / 'lock.0').exists(),
+  }[moment]
+  while not ready() and run.poll() is None:
+    time.sleep(0.005)
+  run.send_signal(signal.SIGTERM)
+  stderr = run.communicate(timeout=120)[1]
+  assert run.returncode == preemption.EXIT_PREEMPTED == train.EXIT_PREEMPTED
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert re.search(
+      r'stopped on SIGTERM (while loading|outside the training steps)', last
+  ), stderr[-3000:]
+  assert 'Rerun the same command' in last
+  assert not workdir.exists()  # its lock released, its folder removed
 
 
 def _free_port():

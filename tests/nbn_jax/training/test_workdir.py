@@ -104,6 +104,35 @@ class TestClaim:
         raise RuntimeError('refused later')
     assert not (tmp_path / 'a').exists()
 
+  def test_a_signal_while_making_folders_leaves_none(
+      self, tmp_path, config, monkeypatch
+  ):
+    # A SIGTERM raises where the program is (preemption.Terminated).
+    real_mkdir = os.mkdir
+
+    def signalled_after_the_first(path, *args, **kwargs):
+      if os.path.exists(tmp_path / 'a'):
+        raise KeyboardInterrupt
+      real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, 'mkdir', signalled_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+      with wd.claim(str(tmp_path / 'a' / 'b'), config):
+        pytest.fail('entered')
+    assert os.listdir(tmp_path) == []
+
+  def test_a_signal_while_taking_the_lock_leaves_no_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    def signalled(*args, **kwargs):
+      raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, 'dump', signalled)  # the lock's contents
+    with pytest.raises(KeyboardInterrupt):
+      with wd.claim(str(tmp_path / 'run'), config):
+        pytest.fail('entered')
+    assert os.listdir(tmp_path) == []
+
   def test_folders_the_run_wrote_into_stay(self, tmp_path, config):
     workdir = tmp_path / 'run'
     with wd.claim(str(workdir), config):
