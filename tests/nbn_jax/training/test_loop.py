@@ -4,6 +4,7 @@ steps on mock or generated data, and resumption after a kill."""
 import json
 import math
 import os
+import signal
 
 import jax
 import numpy as np
@@ -15,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart
-from nbn_jax.training import CheckpointError, ConfigError, loop, reporting
+from nbn_jax.training import CheckpointError, ConfigError, NonFiniteLossError
+from nbn_jax.training import loop, preemption, reporting
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import runs as runs_lib
 from nbn_jax.training.checkpoints import latest_params
@@ -209,6 +211,73 @@ def _kill_after(monkeypatch, kill_step):
     return training_input
 
   monkeypatch.setattr(plan_lib.Plan, 'training_input', dying)
+
+
+def _signal_after(monkeypatch, signal_step):
+  """Sends this process SIGTERM (a preemption) after step `signal_step`."""
+  make = plan_lib.Plan.training_input
+
+  def signalled(plan):
+    training_input = make(plan)
+    run = training_input.run
+
+    def run_then_signal(state, first_step, num_steps):
+      result = run(state, first_step, num_steps)
+      if first_step + num_steps == signal_step:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before it returns
+      return result
+
+    training_input.run = run_then_signal
+    return training_input
+
+  monkeypatch.setattr(plan_lib.Plan, 'training_input', signalled)
+
+
+@pytest.mark.slow
+def test_a_signal_checkpoints_the_step_it_arrived_after(tmp_path, monkeypatch):
+  config = _tiny(
+      quickstart.get_config(),
+      num_epochs=_epochs_for(8, 503),
+      checkpoint_every_epochs=_epochs_for(4, 503),
+      steps_per_dispatch=1,
+  )
+  _signal_after(monkeypatch, 3)
+  with pytest.raises(preemption.Preempted) as stopped:
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert stopped.value.step == 3
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
+@pytest.mark.slow
+def test_a_signal_between_progress_lines_still_catches_a_diverged_run(
+    tmp_path, monkeypatch
+):
+  """Diverged at step 1, signalled after step 2, the next progress line at
+  step 100: the pending losses are checked before the stop's checkpoint."""
+  init_state = runs_lib.SingleRun.init_state
+
+  def poisoned(strategy):
+    state = init_state(strategy)
+    fc = state.params['fc']
+    kernel = fc['kernel'].at[0].set(np.nan)
+    return state.replace(
+        params={**state.params, 'fc': {**fc, 'kernel': kernel}}
+    )
+
+  monkeypatch.setattr(runs_lib.SingleRun, 'init_state', poisoned)
+  config = _tiny(
+      quickstart.get_config(),
+      num_epochs=_epochs_for(8, 503),
+      checkpoint_every_epochs=_epochs_for(8, 503),
+      log_every_steps=100,
+      steps_per_dispatch=1,
+  )
+  _signal_after(monkeypatch, 2)
+  with pytest.raises(
+      NonFiniteLossError, match='training loss is nan at step 1'
+  ):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()  # no diverged checkpoint
 
 
 @pytest.mark.slow
