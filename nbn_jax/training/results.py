@@ -282,7 +282,13 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
       | {f'scale_spread/{k}': v for k, v in results['scale_spread'].items()},
   )
   table = reporting.summary_table(rows)
+  stopped = ''
+  if results['status'] == STOPPED:
+    stopped = (
+        f'\nstopped at step {results["stopped"]["step"]}: '
+        f'{results["stopped"]["reason"]}; "last" is its last finite state'
+    )
   print(
-      f'\n{plan.label}, seed {results["seed"]}\n{table}\nresults: '
+      f'\n{plan.label}, seed {results["seed"]}\n{table}{stopped}\nresults: '
       f'{out_dir}/results{suffix}.json'
   )

@@ -423,7 +423,7 @@ def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
   """Run 1's classifier is poisoned at the start: it stops at step 1, is
   marked so in its results.json and summary.json, and the mean and std are
@@ -458,6 +458,16 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   top1 = [results['runs'][k]['last']['test']['top1'] for k in (0, 2)]
   assert summary['last']['top1']['runs'] == pytest.approx(top1)
   assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
+  printed = capsys.readouterr().out
+  assert (
+      'last (step 0) test' in printed  # run 1's table, then what it means
+      and 'stopped at step 1: the training loss is nan; "last" is its last finite state'
+      in printed
+  )
+  assert printed.rstrip().endswith(
+      '(accuracy in %, mean +- std over 2 of 3 runs; run 1 (seed 1) stopped '
+      'at step 1: the training loss is nan)'
+  )
 
 
 @pytest.mark.slow
