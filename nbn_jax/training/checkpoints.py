@@ -554,14 +554,23 @@ class Checkpoints:
     return time.perf_counter() - start
 
   def close(self):
-    """Closes the folders; a folder whose write failed is only let go."""
-    for manager in self._managers:
-      if manager in self._failed:
-        # orbax raises the failed write's error again on every wait.
-        with contextlib.suppress(Exception):
+    """Confirms pending writes on this host (`wait`) and closes the folders.
+
+    A folder whose write failed is only let go.
+
+    Raises:
+      CheckpointError: a pending write of this host failed.
+    """
+    try:
+      self.wait()
+    finally:
+      for manager in self._managers:
+        if manager in self._failed:
+          # orbax raises the failed write's error again on every wait.
+          with contextlib.suppress(Exception):
+            manager.close()
+        else:
           manager.close()
-      else:
-        manager.close()
 
 
 def latest_params(workdir: str) -> dict:
@@ -580,7 +589,8 @@ def latest_variables(workdir: str) -> dict:
   What `model.apply` needs to evaluate it; see `latest_params`.
 
   Raises:
-    CheckpointError: the workdir holds no checkpoint.
+    CheckpointError: the workdir holds no checkpoint, or its newest one
+      differs from what was written (`checksum_problem`).
   """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   manager = ocp.CheckpointManager(
@@ -594,6 +604,13 @@ def latest_variables(workdir: str) -> dict:
       raise CheckpointError(
           f'{directory} holds no checkpoint; train (or convert) into '
           f'{workdir} first.'
+      )
+    problem = checksum_problem(os.path.join(directory, str(step)))
+    if problem is not None:
+      raise CheckpointError(
+          f'the newest checkpoint {directory}/{step} cannot be read: '
+          f'{problem}. Resuming the run in {workdir} sets it aside and uses '
+          'the one before.'
       )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(

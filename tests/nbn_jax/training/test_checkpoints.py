@@ -315,3 +315,23 @@ def test_a_write_failing_on_another_host_stops_this_one_too(tmp_path):
   with pytest.raises(ckpt.CheckpointError, match='failed on another host'):
     checkpoints.save(_state(3), {'step': 3})
   checkpoints.close()
+
+
+@flax.struct.dataclass
+class TinyModelState:
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+
+
+def test_loading_a_workdir_refuses_a_changed_newest_checkpoint(tmp_path):
+  checkpoints = ckpt.Checkpoints(str(tmp_path), 3)
+  for step in (3, 6):
+    state = _state(step)
+    stats = {'mean': jnp.zeros(16)}
+    checkpoints.save(TinyModelState(state.step, state.params, stats), {})
+  checkpoints.close()
+  np.testing.assert_array_equal(ckpt.latest_params(str(tmp_path))['w'], 6.0)
+  flip_data_bytes(tmp_path / 'checkpoints' / '6')
+  with pytest.raises(ckpt.CheckpointError, match='has changed since it was'):
+    ckpt.latest_params(str(tmp_path))
