@@ -102,19 +102,22 @@ def checksum_problem(folder: str) -> str | None:
     return None
   try:
     with open(listing) as f:
-      files = json.load(f)['files']
-  except (OSError, ValueError, KeyError, TypeError):
+      files = {
+          relative: (int(written['bytes']), int(written['crc32']))
+          for relative, written in json.load(f)['files'].items()
+      }
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
     return f'its file list {CHECKSUMS_FILE} cannot be read'
-  for relative, written in files.items():
+  for relative, (size, crc32) in files.items():
     path = os.path.join(folder, relative)
     if not os.path.exists(path):
       return f'{relative} is missing'
-    size = os.path.getsize(path)
-    if size != written['bytes']:
+    if os.path.getsize(path) != size:
       return (
-          f'{relative} has {size} bytes, {written["bytes"]} when it was written'
+          f'{relative} has {os.path.getsize(path)} bytes, {size} when it was '
+          'written'
       )
-    if _file_crc32(path) != written['crc32']:
+    if _file_crc32(path) != crc32:
       return f'{relative} has changed since it was written (its CRC-32 differs)'
   return None
 
@@ -168,7 +171,7 @@ def _error_text(error: BaseException) -> str:
   return f'{type(error).__name__}: {first}'
 
 
-def restore_reason(error: BaseException, folder: str) -> str:
+def _restore_reason(error: BaseException, folder: str) -> str:
   """Why orbax could not restore the checkpoint in `folder`, in words."""
   for cause in reversed(_causes(error)):  # the innermost says most
     message = str(cause)
@@ -198,7 +201,7 @@ def restore_reason(error: BaseException, folder: str) -> str:
   return _error_text(error)
 
 
-def write_cause(error: BaseException) -> str:
+def _write_cause(error: BaseException) -> str:
   """The cause of a failed write, as the operating system says it."""
   for cause in _causes(error):
     number = getattr(cause, 'errno', None)
@@ -232,7 +235,7 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   }
 
 
-def structure_difference(saved, like_state) -> str | None:
+def _structure_difference(saved, like_state) -> str | None:
   """The first entry where a checkpoint's arrays differ from `like_state`'s.
 
   Args:
@@ -344,7 +347,7 @@ class Checkpoints:
     return (self.latest, *self.best)
 
   def _save(self, manager, step: int, state, record: dict[str, Any], what):
-    self.confirm()  # the write before, which orbax would wait for
+    self._confirm([manager], agree=True)  # its write before (orbax waits)
     problem = None
     try:
       manager.save(
@@ -368,8 +371,8 @@ class Checkpoints:
         else 'no earlier one was written'
     )
     return (
-        f'writing {what} of step {step} to {manager.directory} failed: '
-        f'{write_cause(error)}. {kept[:1].upper()}{kept[1:]}; fix the cause '
+        f'writing {what} at step {step} to {manager.directory} failed: '
+        f'{_write_cause(error)}. {kept[:1].upper()}{kept[1:]}; fix the cause '
         '(free space, say) and rerun the same command to resume.'
     )
 
@@ -394,8 +397,11 @@ class Checkpoints:
       CheckpointError: a write failed; one line naming the folder and the
         cause. The checkpoints before it are untouched.
     """
+    self._confirm(self._managers, agree)
+
+  def _confirm(self, managers, agree: bool):
     problem = None
-    for manager in self._managers:
+    for manager in managers:
       if manager not in self._pending:
         continue
       step, what = self._pending.pop(manager)
@@ -433,8 +439,10 @@ class Checkpoints:
 
   def save_best(self, k: int, run_state, run_record: dict[str, Any]):
     """Saves run k's state (no run axis) as its best by validation."""
-    what = 'the best checkpoint' + (
-        f' of run {k}' if len(self.best) > 1 else ''
+    what = (
+        f"run {k}'s best checkpoint"
+        if len(self.best) > 1
+        else 'the best checkpoint'
     )
     self._save(
         self.best[k], furthest_step(run_state), run_state, run_record, what
@@ -464,7 +472,7 @@ class Checkpoints:
       return
     if saved is None:
       return
-    difference = structure_difference(saved, like_state)
+    difference = _structure_difference(saved, like_state)
     if difference is not None:
       raise CheckpointError(
           f'the checkpoints in {manager.directory} hold another network or '
@@ -491,7 +499,7 @@ class Checkpoints:
         try:
           restored = self._restore(manager, step, like_state)
         except Exception as e:  # orbax/tensorstore raise many types
-          problem = restore_reason(e, folder)
+          problem = _restore_reason(e, folder)
       if problem is not None:
         logging.warning(
             'Checkpoint %s cannot be restored: %s; trying the next newest.',

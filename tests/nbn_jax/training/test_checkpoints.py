@@ -83,6 +83,10 @@ def truncate_record(step_dir: pathlib.Path):
   path.write_text(path.read_text()[:-3])
 
 
+def garble_checksums(step_dir: pathlib.Path):
+  (step_dir / ckpt.CHECKSUMS_FILE).write_text('{"files": {"a": 3}}')
+
+
 # (corruption, the reason logged for it, a regular expression).
 CORRUPTIONS = [
     (truncate_data_files, r'state/(\S+/)?d/\w+ has \d+ bytes, \d+ when it was'),
@@ -95,6 +99,7 @@ CORRUPTIONS = [
     ),
     (empty_checkpoint_metadata, r'_CHECKPOINT_METADATA has 0 bytes'),
     (truncate_record, r'record/metadata has \d+ bytes'),
+    (garble_checksums, r'its file list nbn_jax_checksums.json cannot be read'),
 ]
 
 
@@ -299,7 +304,7 @@ def test_a_failed_background_write_is_one_line_and_the_last_good_one_stays(
   message = str(error.value)
   assert '\n' not in message
   assert message.startswith(
-      f'writing the checkpoint of step 6 to {tmp_path}/checkpoints failed: no '
+      f'writing the checkpoint at step 6 to {tmp_path}/checkpoints failed: no '
       'space left on device. The last good one (step 3) is kept;'
   )
   checkpoints.close()  # the failure is not raised again
