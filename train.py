@@ -14,8 +14,10 @@ Exit status:
       checkpoint: one line on stderr says what and how to fix it, and a
       refused run leaves nothing in the workdir.
   75  stopped by SIGTERM or SIGINT (preemption, Ctrl-C) after writing a
-      checkpoint at the step it stopped at; rerun the same command to resume
-      (EX_TEMPFAIL: schedulers that retry on it resume the run).
+      checkpoint at the step it stopped at, or by SIGTERM outside the
+      training steps (while starting or finishing: nothing to save); rerun
+      the same command to resume (EX_TEMPFAIL: schedulers that retry on it
+      resume the run).
   130, 143  a second SIGINT or SIGTERM: exited at once, without a checkpoint.
 
 A workdir records the config it was started with (`config.json`); a rerun
@@ -27,8 +29,26 @@ import difflib
 import importlib.util
 import logging as std_logging
 import os
+import signal
 import sys
 
+EXIT_PREEMPTED = 75  # preemption.EXIT_PREEMPTED, before it can be imported
+
+
+def _terminated_while_loading(signum: int, frame):
+  """A SIGTERM while the libraries load: nothing is written yet."""
+  del frame
+  sys.stderr.write(
+      f'stopped on {signal.Signals(signum).name} while loading, before '
+      'anything was written. Rerun the same command.\n'
+  )
+  os._exit(EXIT_PREEMPTED)
+
+
+if __name__ == '__main__':  # the imports below take seconds
+  signal.signal(signal.SIGTERM, _terminated_while_loading)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import ml_collections
 from absl import app, flags, logging
@@ -50,12 +70,17 @@ class UsageError(ValueError):
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Passes warnings and up from QUIET_LIBRARIES, everything from the rest."""
+  """Passes warnings and up from QUIET_LIBRARIES, everything from the rest.
+
+  Their records that carry a traceback are dropped too: orbax logs one for
+  each of its background threads when a checkpoint write fails, and the
+  trainer reports that failure itself, in one line.
+  """
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        library in record.pathname for library in QUIET_LIBRARIES
-    )
+    if not any(library in record.pathname for library in QUIET_LIBRARIES):
+      return True
+    return record.levelno >= std_logging.WARNING and not record.exc_info
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -224,7 +249,11 @@ def main(argv: list[str]) -> int:
   Every error a user can cause ends in one line on stderr, ``error: ...``.
   """
   try:
-    return run(parse_flags(argv))
+    with preemption.terminate_outside_training():
+      return run(parse_flags(argv))
+  except preemption.Terminated as e:
+    logging.warning('%s', e)
+    return preemption.EXIT_PREEMPTED
   except (UsageError, *USER_ERRORS) as e:
     print(f'error: {e}', file=sys.stderr)
   except OSError as e:  # e.g. the disk filled up or became read-only
@@ -252,8 +281,26 @@ def _absl_flags_only(argv: list[str]) -> list[str]:
   return flags.FLAGS(argv, known_only=True)
 
 
+def _quiet_unraisable(unraisable):
+  """Drops the echoes of a failed checkpoint read or write; passes the rest.
+
+  When one of orbax's array reads or writes fails, the others still in
+  flight finish after its event loop has closed, and each prints a
+  traceback ('Event loop is closed'); the trainer reports the failure
+  itself, in one line.
+  """
+  echo = isinstance(unraisable.exc_value, RuntimeError) and (
+      str(unraisable.exc_value) == 'Event loop is closed'
+  )
+  code = getattr(unraisable.object, 'cr_code', None)  # an abandoned coroutine
+  if echo or (code is not None and '/orbax/' in code.co_filename):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def _absl_main(argv: list[str]):
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_unraisable
   sys.exit(main(argv))
 
 

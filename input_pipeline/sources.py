@@ -13,8 +13,10 @@ import io
 import os
 import random
 import tarfile
+from typing import Iterator
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from input_pipeline.files import (
@@ -92,12 +94,73 @@ LIST_FILE_HELP = (
 )
 
 
+def _list_lines(list_file: str) -> Iterator[tuple[int, str]]:
+  """(line number, text) of each line of a list file, read as UTF-8.
+
+  Raises:
+    DataError: the file cannot be read, or a line is not UTF-8 text (the
+      message names the file and line).
+  """
+  try:
+    with open_file(list_file, 'rb') as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+          raise DataError(
+              f'{list_file}:{number}: not UTF-8 text (byte '
+              f'0x{raw[e.start]:02x} at byte {e.start + 1} of the line). List '
+              'files are UTF-8; convert this one (e.g. iconv -f latin1 -t '
+              'utf-8).'
+          ) from None
+        yield number, line.removeprefix('\ufeff') if number == 1 else line
+  except DataError:
+    raise
+  except Exception as e:  # OSError; for URLs, tf.io.gfile's own errors
+    if not isinstance(e, OSError) and not is_url(list_file):
+      raise
+    reason = getattr(e, 'strerror', None) or getattr(e, 'message', None) or e
+    raise DataError(
+        f'list file {list_file} cannot be read ({reason}).'
+    ) from None
+
+
+def _warn_about_repeats(
+    list_file: str, paths: list[str], labels: list[int], numbers: list[int]
+):
+  """One warning if some lines list an image that an earlier line lists."""
+  first = {}  # path -> (line number, label) of its first line
+  repeats = []  # (line number, first line number, path, same label)
+  for path, label, number in zip(paths, labels, numbers):
+    if path in first:
+      repeats.append((number, first[path][0], path, label == first[path][1]))
+    else:
+      first[path] = (number, label)
+  if repeats:
+    number, earlier, path, _ = repeats[0]
+    relabelled = sum(not same for *_, same in repeats)
+    logging.warning(
+        '%s: %d lines list an image listed before (the first: line %d, %r, '
+        'as line %d)%s; each line counts as one more example.',
+        list_file,
+        len(repeats),
+        number,
+        path,
+        earlier,
+        f', {relabelled} of them with another label' if relabelled else '',
+    )
+
+
 def read_list_file(
     list_file: str,
     num_classes: int | None = None,
     image_root: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads ``path label`` lines.
+  """Reads ``path label`` lines (UTF-8).
+
+  A line that lists an image an earlier line lists is kept (it counts as
+  one more example, as in the reference's loaders) and reported in one
+  warning with the count.
 
   Args:
     list_file: local path or URL.
@@ -109,40 +172,41 @@ def read_list_file(
     (paths, labels): (N,) str array and (N,) int32 array, in file order.
 
   Raises:
-    DataError: the file is missing, a line is malformed, a label is out of
-      range or a path leaves `image_root`; the message names the file and
-      line.
+    DataError: the file is missing or unreadable, a line is not UTF-8 or
+      malformed, a label is out of range or a path leaves `image_root`; the
+      message names the file and, for a line, its number.
   """
   if not file_exists(list_file):
     raise DataError(f'list file {list_file} does not exist. {LIST_FILE_HELP}')
-  paths, labels = [], []
-  with open_file(list_file) as f:
-    for line_number, line in enumerate(f, start=1):
-      line = line.strip()
-      if not line:
-        continue
-      fields = line.rsplit(maxsplit=1)
-      if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
-        raise DataError(
-            f'{list_file}:{line_number}: expected "relative/path label", got '
-            f'{line!r}.'
-        )
-      label = int(fields[1])
-      if label < 0 or (num_classes is not None and label >= num_classes):
-        raise DataError(
-            f'{list_file}:{line_number}: label {label} is outside '
-            f'0..{(num_classes or 1) - 1} (num_classes={num_classes}).'
-        )
-      if image_root is not None and not stays_inside_root(fields[0]):
-        raise DataError(
-            f'{list_file}:{line_number}: path {fields[0]!r} leaves '
-            f'image_root={image_root!r}; list paths must be relative to it, '
-            'without ".." that climbs out.'
-        )
-      paths.append(fields[0])
-      labels.append(label)
+  paths, labels, numbers = [], [], []
+  for line_number, line in _list_lines(list_file):
+    line = line.strip()
+    if not line:
+      continue
+    fields = line.rsplit(maxsplit=1)
+    if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
+      raise DataError(
+          f'{list_file}:{line_number}: expected "relative/path label", got '
+          f'{line!r}.'
+      )
+    label = int(fields[1])
+    if label < 0 or (num_classes is not None and label >= num_classes):
+      raise DataError(
+          f'{list_file}:{line_number}: label {label} is outside '
+          f'0..{(num_classes or 1) - 1} (num_classes={num_classes}).'
+      )
+    if image_root is not None and not stays_inside_root(fields[0]):
+      raise DataError(
+          f'{list_file}:{line_number}: path {fields[0]!r} leaves '
+          f'image_root={image_root!r}; list paths must be relative to it, '
+          'without ".." that climbs out.'
+      )
+    paths.append(fields[0])
+    labels.append(label)
+    numbers.append(line_number)
   if not labels:
     raise DataError(f'list file {list_file} has no examples.')
+  _warn_about_repeats(list_file, paths, labels, numbers)
   return np.array(paths), np.array(labels, np.int32)
 
 

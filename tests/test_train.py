@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 import train
 from configs import quickstart
+from nbn_jax.training import preemption
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_params
 
@@ -84,6 +86,12 @@ def _snapshot(path: pathlib.Path):
 def _write(path: pathlib.Path, text: str) -> str:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(text)
+  return str(path)
+
+
+def _write_bytes(path: pathlib.Path, data: bytes) -> str:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
   return str(path)
 
 
@@ -353,6 +361,24 @@ BAD_INPUTS = [
         ['train.txt:1: expected "relative/path label"'],
         None,
     ),
+    (
+        'list_file_not_utf8',
+        lambda t: _lists(t, '')
+        + [
+            '--config.train_list='
+            + _write_bytes(
+                t / 'latin1.txt', 'a.jpg 0\ncaf\xe9.jpg 1\n'.encode('latin-1')
+            )
+        ],
+        ['latin1.txt:2: not UTF-8 text (byte 0xe9 at byte 4 of the line)'],
+        None,
+    ),
+    (
+        'list_file_is_a_folder',
+        lambda t: _lists(t, '') + [f'--config.train_list={t}'],
+        ['list file {t} cannot be read (Is a directory)'],
+        None,
+    ),
 ]
 
 
@@ -575,6 +601,49 @@ class TestStopAndResume:
     # Resuming is SIGTERM's path: the handler is the same for both.
     self._stop(tmp_path, signal.SIGINT)
 
+  @pytest.mark.parametrize(
+      'failing, last_step, kept',
+      [
+          (1, 5, 'No earlier one was written'),  # detected one step later
+          (2, 8, 'The last good one (step 4) is kept'),  # the run's end
+      ],
+  )
+  def test_a_disk_that_fills_up_stops_in_one_line_and_resumes_identical(
+      self, tmp_path, uninterrupted, failing, last_step, kept
+  ):
+    full = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'tests.disk_full',
+            str(failing),
+            f'--workdir={tmp_path}',
+            *self.RUN,
+        ],
+        cwd=ROOT,
+        env=_environment(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = _error_line(full)
+    step = 4 * failing
+    assert line == (
+        f'error: writing the checkpoint at step {step} to'
+        f' {tmp_path}/checkpoints failed: no space left on device. {kept}; fix'
+        ' the cause (free space, say) and rerun the same command to resume.'
+    )
+    progress = re.findall(r'step (\d+)/8 ', full.stderr)
+    assert int(progress[-1]) == last_step  # stopped at the next progress line
+    assert [d for d in _checkpoint_dirs(tmp_path) if d.isdigit()] == ['4'] * (
+        failing - 1
+    )
+    assert not (tmp_path / 'results.json').exists()
+    resumed = _train(tmp_path, *self.RUN, devices=1)  # space freed
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _checkpoint_dirs(tmp_path) == ['4', '8']  # the partial one is gone
+    assert self._results(tmp_path) == self._results(uninterrupted)
+
   def test_a_corrupt_latest_checkpoint_falls_back_and_ends_identical(
       self, tmp_path, uninterrupted
   ):
@@ -586,9 +655,62 @@ class TestStopAndResume:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     resumed = _train(workdir, *self.RUN, devices=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.search(r'checkpoints/8 cannot be restored \(\w+', resumed.stderr)
+    assert re.search(
+        r'checkpoints/8 cannot be restored: state/\S+ has \d+ bytes, \d+'
+        r' when it '
+        r'was written; trying the next newest',
+        resumed.stderr,
+    )
     assert _checkpoint_dirs(workdir) == ['4', '8', '8.unreadable']
     assert self._results(workdir) == self._results(uninterrupted)
+
+
+def _catches_sigterm(pid: int) -> bool:
+  """Whether process `pid` has a handler for SIGTERM installed (Linux)."""
+  with open(f'/proc/{pid}/status') as f:
+    caught = next(int(l.split()[1], 16) for l in f if l.startswith('SigCgt:'))
+  return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'moment',
+    ['loading', 'claimed'],  # its libraries; the workdir's lock taken
+)
+def test_a_sigterm_while_starting_is_one_line_and_leaves_nothing(
+    tmp_path, moment
+):
+  workdir = tmp_path / 'workdir'
+  run = subprocess.Popen(
+      [
+          sys.executable,
+          str(ROOT / 'train.py'),
+          f'--workdir={workdir}',
+          f'--config={QUICKSTART}',
+          *FAST,
+          '--config.num_epochs=0.5',
+      ],
+      cwd=ROOT,
+      env=_environment(devices=1),
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  ready = {
+      'loading': lambda: _catches_sigterm(run.pid),
+      'claimed': lambda: (workdir / 'lock.0').exists(),
+  }[moment]
+  while not ready() and run.poll() is None:
+    time.sleep(0.005)
+  run.send_signal(signal.SIGTERM)
+  stderr = run.communicate(timeout=120)[1]
+  assert run.returncode == preemption.EXIT_PREEMPTED == train.EXIT_PREEMPTED
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert re.search(
+      r'stopped on SIGTERM (while loading|outside the training steps)', last
+  ), stderr[-3000:]
+  assert 'Rerun the same command' in last
+  assert not workdir.exists()  # its lock released, its folder removed
 
 
 def _free_port():

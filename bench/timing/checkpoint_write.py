@@ -30,15 +30,14 @@ class TrainState(train_state.TrainState):
   batch_stats: dict
 
 
-def resnet50_state() -> TrainState:
-  """A ResNet-50 state whose every value is random, as after training.
+def random_train_state(model, image_shape) -> TrainState:
+  """`model`'s train state (SGD with momentum) with every value random.
 
-  (A fresh state's zero momentum and unit statistics would compress to
-  less than half and flatter the write time.)
+  As after training: a fresh state's zero momentum and unit statistics
+  would compress to less than half and flatter the write time.
   """
-  model = models.ResNet50(num_classes=1000, norm='nbn')
   variables = jax.jit(model.init, static_argnames='train')(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False
+      jax.random.key(0), jnp.zeros((1, *image_shape)), train=False
   )
   state = TrainState.create(
       apply_fn=model.apply,
@@ -56,6 +55,13 @@ def resnet50_state() -> TrainState:
           else a
           for k, a in zip(keys, leaves)
       ],
+  )
+
+
+def resnet50_state() -> TrainState:
+  """A ResNet-50 (1000 classes, NBN) state whose every value is random."""
+  return random_train_state(
+      models.ResNet50(num_classes=1000, norm='nbn'), (64, 64, 3)
   )
 
 

@@ -17,6 +17,7 @@ from), and records the config there (config.json), as train.py does, so
 file needs PyTorch; the name mapping (`nbn_jax.convert`) does not.
 """
 
+import re
 import sys
 from typing import Mapping
 
@@ -33,6 +34,59 @@ from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.errors import ConfigError
 
+# How a file torch.save wrote begins: a zip archive (PyTorch >= 1.6), or
+# the older format's pickled magic number (protocol 2, LONG1 of 10 bytes).
+TORCH_ZIP_START = b'PK\x03\x04'
+TORCH_LEGACY_START = b'\x80\x02\x8a\x0a' + (0x1950A86A20F9469CFC6C).to_bytes(
+    10, 'little'
+)
+
+
+def _first_sentence(error: Exception) -> str:
+  """An error's first sentence, without terminal colours."""
+  text = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip()
+  if not text:
+    return type(error).__name__
+  return text.splitlines()[0].split('. ')[0].rstrip('.')
+
+
+def _read_torch_file(path: str, trust: bool):
+  """`torch.load` of a file torch.save wrote; one-line errors for the rest."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  try:
+    with open(path, 'rb') as f:
+      start = f.read(len(TORCH_LEGACY_START))
+  except FileNotFoundError:
+    raise convert.CheckpointMismatchError(
+        f'--checkpoint={path} does not exist.'
+    ) from None
+  except OSError as e:
+    raise convert.CheckpointMismatchError(
+        f'--checkpoint={path} cannot be read ({e.strerror or e}).'
+    ) from None
+  if not start.startswith((TORCH_ZIP_START, TORCH_LEGACY_START)):
+    raise convert.CheckpointMismatchError(
+        f'--checkpoint={path} is not a PyTorch checkpoint (torch.save writes '
+        'a zip archive, or a pickle with its magic number before PyTorch '
+        '1.6; this file is neither). Check the path.'
+    )
+  try:
+    return torch.load(path, map_location='cpu', weights_only=not trust)
+  except Exception as e:  # pickle and zip errors come in many types
+    global_name = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+    if global_name and not trust:
+      raise convert.CheckpointMismatchError(
+          f'--checkpoint={path} holds Python objects besides tensors (e.g. '
+          f'{global_name.group(1)}), which are read only by running its '
+          'pickle code; if the file comes from a source you trust, add '
+          '--trust_checkpoint.'
+      ) from None
+    raise convert.CheckpointMismatchError(
+        f'--checkpoint={path} is a damaged PyTorch file ({_first_sentence(e)}).'
+        ' Copy or download it again.'
+    ) from None
+
 
 def load_torch_state_dict(
     path: str, trust: bool = False
@@ -46,6 +100,10 @@ def load_torch_state_dict(
     path: the ``.pth`` file.
     trust: unpickle arbitrary objects (`torch.load(weights_only=False)`);
       only for files from a source you trust.
+
+  Raises:
+    CheckpointMismatchError: one line saying whether the file is missing,
+      not a PyTorch file, damaged, or holds objects that need `trust`.
   """
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -54,21 +112,17 @@ def load_torch_state_dict(
         'reading a PyTorch checkpoint needs PyTorch: pip install torch '
         '(the CPU build is enough).'
     ) from None
-  try:
-    loaded = torch.load(path, map_location='cpu', weights_only=not trust)
-  except FileNotFoundError:
-    raise convert.CheckpointMismatchError(
-        f'--checkpoint={path} does not exist.'
-    )
-  except Exception as e:  # pickle errors come in many types
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e)
-    raise convert.CheckpointMismatchError(
-        f'--checkpoint={path} cannot be read as plain tensors ({reason}); '
-        'if you trust the file, add --trust_checkpoint.'
-    ) from None
+  loaded = _read_torch_file(path, trust)
   for key in ('state_dict', 'model'):
     if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
       loaded = loaded[key]
+  if not isinstance(loaded, Mapping):
+    raise convert.CheckpointMismatchError(
+        f'--checkpoint={path} holds an object of type '
+        f'{type(loaded).__name__}, not a state '
+        "dict (a mapping of names to tensors, or one under 'state_dict' or "
+        "'model')."
+    )
   return {
       k: (
           v.detach().cpu().float().numpy()

@@ -103,8 +103,7 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       for writer in writers:
         writer.close()
   finally:
-    checkpoints.wait()
-    checkpoints.close()
+    checkpoints.close()  # once pending writes are confirmed
 
 
 def _log_uncounted_classes(plan: Plan):
@@ -185,6 +184,7 @@ def _train(
           plan, state, record, step, pending, progress, checkpoints, writers
       )
       pending = []
+      checkpoints.confirm()  # a failed background write stops the run here
     if step % length.eval_every == 0 or end:
       _evaluate(plan, state, record, evaluator, step, checkpoints, writers)
     if checkpoint or stop:
@@ -192,8 +192,9 @@ def _train(
       if stop and not checkpoint:
         logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)
     if stop:
-      checkpoints.wait()
+      checkpoints.confirm()
       raise preemption.Preempted(step, signals.signal_name)
+  checkpoints.confirm()  # the last checkpoint is on disk before the results
   return state
 
 

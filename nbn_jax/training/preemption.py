@@ -7,6 +7,8 @@ of steps, writes a checkpoint at that step and raises `Preempted`, which
 `train.py` turns into one log line and exit status `EXIT_PREEMPTED`. A
 second signal exits at once, with the signal's own status (128 + signal
 number: 143 for SIGTERM, 130 for SIGINT), as if no handler were installed.
+Outside the training steps (`terminate_outside_training`), a SIGTERM stops
+the program where it is, with the same status and one line.
 
 On several hosts, `stop_requested()` is a collective: every host calls it
 after the same step and all get True if any host was signalled, so all
@@ -20,10 +22,11 @@ hosts checkpoint the same step together.
           raise preemption.Preempted(step, stop.signal_name)
 """
 
+import contextlib
 import os
 import signal
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from absl import logging
@@ -44,6 +47,44 @@ class Preempted(Exception):
     )
     self.step = step
     self.signal_name = signal_name
+
+
+class Terminated(BaseException):
+  """SIGTERM arrived outside the training steps (starting, or finishing).
+
+  A BaseException, like KeyboardInterrupt, so that no `except Exception`
+  on the way takes it for an error of its own.
+  """
+
+  def __init__(self, signal_name: str):
+    super().__init__(
+        f'stopped on {signal_name} outside the training steps (while '
+        'starting or finishing); the checkpoints are as they were. Rerun the '
+        'same command to resume.'
+    )
+    self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def terminate_outside_training() -> Iterator[None]:
+  """Within it, the first SIGTERM raises `Terminated` where the program is.
+
+  Outside the training steps there is nothing to checkpoint, so the run
+  stops at once; the exception unwinds it (the workdir's lock is released).
+  `StopSignals` takes over around the training steps. A second SIGTERM
+  exits at once.
+  """
+
+  def handle(signum: int, frame):
+    del frame
+    signal.signal(signum, signal.SIG_DFL)  # a second one: exit at once
+    raise Terminated(signal.Signals(signum).name)
+
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def any_host(flag: bool) -> bool:

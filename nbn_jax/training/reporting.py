@@ -78,27 +78,41 @@ class MetricWriter:
 
 
 def _drop_rows_after(path: str, step: int):
-  """Rewrites a metrics.jsonl without its rows after `step`, if it has any."""
+  """Rewrites a metrics.jsonl without its rows after `step`, if it has any.
+
+  A row cut short (the process killed while writing it) is dropped too,
+  and a last row missing only its newline gets one, so that new rows start
+  on a line of their own.
+  """
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
   kept = [
-      line
+      line.rstrip('\n') + '\n'
       for line in lines
-      if line.strip() and json.loads(line).get('step', 0) <= step
+      if (row := _parsed(line)) is not None and row.get('step', 0) <= step
   ]
-  if len(kept) != len(lines):
+  if kept != lines:
     with write_atomically(path) as f:
       f.writelines(kept)
 
 
+def _parsed(line: str) -> dict | None:
+  """One metrics.jsonl row, or None for a blank or cut-short line."""
+  try:
+    return json.loads(line)
+  except ValueError:
+    return None
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The rows of a metrics.jsonl (none if it does not exist)."""
+  """The rows of a metrics.jsonl (none if it does not exist); a row cut
+  short by a kill is skipped."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [row for line in f if (row := _parsed(line)) is not None]
 
 
 def _finite_or_none(value):

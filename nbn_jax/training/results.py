@@ -304,7 +304,13 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
         f'{plan.label}, seed {results["seed"]}\nNBN alpha during training',
     )
   table = reporting.summary_table(rows)
+  stopped = ''
+  if results['status'] == STOPPED:
+    stopped = (
+        f'\nstopped at step {results["stopped"]["step"]}: '
+        f'{results["stopped"]["reason"]}; "last" is its last finite state'
+    )
   print(
-      f'\n{plan.label}, seed {results["seed"]}\n{table}\nresults: '
+      f'\n{plan.label}, seed {results["seed"]}\n{table}{stopped}\nresults: '
       f'{out_dir}/results{suffix}.json'
   )

@@ -207,9 +207,14 @@ class _Lock:
       except FileExistsError:
         self._replace_if_stale()
         continue
-      with os.fdopen(fd, 'w') as f:
-        json.dump(holder, f)
-      self._heartbeat.start()
+      try:
+        with os.fdopen(fd, 'w') as f:
+          json.dump(holder, f)
+        self._heartbeat.start()
+      except BaseException:  # a signal, say: no half-taken lock is left
+        with contextlib.suppress(OSError):
+          os.remove(self.path)
+        raise
       return
     raise WorkdirError(f'could not take the lock {self.path}; try again.')
 
@@ -264,20 +269,28 @@ def _create_folders(workdir: str) -> list[str]:
     path = os.path.dirname(path)
   if not os.path.isdir(path):
     raise WorkdirError(f'--workdir={workdir}: {path} is a file, not a folder.')
-  for folder in reversed(made):
-    try:
-      os.mkdir(folder)
-    except FileExistsError:
-      if not os.path.isdir(folder):
+  created = []  # deepest last
+  try:
+    for folder in reversed(made):
+      try:
+        os.mkdir(folder)
+        created.append(folder)
+      except FileExistsError:
+        if not os.path.isdir(folder):
+          raise WorkdirError(
+              f'--workdir={workdir}: {folder} is a file, not a folder.'
+          ) from None
+        # Another host of this run made it first.
+      except OSError as e:
         raise WorkdirError(
-            f'--workdir={workdir}: {folder} is a file, not a folder.'
+            f'--workdir={workdir} cannot be created ({e.strerror}: {folder}).'
         ) from None
-      made.remove(folder)  # another host of this run made it first
-    except OSError as e:
-      raise WorkdirError(
-          f'--workdir={workdir} cannot be created ({e.strerror}: {folder}).'
-      ) from None
-  return made
+  except BaseException:  # an error or a signal: none of them is left
+    for folder in reversed(created):
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    raise
+  return created[::-1]
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import io
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -49,6 +50,8 @@ class TestFileProblem:
           (lambda p: p.write_bytes(JPEG[: len(JPEG) // 2]), 'truncated JPEG'),
           (lambda p: p.write_bytes(JPEG[:-2]), 'truncated JPEG'),
           (lambda p: p.write_bytes(PNG[:-20]), 'truncated PNG'),
+          # The thumbnail's end marker does not hide a cut scan.
+          (lambda p: p.write_bytes(THUMBNAILED[:-20]), 'truncated JPEG'),
           (
               lambda p: p.write_bytes(TIFF),
               'TIFF image; tf.data decodes only JPEG',
@@ -68,6 +71,8 @@ class TestFileProblem:
         'half.jpg': JPEG[: len(JPEG) // 2],
         'good.png': PNG,
         'cut.png': PNG[:-20],
+        'thumbnailed.jpg': THUMBNAILED,
+        'thumbnailed_cut.jpg': THUMBNAILED[:-20],
     }
     for name, data in cases.items():
       (tmp_path / name).write_bytes(data)
@@ -86,6 +91,21 @@ def _encoded(format_):
 
 
 JPEG, PNG, TIFF = _encoded('JPEG'), _encoded('PNG'), _encoded('TIFF')
+
+
+def _with_thumbnail():
+  """A small JPEG carrying a JPEG thumbnail (a JFIF extension, JFXX) in its
+  header: the thumbnail's end marker precedes the image's scan."""
+  rng = np.random.default_rng(2)
+  image = jpeg_bytes(random_image(rng, 48, 48))
+  payload = b'JFXX\x00\x10' + jpeg_bytes(random_image(rng, 8, 8))
+  app0 = b'\xff\xe0' + struct.pack('>H', len(payload) + 2) + payload
+  data = image[:2] + app0 + image[2:]
+  assert len(data) < image_check.TAIL_BYTES  # the tail read covers it all
+  return data
+
+
+THUMBNAILED = _with_thumbnail()
 
 
 class TestCheckImages:

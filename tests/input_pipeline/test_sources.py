@@ -1,12 +1,14 @@
 """List files, image folders and archives, and CIFAR-10 from the JPEG copy."""
 
 import io
+import os
 import tarfile
 
 import numpy as np
 import pytest
 
 import input_pipeline as ip
+from input_pipeline import sources
 from tests.fake_data import jpeg_bytes, random_image
 
 
@@ -113,6 +115,90 @@ class TestListFileErrors:
       f.write('../../../etc/passwd 1\n')
     with pytest.raises(ip.DataError, match=r'train.txt:5: path .*etc/passwd'):
       ip.load_list_split(list_file, root, 2)
+
+  def test_a_line_that_is_not_utf8_names_file_and_line(self, tmp_path):
+    list_file = tmp_path / 'train.txt'
+    list_file.write_bytes('a/1.jpg 0\ntrain/caf\xe9.jpg 1\n'.encode('latin-1'))
+    with pytest.raises(ip.DataError) as error:
+      ip.read_list_file(str(list_file))
+    assert str(error.value).startswith(
+        f'{list_file}:2: not UTF-8 text (byte 0xe9 at byte 10 of the line).'
+    )
+    assert 'iconv' in str(error.value)
+
+  def test_utf8_names_and_a_byte_order_mark_are_read(self, tmp_path):
+    list_file = tmp_path / 'train.txt'
+    list_file.write_bytes('\ufeffa/1.jpg 0\ncafé/2.jpg 1\r\n'.encode('utf-8'))
+    paths, labels = ip.read_list_file(str(list_file))
+    assert paths.tolist() == ['a/1.jpg', 'café/2.jpg']
+    assert labels.tolist() == [0, 1]
+
+  def test_a_list_file_that_cannot_be_read_is_named(
+      self, tmp_path, monkeypatch
+  ):
+    folder = tmp_path / 'lists'
+    folder.mkdir()
+    with pytest.raises(
+        ip.DataError,
+        match=f'^list file {folder} cannot be read .Is a directory.',
+    ):
+      ip.read_list_file(str(folder))
+
+    def refused(path, mode='r'):  # what a file without read permission says
+      raise PermissionError(13, 'Permission denied', path)
+
+    monkeypatch.setattr(sources, 'open_file', refused)
+    list_file = tmp_path / 'train.txt'
+    list_file.write_text('a/1.jpg 0\n')
+    with pytest.raises(
+        ip.DataError,
+        match=f'^list file {list_file} cannot be read .Permission denied.',
+    ):
+      ip.read_list_file(str(list_file))
+
+  def test_repeated_images_are_kept_and_counted_in_one_warning(
+      self, tmp_path, caplog
+  ):
+    list_file = tmp_path / 'train.txt'
+    list_file.write_text(
+        'a.jpg 0\nb.jpg 1\na.jpg 0\na.jpg 1\nc.jpg 0\nb.jpg 1\n'
+    )
+    with caplog.at_level('WARNING'):
+      paths, labels = ip.read_list_file(str(list_file))
+    assert paths.tolist() == [
+        'a.jpg',
+        'b.jpg',
+        'a.jpg',
+        'a.jpg',
+        'c.jpg',
+        'b.jpg',
+    ]
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert caplog.messages == [
+        f'{list_file}: 3 lines list an image listed before (the first: line 3, '
+        "'a.jpg', as line 1), 1 of them with another label; each line counts "
+        'as one more example.'
+    ]
+
+  def test_a_list_without_repeats_warns_nothing(self, tmp_path, caplog):
+    list_file = tmp_path / 'train.txt'
+    list_file.write_text('a.jpg 0\nb.jpg 0\n')
+    with caplog.at_level('WARNING'):
+      ip.read_list_file(str(list_file))
+    assert caplog.messages == []
+
+  def test_symlinks_under_the_root_are_followed_on_purpose(
+      self, jpeg_dataset, tmp_path
+  ):
+    # The root's owner may link folders in from elsewhere (a shared copy of
+    # ImageNet, say); only the list's text is held to the root.
+    list_file, root = jpeg_dataset([2, 2])
+    elsewhere = tmp_path / 'elsewhere'
+    os.rename(os.path.join(root, 'train', 'class1'), elsewhere)
+    os.symlink(elsewhere, os.path.join(root, 'train', 'class1'))
+    split = ip.load_list_split(list_file, root, 2)
+    decoded = ip.decode_into_memory(split)
+    assert decoded.images.shape == (4, 40, 48, 3)
 
   def test_paths_with_spaces_and_blank_lines(self, tmp_path):
     list_file = tmp_path / 'train.txt'

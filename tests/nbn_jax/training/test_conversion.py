@@ -1,5 +1,6 @@
 """The converter's command line: a PyTorch checkpoint file -> a workdir."""
 
+import argparse
 import os
 import pathlib
 import subprocess
@@ -39,6 +40,85 @@ def test_without_pytorch_the_error_says_what_to_install(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, 'torch', None)  # import torch fails
   with pytest.raises(CheckpointMismatchError, match='pip install torch'):
     load_torch_state_dict(str(tmp_path / 'model.pth'))
+
+
+def _saved(path, obj, **kwargs) -> str:
+  torch.save(obj, path, **kwargs)
+  return str(path)
+
+
+def _truncated(path) -> str:
+  data = pathlib.Path(_saved(path, {'w': torch.ones(64)})).read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+  return str(path)
+
+
+# {case: (makes the file at a path, words of its one line)}
+UNREADABLE = {
+    'random_bytes': (
+        lambda p: _write_bytes(p, os.urandom(4096)),
+        'is not a PyTorch checkpoint',
+    ),
+    'text': (
+        lambda p: _write_bytes(p, b'hello\n'),
+        'is not a PyTorch checkpoint',
+    ),
+    'a_folder': (
+        lambda p: p.mkdir() or str(p),
+        'cannot be read (Is a directory)',
+    ),
+    'truncated_zip': (
+        _truncated,
+        (
+            'is a damaged PyTorch file (PytorchStreamReader failed reading zip '
+            'archive: failed finding central directory). Copy or download it '
+            'again.'
+        ),
+    ),
+    'not_a_state_dict': (
+        lambda p: _saved(p, [torch.ones(2)]),
+        'holds an object of type list, not a state dict',
+    ),
+    'legacy_format_not_a_state_dict': (
+        lambda p: _saved(p, 3, _use_new_zipfile_serialization=False),
+        'holds an object of type int, not a state dict',
+    ),
+}
+
+
+def _write_bytes(path, data: bytes) -> str:
+  path.write_bytes(data)
+  return str(path)
+
+
+@pytest.mark.parametrize('trust', [False, True])
+@pytest.mark.parametrize('make, words', UNREADABLE.values(), ids=UNREADABLE)
+def test_a_file_that_is_not_a_readable_checkpoint_says_what_it_is(
+    tmp_path, make, words, trust
+):
+  path = make(tmp_path / 'model.pth')
+  with pytest.raises(CheckpointMismatchError) as error:
+    load_torch_state_dict(path, trust=trust)
+  message = str(error.value)
+  assert message.startswith(f'--checkpoint={path} ') and '\n' not in message
+  assert words in message
+  assert 'trust' not in message  # trusting would not help
+
+
+def test_objects_besides_tensors_need_trust_and_load_with_it(tmp_path):
+  path = _saved(
+      tmp_path / 'model.pth',
+      {'state_dict': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=0.1)},
+  )
+  with pytest.raises(CheckpointMismatchError) as error:
+    load_torch_state_dict(path)
+  assert str(error.value) == (
+      f'--checkpoint={path} holds Python objects besides tensors (e.g. '
+      'argparse.Namespace), which are read only by running its pickle code; '
+      'if the file comes from a source you trust, add --trust_checkpoint.'
+  )
+  loaded = load_torch_state_dict(path, trust=True)
+  np.testing.assert_array_equal(loaded['w'], np.ones(2, np.float32))
 
 
 def _cifar_config(**overrides):

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 
 import jax
 import ml_collections
@@ -20,7 +21,8 @@ from configs import cifar10_lt, cifar10_lt_ldam_drw, cifar10_lt_ride
 from configs import cifar100_lt, cifar100_lt_ldam_drw, cifar100_lt_ride
 from configs import imagenet_lt, imagenet_lt_ride, imagenet_lt_ride_nbn_lr
 from configs import inat2018, quickstart
-from nbn_jax.training import ConfigError, loop, reporting
+from nbn_jax.training import CheckpointError, ConfigError, NonFiniteLossError
+from nbn_jax.training import loop, preemption, reporting
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import runs as runs_lib
 from nbn_jax.training.checkpoints import latest_params
@@ -362,6 +364,73 @@ def _kill_after(monkeypatch, kill_step):
   monkeypatch.setattr(plan_lib.Plan, 'training_input', dying)
 
 
+def _signal_after(monkeypatch, signal_step):
+  """Sends this process SIGTERM (a preemption) after step `signal_step`."""
+  make = plan_lib.Plan.training_input
+
+  def signalled(plan):
+    training_input = make(plan)
+    run = training_input.run
+
+    def run_then_signal(state, first_step, num_steps):
+      result = run(state, first_step, num_steps)
+      if first_step + num_steps == signal_step:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before it returns
+      return result
+
+    training_input.run = run_then_signal
+    return training_input
+
+  monkeypatch.setattr(plan_lib.Plan, 'training_input', signalled)
+
+
+@pytest.mark.slow
+def test_a_signal_checkpoints_the_step_it_arrived_after(tmp_path, monkeypatch):
+  config = _tiny(
+      quickstart.get_config(),
+      num_epochs=_epochs_for(8, 503),
+      checkpoint_every_epochs=_epochs_for(4, 503),
+      steps_per_dispatch=1,
+  )
+  _signal_after(monkeypatch, 3)
+  with pytest.raises(preemption.Preempted) as stopped:
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert stopped.value.step == 3
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
+@pytest.mark.slow
+def test_a_signal_between_progress_lines_still_catches_a_diverged_run(
+    tmp_path, monkeypatch
+):
+  """Diverged at step 1, signalled after step 2, the next progress line at
+  step 100: the pending losses are checked before the stop's checkpoint."""
+  init_state = runs_lib.SingleRun.init_state
+
+  def poisoned(strategy):
+    state = init_state(strategy)
+    fc = state.params['fc']
+    kernel = fc['kernel'].at[0].set(np.nan)
+    return state.replace(
+        params={**state.params, 'fc': {**fc, 'kernel': kernel}}
+    )
+
+  monkeypatch.setattr(runs_lib.SingleRun, 'init_state', poisoned)
+  config = _tiny(
+      quickstart.get_config(),
+      num_epochs=_epochs_for(8, 503),
+      checkpoint_every_epochs=_epochs_for(8, 503),
+      log_every_steps=100,
+      steps_per_dispatch=1,
+  )
+  _signal_after(monkeypatch, 2)
+  with pytest.raises(
+      NonFiniteLossError, match='training loss is nan at step 1'
+  ):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()  # no diverged checkpoint
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     'input_path, kill_step, num_runs',
@@ -405,6 +474,12 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
       whole['runs'][-1]['last']['test']
   )
   assert [h['step'] for h in resumed['history']] == [4, 8]
+  # Each step's row once: the steps after the checkpoint, logged before the
+  # kill, are dropped on resuming and logged again.
+  run_dir = tmp_path / 'resumed' / ('run_1' if num_runs > 1 else '')
+  with open(run_dir / 'metrics.jsonl') as f:
+    logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
+  assert logged == list(range(1, 9))
 
 
 @pytest.mark.slow
@@ -499,7 +574,7 @@ def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
   """Run 1's classifier is poisoned at the start: it stops at step 1, is
   marked so in its results.json and summary.json, and the mean and std are
@@ -534,6 +609,16 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   top1 = [results['runs'][k]['last']['test']['top1'] for k in (0, 2)]
   assert summary['last']['top1']['runs'] == pytest.approx(top1)
   assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
+  printed = capsys.readouterr().out
+  assert (
+      'last (step 0) test' in printed  # run 1's table, then what it means
+      and 'stopped at step 1: the training loss is nan; "last" is its last finite state'
+      in printed
+  )
+  assert printed.rstrip().endswith(
+      '(accuracy in %, mean +- std over 2 of 3 runs; run 1 (seed 1) stopped '
+      'at step 1: the training loss is nan)'
+  )
 
 
 # --- RIDE ensembles ------------------------------------------------------------
@@ -627,3 +712,21 @@ def test_ride_runs_side_by_side_through_tf_data_in_bf16(tmp_path):
   )
   assert not np.allclose(first, second)
   assert json.loads((tmp_path / 'summary.json').read_text())['seeds'] == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_changed_network_is_refused_on_resuming_with_the_right_advice(
+    tmp_path,
+):
+  config = _tiny(quickstart.get_config(), num_epochs=_epochs_for(1, 503))
+  loop.train_and_evaluate(config, str(tmp_path))
+  config.norm = 'bn'  # as --allow_config_change lets through
+  with pytest.raises(CheckpointError) as error:
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert str(error.value).startswith(
+      f'the checkpoints in {tmp_path}/checkpoints hold another network or '
+      'run layout than this config: params/nbn_alpha is in the checkpoints '
+      'but not in the run (1 more entry differs).'
+  )
+  assert 'use a new --workdir' in str(error.value)
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']  # nothing moved aside

@@ -78,3 +78,16 @@ def test_preempted_message_names_the_signal_and_step():
   error = preemption.Preempted(93, 'SIGTERM')
   assert str(error).startswith('stopped on SIGTERM after step 93;')
   assert error.step == 93
+
+
+def test_outside_training_a_sigterm_stops_the_program_where_it_is():
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(preemption.Terminated) as stopped:
+    with preemption.terminate_outside_training():
+      os.kill(os.getpid(), signal.SIGTERM)  # handled before it returns
+      pytest.fail('not stopped')
+  assert str(stopped.value).startswith(
+      'stopped on SIGTERM outside the training steps'
+  )
+  assert not isinstance(stopped.value, Exception)  # no handler takes it
+  assert signal.getsignal(signal.SIGTERM) == before

@@ -149,3 +149,34 @@ def test_alpha_plot_is_written(tmp_path):
       't',
   )
   assert Image.open(path).size == (720, 480)
+
+
+def _logged_steps(path):
+  with open(path) as f:
+    return [json.loads(line)['step'] for line in f]
+
+
+def test_a_resumed_writer_drops_the_rows_after_its_checkpoint(tmp_path):
+  """A run killed after step 6 (its last checkpoint at step 4), in the
+  middle of writing step 7's row, resumes from step 4: steps 5 and 6 come
+  again, and each step is logged once."""
+  writer = reporting.MetricWriter(str(tmp_path))
+  for step in range(1, 7):
+    writer.write(step, {'train/loss': 1.0 / step})
+  writer.close()
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 7, "train/lo')  # cut short by the kill
+  resumed = reporting.MetricWriter(str(tmp_path), first_step=4)
+  for step in (5, 6, 7):
+    resumed.write(step, {'train/loss': 0.1})
+  resumed.close()
+  assert _logged_steps(tmp_path / 'metrics.jsonl') == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_row_without_its_newline_is_not_continued(tmp_path):
+  # A kill between a row and its newline.
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\n{"step": 2}')
+  writer = reporting.MetricWriter(str(tmp_path), first_step=2)
+  writer.write(3, {'train/loss': 0.5})
+  writer.close()
+  assert _logged_steps(tmp_path / 'metrics.jsonl') == [1, 2, 3]

@@ -85,3 +85,18 @@ def test_a_record_marks_where_and_why_a_run_stopped():
   results.record_stop(record['runs'][1], 12, 'the training loss is inf')
   assert results.stopped_at(record['runs'][1]) == 12
   assert record['runs'][1]['stopped']['reason'] == 'the training loss is inf'
+
+
+@pytest.mark.parametrize(
+    'split, best', [('val', 'best'), ('test', 'best_test_during_training')]
+)
+def test_a_tie_keeps_the_first_best(split, best):
+  """Equal accuracy later is no new best: the earlier checkpoint stands."""
+  record = results.empty_record(1)['runs'][0]
+  summary = {'top1': 0.5, 'many': 0.6, 'medium': 0.4, 'few': 0.3}
+  assert results.record_evaluation(record, 10, 1.0, split, summary) == (
+      split == 'val'
+  )
+  assert not results.record_evaluation(record, 20, 2.0, split, dict(summary))
+  assert record[best]['step'] == 10
+  assert len(record['history']) == 2

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -111,6 +112,35 @@ class TestClaim:
         assert sorted(os.listdir(workdir)) == ['lock.0']
         raise RuntimeError('refused later')
     assert not (tmp_path / 'a').exists()
+
+  def test_a_signal_while_making_folders_leaves_none(
+      self, tmp_path, config, monkeypatch
+  ):
+    # A SIGTERM raises where the program is (preemption.Terminated).
+    real_mkdir = os.mkdir
+
+    def signalled_after_the_first(path, *args, **kwargs):
+      if os.path.exists(tmp_path / 'a'):
+        raise KeyboardInterrupt
+      real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, 'mkdir', signalled_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+      with wd.claim(str(tmp_path / 'a' / 'b'), config):
+        pytest.fail('entered')
+    assert os.listdir(tmp_path) == []
+
+  def test_a_signal_while_taking_the_lock_leaves_no_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    def signalled(*args, **kwargs):
+      raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, 'dump', signalled)  # the lock's contents
+    with pytest.raises(KeyboardInterrupt):
+      with wd.claim(str(tmp_path / 'run'), config):
+        pytest.fail('entered')
+    assert os.listdir(tmp_path) == []
 
   def test_folders_the_run_wrote_into_stay(self, tmp_path, config):
     workdir = tmp_path / 'run'
@@ -235,3 +265,37 @@ class TestLock:
     os.utime(lock, (old, old))
     with wd.claim(str(tmp_path), config):
       assert json.loads(lock.read_text())['host'] == socket.gethostname()
+
+  def test_a_live_process_of_another_user_holds_its_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    # Signalling another user's process is refused (EPERM): it is alive.
+    pid = os.getpid()  # a live process, whose start time is known
+    (tmp_path / 'lock.0').write_text(
+        json.dumps({
+            'host': socket.gethostname(),
+            'pid': pid,
+            'start_time': wd._start_time(pid),
+        })
+    )
+
+    def not_permitted(target, signum):
+      raise PermissionError(1, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'kill', not_permitted)
+    with pytest.raises(wd.WorkdirError, match=f'is in use by pid {pid}'):
+      with wd.claim(str(tmp_path), config, process_index=0):
+        pytest.fail('entered')
+
+  def test_a_running_claim_refreshes_its_lock(
+      self, tmp_path, config, monkeypatch
+  ):
+    monkeypatch.setattr(wd, 'HEARTBEAT_SECONDS', 0.01)
+    with wd.claim(str(tmp_path), config):
+      lock = tmp_path / 'lock.0'
+      old = time.time() - wd.STALE_SECONDS - 1
+      os.utime(lock, (old, old))
+      deadline = time.monotonic() + 10
+      while os.path.getmtime(lock) == old and time.monotonic() < deadline:
+        time.sleep(0.01)
+      assert os.path.getmtime(lock) > old + wd.STALE_SECONDS
