@@ -29,7 +29,7 @@ from absl import logging
 
 from input_pipeline import image_check
 from nbn_jax.training import plan as plan_lib
-from nbn_jax.training import preemption, reporting, results
+from nbn_jax.training import metrics, preemption, reporting, results
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.errors import ConfigError, NonFiniteLossError
@@ -81,8 +81,15 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       )
     else:
       state = plan.start(state)
-    if jax.process_index() == 0:
+    # The config the workdir trained with stays recorded: an evaluation
+    # (whose data fields may differ) records its own only where none is.
+    if jax.process_index() == 0 and not (
+        plan.eval_only and workdir_lib.recorded_config(workdir) is not None
+    ):
       workdir_lib.record_config(workdir, plan.config)
+    logging.info(
+        '%s', metrics.describe_shot_groups(plan.groups, *plan.shot_thresholds)
+    )
     writers = [
         reporting.MetricWriter(
             runs.run_dir(workdir, k),

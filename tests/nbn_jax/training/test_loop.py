@@ -558,18 +558,31 @@ def test_a_model_with_two_alphas_logs_and_reports_both(tmp_path):
     )
 
 
-def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path):
+@pytest.mark.slow
+def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
   config = _tiny(
       quickstart.get_config(), num_train_steps=2, num_epochs=_epochs_for(4, 503)
   )
-  first = loop.train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level('INFO'):
+    first = loop.train_and_evaluate(config, str(tmp_path))
   assert first['last']['step'] == 2
+  # The shot groups are said at the start (the quickstart's thresholds).
+  assert any(
+      'Many (> 60 train images): 3 classes, Medium (20 to 60): 5, Few (< 20): 2'
+      in r.getMessage()
+      for r in caplog.records
+  )
   config.num_train_steps = -1
   resumed = loop.train_and_evaluate(config, str(tmp_path))
   assert resumed['last']['step'] == 4
   with open(tmp_path / 'metrics.jsonl') as f:
     logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
   assert logged == [1, 2, 3, 4]  # the schedule and the log run on
+  # An evaluation with other neutral settings keeps the recorded config.
+  config.update(eval_only=True, eval_batch_size=64)
+  loop.train_and_evaluate(config, str(tmp_path))
+  recorded = json.loads((tmp_path / 'config.json').read_text())
+  assert (recorded['eval_only'], recorded['eval_batch_size']) == (False, 32)
 
 
 @pytest.mark.slow
