@@ -69,7 +69,9 @@ DESIGNS = {'save waits': save_waits, 'next log learns': next_log_learns}
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--dir', default=None, help='where to write')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument(
