@@ -156,3 +156,33 @@ def test_progress_is_the_step_and_the_epochs_seen_before_it():
   progress = steps.progress(core.step_config, jnp.int32(25))
   assert int(progress.step) == 25
   assert float(progress.epoch) == pytest.approx(25 / 6.25)
+
+
+# XLA's default optimisation settings, which the tests' global
+# jax_disable_most_optimizations lowers (and which change the last bits).
+XLA_DEFAULT_OPTIMIZATION = {
+    'xla_backend_optimization_level': 3,
+    'xla_llvm_disable_expensive_passes': False,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('num_runs', [1, 2])
+def test_the_fast_compiled_initial_state_is_bitwise_xlas_default(num_runs):
+  """`init_compiler_options` makes the init compile faster, nothing else."""
+  core = tiny_step_plan(tiny_config(num_runs=num_runs))
+  init = jax.jit(
+      functools.partial(
+          steps.initial_train_state,
+          core.model,
+          core.tx,
+          image_shape=IMAGE_SHAPE,
+      ),
+      compiler_options=XLA_DEFAULT_OPTIMIZATION,
+  )
+  made = core.runs.init_state()
+  keys = core.runs.keys()[0]
+  for k in range(num_runs):
+    default = init(keys[k] if num_runs > 1 else keys)
+    run_k = made if num_runs == 1 else jax.tree.map(lambda x: x[k], made)
+    jax.tree.map(np.testing.assert_array_equal, run_k, default)
