@@ -58,7 +58,12 @@ def test_the_repository_keeps_every_contract(tmp_path):
         (
             'nbn_jax/normalization.py',
             'import optax',
-            'The layer imports only jax and flax',
+            'The layer and precise BN import only jax and flax',
+        ),
+        (
+            'nbn_jax/precise_bn.py',
+            'import nbn_jax.training',
+            'The layer and precise BN import only jax and flax',
         ),
         (
             'nbn_jax/models/blocks.py',

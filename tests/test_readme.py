@@ -62,9 +62,9 @@ def _run(code: str) -> dict:
 
 @pytest.mark.slow
 def test_use_it_in_your_model_runs_as_written(tmp_path):
-  """The linen walk-through, the NNX one and loading a trained workdir, each
-  on its own (a fresh namespace apiece)."""
-  linen, nnx, load = _blocks('Use it in your model', tmp_path)
+  """The linen walk-through, the NNX one, loading a trained workdir and
+  precise BN, each on its own (a fresh namespace apiece)."""
+  linen, nnx, load, precise = _blocks('Use it in your model', tmp_path)
   ns = _run(linen)
   assert ns['eval_logits'].shape == (8, 10)
   assert ns['num_params'] == 464_155  # ResNet-32 and its one shared alpha
@@ -82,6 +82,16 @@ def test_use_it_in_your_model_runs_as_written(tmp_path):
   config.update(num_train_steps=2, steps_per_dispatch=1)
   loop.train_and_evaluate(config, str(tmp_path / 'quickstart'))
   assert _run(load)['logits'].shape == (4, 10)
+  ns = _run(precise)
+  # The batches' own statistics: eval mode on one of them is near train mode.
+  train_logits, _ = ns['model'].apply(
+      ns['variables'], ns['batches'][0], train=True, mutable=['batch_stats']
+  )
+  stale_logits = ns['model'].apply(
+      ns['variables'], ns['batches'][0], train=False
+  )
+  eval_error = np.abs(ns['eval_logits'] - train_logits).max()
+  assert eval_error < 0.5 * np.abs(stale_logits - train_logits).max()
 
 
 def _indented_blocks(title: str) -> list[list[str]]:

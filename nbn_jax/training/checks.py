@@ -146,7 +146,7 @@ def check_config(
   if config.trainable == 'classifier' and not config.finetune_from:
     raise ConfigError(
         "config.trainable='classifier' trains a first stage's classifier: "
-        'set config.finetune_from to that run\'s workdir.'
+        "set config.finetune_from to that run's workdir."
     )
   _check_loss(config)
   if not config.few_threshold <= config.many_threshold:
