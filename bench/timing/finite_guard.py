@@ -27,9 +27,8 @@ import time
 import jax
 import numpy as np
 
-import input_pipeline as ip
-from bench.timing.many_runs import COUNTS, config_for
-from nbn_jax.training import plan, runs, steps
+from bench.timing.cifar import config_for, machine, step_plan
+from nbn_jax.training import runs, steps
 
 
 def main():
@@ -40,16 +39,9 @@ def main():
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=5, help='steps per round')
   args = parser.parse_args()
-  core = plan.build_step_plan(
-      config_for(1, 'auto', args.batch, bf16=False),
-      ip.DATASETS['cifar10'],
-      np.array(COUNTS),
-      (32, 32, 3),
-  )
+  core = step_plan(config_for(batch=args.batch))
   print(
-      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}), {jax.device_count()} device(s), ResNet-32 '
-      f'NBN, one run, batch {args.batch}',
+      f'{machine()}, ResNet-32 NBN, one run, batch {args.batch}',
       flush=True,
   )
   rng = np.random.default_rng(0)

@@ -33,13 +33,17 @@ import time
 import jax
 import numpy as np
 
+from bench.timing.cifar import (
+    COUNTS,
+    NUM_CLASSES,
+    config_for,
+    machine,
+    step_plan,
+)
 import input_pipeline as ip
-from configs import cifar10_lt
 from input_pipeline import on_device
-from nbn_jax.training import inputs, plan, runs
+from nbn_jax.training import inputs, runs
 
-NUM_CLASSES = 10
-COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # IF 100
 STEPS_PER_EPOCH = 97
 
 
@@ -50,29 +54,12 @@ def synthetic_split() -> ip.Split:
   return ip.Split('synthetic CIFAR-10-LT', labels, NUM_CLASSES, images=images)
 
 
-def config_for(num_runs: int, run_axis: str, batch: int, bf16: bool):
-  """The CIFAR-10-LT recipe (configs/cifar10_lt.py) with K runs at `batch`."""
-  config = cifar10_lt.get_config()
-  config.update(
-      batch_size=batch,
-      num_runs=num_runs,
-      run_axis=run_axis,
-      half_precision=bf16,
-  )
-  return config
-
-
 class Program:
   """The trainer's on-device training input for `num_runs` runs side by side
   (one run: the single-run trainer), built by the run plan."""
 
   def __init__(self, split, num_runs, run_axis, batch, dispatch, bf16):
-    core = plan.build_step_plan(
-        config_for(num_runs, run_axis, batch, bf16),
-        ip.DATASETS['cifar10'],
-        np.array(COUNTS),
-        (32, 32, 3),
-    )
+    core = step_plan(config_for(num_runs, run_axis, batch, bf16))
     self.num_runs = num_runs
     self.steps_per_call = dispatch
     self.state = core.runs.init_state()
@@ -123,11 +110,9 @@ def main():
   dispatch = inputs.steps_per_dispatch(args.steps_per_dispatch)
 
   print(
-      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}), {jax.device_count()} device(s), ResNet-32 '
-      f'batch {args.batch} per run, {"bfloat16" if args.bf16 else "float32"}, '
-      f'{dispatch} '
-      'step(s) per dispatch'
+      f'{machine()}, ResNet-32 batch {args.batch} per run,'
+      f' {"bfloat16" if args.bf16 else "float32"}, {dispatch} step(s) per'
+      ' dispatch'
   )
   split = synthetic_split()
   specs = [('single', 1, 'unroll')] + [

@@ -39,12 +39,17 @@ import numpy as np
 
 import input_pipeline as ip
 from input_pipeline.evaluation import eval_batches
-from bench.timing.many_runs import COUNTS, NUM_CLASSES, config_for
-from nbn_jax.training import metrics, plan, runs, steps
+from bench.timing.cifar import (
+    COUNTS,
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    config_for,
+    machine,
+    step_plan,
+)
+from nbn_jax.training import metrics, runs, steps
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.inputs import to_global
-
-IMAGE_SHAPE = (32, 32, 3)
 
 
 def test_split(num_images: int) -> ip.Split:
@@ -66,11 +71,9 @@ class Program:
   """The trainer's evaluation of K runs (or one) over the split."""
 
   def __init__(self, num_runs, run_axis, eval_batch, split):
-    config = config_for(num_runs, run_axis, batch=128, bf16=False)
+    config = config_for(num_runs, run_axis)
     config.eval_batch_size = eval_batch
-    core = plan.build_step_plan(
-        config, ip.DATASETS['cifar10'], np.array(COUNTS), IMAGE_SHAPE
-    )
+    core = step_plan(config)
     self.num_runs, self.core, self.split = num_runs, core, split
     self.init_s, self.state = seconds(core.runs.init_state)
     eval_step = core.runs.eval_step()
@@ -136,9 +139,8 @@ def main():
   )
   args = parser.parse_args()
   print(
-      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}), {jax.device_count()} device(s), ResNet-32, '
-      f'{args.test_images} test images, eval batch {args.eval_batch}',
+      f'{machine()}, ResNet-32, {args.test_images} test images, eval batch'
+      f' {args.eval_batch}',
       flush=True,
   )
   split = test_split(args.test_images)

@@ -20,10 +20,8 @@ import time
 import jax
 import numpy as np
 
-import input_pipeline as ip
-from bench.timing.many_runs import COUNTS, config_for
+from bench.timing.cifar import config_for, machine, step_plan
 from nbn_jax import precise_bn
-from nbn_jax.training import plan
 
 
 def main():
@@ -37,17 +35,11 @@ def main():
   parser.add_argument('--eval-batch', type=int, default=512)
   parser.add_argument('--eval-batches', type=int, default=20)
   args = parser.parse_args()
-  core = plan.build_step_plan(
-      config_for(1, 'auto', args.batch, bf16=False),
-      ip.DATASETS['cifar10'],
-      np.array(COUNTS),
-      (32, 32, 3),
-  )
+  core = step_plan(config_for(batch=args.batch))
   cfg = core.step_config
   print(
-      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}), {jax.device_count()} device(s), ResNet-32 '
-      f'NBN, batch {args.batch}, {args.batches} batches of precise BN',
+      f'{machine()}, ResNet-32 NBN, batch {args.batch}, {args.batches} batches'
+      ' of precise BN',
       flush=True,
   )
   rng = np.random.default_rng(0)
