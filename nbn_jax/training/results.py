@@ -84,7 +84,8 @@ def record_best_test(record: dict[str, Any], test: LongTailAccuracy):
 
 
 def format_summary(summary: dict[str, float]) -> str:
-  return ', '.join(f'{k} {100 * v:.2f}' for k, v in summary.items())
+  """'top1 16.42, many 20.52, medium 0.00, few n/a' (an empty group: n/a)."""
+  return ', '.join(f'{k} {reporting.percent(v)}' for k, v in summary.items())
 
 
 def finish(

@@ -45,6 +45,13 @@ def test_summary_table_shows_percent_and_not_available_groups():
   assert unit == '(accuracy in %, mean +- std over runs)'
 
 
+def test_a_progress_summary_shows_percent_and_an_empty_group_as_not_available():
+  summary = {'top1': 0.1642, 'many': 0.2052, 'medium': 0.0, 'few': np.nan}
+  assert results.format_summary(summary) == (
+      'top1 16.42, many 20.52, medium 0.00, few n/a'
+  )
+
+
 def test_a_record_from_before_k_runs_resumes_as_the_single_run():
   one_run = {'history': [{'step': 4}], 'best': None}
   assert results.resumed_record(one_run) == {'runs': [one_run]}
