@@ -2,8 +2,6 @@
 
     python -m bench.experiments.eval_lag [--seeds=0,1,2] [--steps=400] [--arms=...]
 
-Needs scikit-learn (`pip install scikit-learn`), for its bundled digits.
-
 flax's NNX MNIST tutorial CNN (conv 32 -> dropout 0.025 -> BN -> relu ->
 avg pool, conv 64 -> BN -> relu -> avg pool, dense 256 -> dropout -> relu,
 dense 10; adamw(0.005, b1=0.9), batch 32) with `nnx.BatchNorm` or
@@ -39,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from nbn_jax import precise_bn
 from nbn_jax.nnx import NormalizedBatchNorm
@@ -118,14 +118,6 @@ class CNN(nnx.Module):
 
 def digits():
   """(train images, test images, train labels, test labels), 28x28x1."""
-  try:  # a bench-only dependency: the digits ship inside scikit-learn
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-    from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise SystemExit(
-        'error: bench.experiments.eval_lag needs scikit-learn (its bundled '
-        'digits): pip install scikit-learn'
-    ) from None
   data = load_digits()
   images = (data.images / 16.0).astype(np.float32)[..., None]
   images = np.asarray(
