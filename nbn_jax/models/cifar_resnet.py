@@ -49,6 +49,7 @@ class CifarResNet(NormSwitchedResNet):
   nbn_placement: NBNPlacement = LAST_STAGE_NBN
   shortcut: str = 'A'
 
+  BLOCK = BasicBlock
   BLOCK_NORMS = ('bn1', 'bn2')
   KERNEL_INITS = KernelInits(conv=HE_NORMAL, fc=HE_NORMAL)
 
@@ -65,22 +66,8 @@ class CifarResNet(NormSwitchedResNet):
     return nn.relu(layers.norm(name='bn1')(x))
 
   @nn.nowrap
-  def stage(
-      self, x: Array, stage: int, layers: LayerDefs, alpha: Array | None
-  ) -> Array:
-    """The basic blocks ``layer{stage + 1}_{block}`` of one stage."""
-    for block in range(self.stage_sizes[stage]):
-      x = BasicBlock(
-          filters=self.stage_widths()[stage],
-          conv=layers.conv,
-          norm=layers.norm,
-          nbn=layers.nbn,
-          nbn_sites=self.nbn_sites(stage),
-          strides=2 if stage > 0 and block == 0 else 1,
-          shortcut=self.shortcut,
-          name=f'layer{stage + 1}_{block}',
-      )(x, alpha)
-    return x
+  def block_fields(self):
+    return {'shortcut': self.shortcut}
 
 
 ResNet32 = named_network(

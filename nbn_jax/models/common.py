@@ -120,8 +120,9 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
   `__call__` is stem -> stages -> classifier head. A family (`ResNet`,
   `CifarResNet`) defines the fields `stage_sizes`, `widths` and
   `nbn_placement` (its reference placement by default), the class
-  attributes `BLOCK_NORMS` (the norm sites of its blocks) and
-  `KERNEL_INITS`, and the methods `stem` and `stage`. The RIDE ensembles
+  attributes `BLOCK` (its residual block), `BLOCK_NORMS` (the norm sites
+  of that block) and `KERNEL_INITS`, and the methods `stem` and
+  `block_fields`. The RIDE ensembles
   (`nbn_jax.models.ride`) build the same pieces into shared stages and
   experts.
 
@@ -251,6 +252,30 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     for stage in stages:
       x = self.stage(x, stage, layers, alpha)
     return x
+
+  @nn.nowrap
+  def stage(
+      self, x: Array, stage: int, layers: LayerDefs, alpha: Array | None
+  ) -> Array:
+    """The blocks ``layer{stage + 1}_{block}`` of one stage; the first
+    block of every stage but the first halves the resolution."""
+    for block in range(self.stage_sizes[stage]):
+      x = self.BLOCK(
+          filters=self.stage_widths()[stage],
+          conv=layers.conv,
+          norm=layers.norm,
+          nbn=layers.nbn,
+          nbn_sites=self.nbn_sites(stage),
+          strides=2 if stage > 0 and block == 0 else 1,
+          name=f'layer{stage + 1}_{block}',
+          **self.block_fields(),
+      )(x, alpha)
+    return x
+
+  @nn.nowrap
+  def block_fields(self) -> dict[str, Any]:
+    """The family's own fields of `BLOCK` (shortcut, ResNeXt groups)."""
+    return {}
 
   @nn.nowrap
   def classifier_head(self, features: Array, layers: LayerDefs) -> Array:

@@ -50,6 +50,7 @@ class ResNet(NormSwitchedResNet):
   groups: int = 1
   width_per_group: int = 64
 
+  BLOCK = BottleneckBlock
   BLOCK_NORMS = ('bn1', 'bn2', 'bn3')
   KERNEL_INITS = TORCHVISION_INITS
 
@@ -61,23 +62,8 @@ class ResNet(NormSwitchedResNet):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
   @nn.nowrap
-  def stage(
-      self, x: Array, stage: int, layers: LayerDefs, alpha: Array | None
-  ) -> Array:
-    """The bottleneck blocks ``layer{stage + 1}_{block}`` of one stage."""
-    for block in range(self.stage_sizes[stage]):
-      x = BottleneckBlock(
-          filters=self.stage_widths()[stage],
-          conv=layers.conv,
-          norm=layers.norm,
-          nbn=layers.nbn,
-          nbn_sites=self.nbn_sites(stage),
-          strides=2 if stage > 0 and block == 0 else 1,
-          groups=self.groups,
-          width_per_group=self.width_per_group,
-          name=f'layer{stage + 1}_{block}',
-      )(x, alpha)
-    return x
+  def block_fields(self):
+    return {'groups': self.groups, 'width_per_group': self.width_per_group}
 
 
 ResNet50 = named_network(
