@@ -399,23 +399,29 @@ def test_a_signal_checkpoints_the_step_it_arrived_after(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
 
 
+def _poison_classifier(monkeypatch, strategy, row):
+  """`strategy`'s initial state has NaN in row `row` of the classifier's
+  kernel (of one run: its first input feature; of K: run `row`'s kernel)."""
+  init_state = strategy.init_state
+
+  def poisoned(self):
+    state = init_state(self)
+    fc = state.params['fc']
+    kernel = fc['kernel'].at[row].set(np.nan)
+    return state.replace(
+        params={**state.params, 'fc': {**fc, 'kernel': kernel}}
+    )
+
+  monkeypatch.setattr(strategy, 'init_state', poisoned)
+
+
 @pytest.mark.slow
 def test_a_signal_between_progress_lines_still_catches_a_diverged_run(
     tmp_path, monkeypatch
 ):
   """Diverged at step 1, signalled after step 2, the next progress line at
   step 100: the pending losses are checked before the stop's checkpoint."""
-  init_state = runs_lib.SingleRun.init_state
-
-  def poisoned(strategy):
-    state = init_state(strategy)
-    fc = state.params['fc']
-    kernel = fc['kernel'].at[0].set(np.nan)
-    return state.replace(
-        params={**state.params, 'fc': {**fc, 'kernel': kernel}}
-    )
-
-  monkeypatch.setattr(runs_lib.SingleRun, 'init_state', poisoned)
+  _poison_classifier(monkeypatch, runs_lib.SingleRun, 0)
   config = _tiny(
       quickstart.get_config(),
       num_epochs=_epochs_for(8, 503),
@@ -592,17 +598,7 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   """Run 1's classifier is poisoned at the start: it stops at step 1, is
   marked so in its results.json and summary.json, and the mean and std are
   over runs 0 and 2."""
-  init_state = runs_lib.StackedRuns.init_state
-
-  def poisoned(strategy):
-    states = init_state(strategy)
-    fc = states.params['fc']
-    kernel = fc['kernel'].at[1].set(np.nan)
-    return states.replace(
-        params={**states.params, 'fc': {**fc, 'kernel': kernel}}
-    )
-
-  monkeypatch.setattr(runs_lib.StackedRuns, 'init_state', poisoned)
+  _poison_classifier(monkeypatch, runs_lib.StackedRuns, 1)
   config = _tiny(
       quickstart.get_config(), num_runs=3, num_epochs=_epochs_for(3, 503)
   )
