@@ -31,6 +31,7 @@ import logging as std_logging
 import os
 import signal
 import sys
+import warnings
 
 EXIT_PREEMPTED = 75  # preemption.EXIT_PREEMPTED, before it can be imported
 
@@ -298,9 +299,19 @@ def _quiet_unraisable(unraisable):
   sys.__unraisablehook__(unraisable)
 
 
+# What Python prints, at exit, for each array write of orbax's that a failed
+# checkpoint write abandoned (`sys:1: RuntimeWarning: coroutine
+# 'async_serialize_from_host.<locals>.write_fragment' was never awaited`).
+# This program has no coroutines of its own.
+ABANDONED_COROUTINE = r"coroutine '.*' was never awaited"
+
+
 def _absl_main(argv: list[str]):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.unraisablehook = _quiet_unraisable
+  warnings.filterwarnings(
+      'ignore', message=ABANDONED_COROUTINE, category=RuntimeWarning
+  )
   sys.exit(main(argv))
 
 
