@@ -235,11 +235,12 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   }
 
 
-def _structure_difference(saved, like_state) -> str | None:
+def structure_difference(saved, like_state) -> str | None:
   """The first entry where a checkpoint's arrays differ from `like_state`'s.
 
   Args:
-    saved: the checkpoint's tree metadata (orbax `item_metadata`).
+    saved: the checkpoint's tree metadata (orbax `item_metadata`), or its
+      restored arrays.
     like_state: the state the run would restore into.
 
   Returns:
@@ -472,7 +473,7 @@ class Checkpoints:
       return
     if saved is None:
       return
-    difference = _structure_difference(saved, like_state)
+    difference = structure_difference(saved, like_state)
     if difference is not None:
       raise CheckpointError(
           f'the checkpoints in {manager.directory} hold another network or '

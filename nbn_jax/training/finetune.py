@@ -22,7 +22,7 @@ import jax
 import optax
 
 from nbn_jax.training import steps
-from nbn_jax.training.checkpoints import latest_variables
+from nbn_jax.training.checkpoints import latest_variables, structure_difference
 from nbn_jax.training.errors import ConfigError
 
 CLASSIFIER = 'fc'  # the module name of every classifier head
@@ -60,22 +60,6 @@ def classifier_and_alphas(alpha_paths: Sequence[str]) -> Callable:
   return lambda path: in_classifier(path) or tuple(path) in alphas
 
 
-def _first_difference(found, expected) -> str | None:
-  """The first path where two variable trees differ in keys or shapes."""
-  flat = lambda tree: {
-      '/'.join(_keys(p)): getattr(v, 'shape', None)
-      for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-  found, expected = flat(found), flat(expected)
-  for path in sorted(found.keys() | expected.keys()):
-    if found.get(path) != expected.get(path):
-      return (
-          f'{path} is {found.get(path, "missing")} there, '
-          f'{expected.get(path, "absent")} here'
-      )
-  return None
-
-
 def start_from(
     fresh: steps.TrainState, workdir: str, reinit_classifier: bool
 ) -> steps.TrainState:
@@ -91,7 +75,7 @@ def start_from(
   """
   first = latest_variables(workdir)
   current = {'params': fresh.params, 'batch_stats': fresh.batch_stats}
-  difference = _first_difference(first, current)
+  difference = structure_difference(first, current)
   if difference is not None:
     raise ConfigError(
         f'config.finetune_from={workdir} holds another network or another '
