@@ -31,6 +31,8 @@ import sys
 
 import numpy as np
 
+from nbn_jax.training import reporting
+
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
@@ -247,8 +249,9 @@ def _plot_curves(runs, path):
   colours = dict(zip(ARMS, ('tab:blue', 'tab:red', 'tab:green')))
   for arm, arm_runs in runs.items():
     for workdir, r in arm_runs:
-      with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        records = [json.loads(line) for line in f]
+      records = reporting.read_metrics(
+          os.path.join(workdir, reporting.METRICS_FILE)
+      )
       style = dict(color=colours[arm], alpha=0.7)
       label = f'{LABELS[arm]} seed {r["config"]["seed"]}'
       train = [
