@@ -127,6 +127,21 @@ def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def _average(per_batch: Iterable[Any], caller: str):
+  """The leaf-wise mean of the statistics trees `per_batch` yields.
+
+  Raises:
+    ValueError: it yields none (`caller` names the function asked).
+  """
+  total, count = None, 0
+  for stats in per_batch:
+    total = stats if total is None else _add(total, stats)
+    count += 1
+  if not count:
+    raise ValueError(f'{caller} needs at least one batch.')
+  return jax.tree.map(lambda s: s / count, total)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _jitted_batch_statistics(settings, variables, inputs):
   """`batch_statistics`, compiled once per (model, norm_types, kwargs)."""
@@ -167,14 +182,10 @@ def precise_batch_stats(
     ValueError: no batch, or as `batch_statistics`.
   """
   settings = (model, norm_types, tuple(sorted(apply_kwargs.items())))
-  total, count = None, 0
-  for inputs in batches:
-    stats = _jitted_batch_statistics(settings, variables, inputs)
-    total = stats if total is None else _add(total, stats)
-    count += 1
-  if not count:
-    raise ValueError('precise_batch_stats needs at least one batch.')
-  return jax.tree.map(lambda s: s / count, total)
+  return _average(
+      (_jitted_batch_statistics(settings, variables, x) for x in batches),
+      'precise_batch_stats',
+  )
 
 
 def _nnx_norms(model: nnx.Module, norm_types: tuple[type, ...]) -> list:
@@ -219,16 +230,13 @@ def update_bn_stats_nnx(
     raise ValueError(f'no layer of {[t.__name__ for t in norm_types]}.')
   saved = [(m.momentum, m.use_running_average) for m in layers]
   before = [(m.mean[...], m.var[...]) for m in layers]
-  total, count = None, 0
   try:
     for m in layers:
       m.momentum, m.use_running_average = 0.0, False
-    for inputs in batches:
-      stats = _nnx_batch_statistics(model, inputs, settings)
-      total = stats if total is None else _add(total, stats)
-      count += 1
-    if not count:
-      raise ValueError('update_bn_stats_nnx needs at least one batch.')
+    average = _average(
+        (_nnx_batch_statistics(model, x, settings) for x in batches),
+        'update_bn_stats_nnx',
+    )
   except BaseException:  # the model is left as it was
     for m, (mean, var) in zip(layers, before):
       m.mean[...], m.var[...] = mean, var
@@ -236,7 +244,6 @@ def update_bn_stats_nnx(
   finally:
     for m, (momentum, use_running_average) in zip(layers, saved):
       m.momentum, m.use_running_average = momentum, use_running_average
-  for m, (mean, var) in zip(layers, total):
-    m.mean[...] = mean / count
-    m.var[...] = var / count
+  for m, (mean, var) in zip(layers, average):
+    m.mean[...], m.var[...] = mean, var
   return len(layers)
