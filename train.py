@@ -58,10 +58,11 @@ from ml_collections import config_flags
 from configs import default
 
 from nbn_jax.training import USER_ERRORS, train_and_evaluate
-from nbn_jax.training import plan, preemption, workdir as workdir_lib
+from nbn_jax.training import plan, preemption, storage
+from nbn_jax.training import workdir as workdir_lib
 
 # Libraries whose INFO records would drown the progress lines.
-QUIET_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py')
+QUIET_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py', '/gcsfs/', '/fsspec/')
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # Ctrl-C outside the training loop's StopSignals
 
@@ -217,30 +218,35 @@ def parse_flags(argv: list[str]) -> flags.FlagValues:
 
 def run(values: flags.FlagValues) -> int:
   """Claims the workdir and trains; returns the exit status."""
+  workdir = storage.resolve(values.workdir)  # another scheme: refused here
   # Before anything starts JAX's backends, which read XLA_FLAGS once.
   if extra_flags := plan.xla_flags(values.config):
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {extra_flags}'
-  if values.multihost or values.coordinator_address:
-    jax.distributed.initialize(
-        values.coordinator_address, values.num_processes, values.process_id
-    )
+  distributed = values.multihost or values.coordinator_address is not None
   config = values.config
-  with workdir_lib.claim(
-      values.workdir,
-      config.to_dict(),
-      allow_config_change=values.allow_config_change,
-      process_index=jax.process_index(),
-      defaults=default.get_config().to_dict(),
-  ):
-    if jax.process_count() > 1:
-      logging.info(
-          'JAX processes: %d, devices: %s', jax.process_count(), jax.devices()
+  with preemption.run_signals(distributed) as signals:
+    if distributed:
+      jax.distributed.initialize(
+          values.coordinator_address, values.num_processes, values.process_id
       )
-    try:
-      train_and_evaluate(config, values.workdir)
-    except preemption.Preempted as e:
-      logging.warning('%s', e)
-      return preemption.EXIT_PREEMPTED
+      logging.info(
+          'JAX process %d of %d started; devices: %s',
+          jax.process_index(),
+          jax.process_count(),
+          jax.devices(),
+      )
+    with workdir_lib.claim(
+        workdir,
+        config.to_dict(),
+        allow_config_change=values.allow_config_change,
+        process_index=jax.process_index(),
+        defaults=default.get_config().to_dict(),
+    ):
+      try:
+        train_and_evaluate(config, workdir, signals)
+      except preemption.Preempted as e:
+        logging.warning('%s', e)
+        return preemption.EXIT_PREEMPTED
   return 0
 
 

@@ -26,7 +26,12 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from input_pipeline.files import join_path, open_file, write_atomically
+from input_pipeline.files import (
+    join_path,
+    open_file,
+    url_errors,
+    write_atomically,
+)
 from input_pipeline.sources import DataError, Split
 
 # What tf.io.decode_image reads; PIL calls some camera JPEGs 'MPO'.
@@ -63,7 +68,7 @@ def file_problem(path: str) -> str | None:
   Reads the header (with PIL) and the last `TAIL_BYTES`, not the pixels.
   """
   try:
-    with open_file(path, 'rb') as f:
+    with url_errors(path), open_file(path, 'rb') as f:
       f.seek(0, io.SEEK_END)
       size = f.tell()
       if size == 0:

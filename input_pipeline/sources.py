@@ -20,17 +20,15 @@ from absl import logging
 from PIL import Image
 
 from input_pipeline.files import (
+    DataError,
     file_exists,
     is_url,
     join_path,
     open_file,
     stays_inside_root,
+    url_errors,
     write_atomically,
 )
-
-
-class DataError(ValueError):
-  """A dataset, list file or image is missing or malformed."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -102,7 +100,7 @@ def _list_lines(list_file: str) -> Iterator[tuple[int, str]]:
       message names the file and line).
   """
   try:
-    with open_file(list_file, 'rb') as f:
+    with url_errors(list_file), open_file(list_file, 'rb') as f:
       for number, raw in enumerate(f, start=1):
         try:
           line = raw.decode('utf-8')
@@ -114,14 +112,9 @@ def _list_lines(list_file: str) -> Iterator[tuple[int, str]]:
               'utf-8).'
           ) from None
         yield number, line.removeprefix('\ufeff') if number == 1 else line
-  except DataError:
-    raise
-  except Exception as e:  # OSError; for URLs, tf.io.gfile's own errors
-    if not isinstance(e, OSError) and not is_url(list_file):
-      raise
-    reason = getattr(e, 'strerror', None) or getattr(e, 'message', None) or e
+  except OSError as e:
     raise DataError(
-        f'list file {list_file} cannot be read ({reason}).'
+        f'list file {list_file} cannot be read ({e.strerror or e}).'
     ) from None
 
 
@@ -289,7 +282,11 @@ def decode_into_memory(split: Split) -> Split:
   if root.endswith(('.tar', '.tar.gz', '.tgz')):
     if not file_exists(root):
       raise DataError(f'{split.name}: archive {root} does not exist.')
-    with open_file(root, 'rb') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+    with (
+        url_errors(root),
+        open_file(root, 'rb') as f,
+        tarfile.open(fileobj=f, mode='r|*') as tar,
+    ):
       for member in tar:
         i = wanted.get(member.name)
         if i is not None:
@@ -303,7 +300,8 @@ def decode_into_memory(split: Split) -> Split:
   else:
     check_images_exist(split)
     for path, i in wanted.items():
-      with open_file(join_path(root, path), 'rb') as f:
+      image = join_path(root, path)
+      with url_errors(image), open_file(image, 'rb') as f:
         images[i] = decode(f.read())
   shapes = {image.shape for image in images}
   if len(shapes) != 1:

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from input_pipeline.files import is_url, tensorflow_error_reason
 from input_pipeline.sources import DataError, Split
 
 _ID = re.compile(r'^(?:train|test)_(\d+)$')
@@ -56,6 +57,14 @@ def load_tfds_cifar(name: str, split: str, data_dir: str | None) -> Split:
 
   try:
     dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+  except RuntimeError as e:  # TFDS's wrapping of a file-system error
+    if not (data_dir and is_url(data_dir)):
+      raise
+    raise DataError(
+        f'TFDS data_dir={data_dir} cannot be read '
+        f'({tensorflow_error_reason(e)}); check the path, the network and '
+        'the credentials (gcloud auth application-default login).'
+    ) from None
   except AssertionError as e:  # TFDS's "could not find data" error
     raise DataError(
         f'TFDS dataset {name} is not prepared in data_dir={data_dir!r} '

@@ -36,3 +36,23 @@ sys.modules.setdefault('triton', None)
 import jax  # noqa: E402  (after the environment above)
 
 jax.config.update('jax_disable_most_optimizations', True)
+
+
+import pytest  # noqa: E402
+
+from tests import cloud_storage as cloud_storage_lib  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def cloud_storage():
+  """A local Cloud Storage server (`tests.cloud_storage`) for this worker;
+  this process's clients point at it from then on."""
+  with cloud_storage_lib.running() as server:
+    os.environ.update(cloud_storage_lib.environment(server.url))
+    yield server
+
+
+@pytest.fixture
+def bucket(cloud_storage) -> str:
+  """gs:// URL of a new empty bucket on the local server."""
+  return f'gs://{cloud_storage.new_bucket()}'

@@ -12,15 +12,12 @@ import sys
 import time
 import warnings
 
-import jax
-import numpy as np
 import pytest
 
 import train
 from configs import quickstart
 from nbn_jax.training import preemption
 from nbn_jax.training import workdir as workdir_lib
-from nbn_jax.training.checkpoints import latest_params
 
 ROOT = pathlib.Path(__file__).parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart.py')
@@ -425,7 +422,9 @@ def test_a_workdir_recorded_before_a_new_field_resumes(tmp_path, monkeypatch):
   for field in ('ldam_max_m', 'finetune_from'):  # before these existed
     del older[field]
   workdir_lib.record_config(str(workdir), older)
-  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: {})
+  monkeypatch.setattr(
+      train, 'train_and_evaluate', lambda config, workdir, signals: {}
+  )
   args = ['train.py', f'--workdir={workdir}', f'--config={QUICKSTART}']
   assert train.main(args) == 0
   assert train.main([*args, '--config.ldam_max_m=0.3']) == 1  # a change
@@ -738,64 +737,6 @@ def test_a_sigterm_while_starting_is_one_line_and_leaves_nothing(
   ), stderr[-3000:]
   assert 'Rerun the same command' in last
   assert not workdir.exists()  # its lock released, its folder removed
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_hosts_of_four_devices_equal_one_host_of_eight(tmp_path):
-  flags = [
-      f'--config={QUICKSTART}',
-      *FAST,
-      '--config.input_path=tf_data',
-      '--config.num_epochs=0.5',
-      '--config.eval_every_epochs=0.5',
-  ]
-  single = _train(tmp_path / 'one', *flags)
-  assert single.returncode == 0, single.stderr[-3000:]
-
-  port = _free_port()
-  env = _environment(devices=4)
-  hosts = [
-      subprocess.Popen(
-          [
-              sys.executable,
-              str(ROOT / 'train.py'),
-              f'--workdir={tmp_path / "two"}',
-              *flags,
-              f'--coordinator_address=localhost:{port}',
-              '--num_processes=2',
-              f'--process_id={i}',
-          ],
-          cwd=ROOT,
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
-      for i in range(2)
-  ]
-  outputs = [host.communicate(timeout=300) for host in hosts]
-  for host, (_, stderr) in zip(hosts, outputs):
-    assert host.returncode == 0, stderr[-3000:]
-  assert 'JAX processes: 2' in outputs[0][1]
-
-  results = [
-      json.loads((tmp_path / d / 'results.json').read_text())
-      for d in ('one', 'two')
-  ]
-  assert results[1]['last']['test'] == pytest.approx(results[0]['last']['test'])
-  jax.tree.map(
-      lambda two, one: np.testing.assert_allclose(
-          two, one, rtol=1e-4, atol=1e-5
-      ),
-      latest_params(tmp_path / 'two'),
-      latest_params(tmp_path / 'one'),
-  )
 
 
 def test_the_second_stage_config_takes_its_benchmark_after_a_colon():

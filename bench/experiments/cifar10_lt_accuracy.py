@@ -15,10 +15,10 @@ and the same initial convolutions. --epochs compresses the 200-epoch
 schedule keeping its shape: warm-up 5E/200 epochs, learning rate x0.01 at
 0.8E and again at 0.9E.
 
-`report` gathers results.json, metrics.jsonl and the final checkpoints into
-a Markdown table (mean and spread over seeds) and three PNG plots: per-class
-accuracy, the spread of the last-stage BN scales, and learning curves (with
-the shared NBN alpha).
+`report` gathers results.json, the metrics (`metrics/`) and the final
+checkpoints into a Markdown table (mean and spread over seeds) and three PNG
+plots: per-class accuracy, the spread of the last-stage BN scales, and
+learning curves (with the shared NBN alpha).
 CIFAR-LT has no validation split: "best" is the best test accuracy seen
 during training, selected on test and so optimistic; it is labelled as such.
 """
@@ -249,9 +249,7 @@ def _plot_curves(runs, path):
   colours = dict(zip(ARMS, ('tab:blue', 'tab:red', 'tab:green')))
   for arm, arm_runs in runs.items():
     for workdir, r in arm_runs:
-      records = reporting.read_metrics(
-          os.path.join(workdir, reporting.METRICS_FILE)
-      )
+      records = reporting.read_metrics(workdir)
       style = dict(color=colours[arm], alpha=0.7)
       label = f'{LABELS[arm]} seed {r["config"]["seed"]}'
       train = [

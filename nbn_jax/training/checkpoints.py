@@ -1,12 +1,15 @@
 """Preemption-safe checkpoints with orbax, checked when written and read.
 
-Under the workdir, `checkpoints/` keeps the latest N periodic saves of all
-runs together (the run resumes from the newest); in each run's folder
-(the workdir itself for a single run), `checkpoints_best/` keeps that run's
-state at its best validation accuracy, for people to use. Orbax writes each
-checkpoint to a temporary folder and renames it when complete, so a run
+Under the workdir (a local folder or a gs:// URL), `checkpoints/` keeps the
+latest N periodic saves of all runs together (the run resumes from the
+newest); in each run's folder (the workdir itself for a single run),
+`checkpoints_best/` keeps that run's state at its best validation accuracy,
+for people to use. Orbax writes a
+local checkpoint to a temporary folder and renames it when complete, and
+one on a bucket in place with a commit marker written last, so a run
 killed at any moment leaves only whole checkpoints; a restarted run removes
-the rest. Each checkpoint holds the train state and a JSON record of the
+the rest. Every process writes its own shards of the arrays; process 0 the
+rest. Each checkpoint holds the train state and a JSON record of the
 run so far (best validation result, evaluation history).
 
 Writes go on in the background while training continues. `confirm` (the
@@ -17,7 +20,8 @@ the folder and the cause. The failed write never replaces a checkpoint, so
 the last good one stays as it was.
 
 Once a write is confirmed, the checkpoint gets a list of its files with
-their sizes and CRC-32 checksums (`CHECKSUMS_FILE`, in its folder). A
+their sizes and CRC32C checksums (`CHECKSUMS_FILE`, in its folder; on a
+bucket the store's own per-object CRC32C, so nothing is downloaded). A
 restore first checks every listed file: one that is missing, cut short or
 changed makes the checkpoint unreadable, whatever the file (orbax itself
 never reads some of them, and reads a flipped bit of array data back as a
@@ -26,13 +30,14 @@ or by a run killed before its next progress line) is restored as orbax
 reads it.
 
 A checkpoint that cannot be restored is skipped: the run logs one sentence
-naming it and why, restores the next newest, and moves the unreadable one
-aside to ``<step>.unreadable`` (never deleted), so that the run can save
-that step again and orbax's keep-the-latest-N clean-up counts only readable
-checkpoints. If none can be restored, nothing is moved and
-`CheckpointError` says which folder to delete. Checkpoints of another
-network or run layout than the one asked for (the config's model changed)
-are refused at once, naming the first differing entry.
+naming it and why, restores the next newest, and sets the unreadable one
+aside as ``<step>.unreadable`` (never deleted; `storage.set_aside`), so
+that the run can save that step again and orbax's keep-the-latest-N
+clean-up counts only readable checkpoints. If none can be restored,
+nothing is moved and `CheckpointError` says which folder to delete.
+Checkpoints of another network or run layout than the one asked for (the
+config's model changed) are refused at once, naming the first differing
+entry.
 """
 
 import contextlib
@@ -41,55 +46,69 @@ import json
 import os
 import re
 import time
-import zlib
 from typing import Any, Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from input_pipeline.files import write_atomically
+from nbn_jax.training import storage
 from nbn_jax.training.errors import CheckpointError
 from nbn_jax.training.preemption import any_host
 from nbn_jax.training.steps import furthest_step
 
 UNREADABLE_SUFFIX = '.unreadable'
 CHECKSUMS_FILE = 'nbn_jax_checksums.json'
-_CHUNK_BYTES = 1 << 24
+# 2: sizes and CRC32C. Lists of format 1 (zlib's CRC-32, before checkpoints
+# could be on a bucket) are not checked: such a checkpoint is restored as
+# orbax reads it, as one without a list.
+CHECKSUMS_FORMAT = 2
 
 
 # --- Checksums ------------------------------------------------------------------
 
 
-def _file_crc32(path: str) -> int:
-  crc = 0
-  with open(path, 'rb') as f:
-    while chunk := f.read(_CHUNK_BYTES):
-      crc = zlib.crc32(chunk, crc)
-  return crc
-
-
-def _checkpoint_files(folder: str) -> list[str]:
-  """Paths of the files under a checkpoint's folder, relative to it."""
-  return sorted(
-      os.path.relpath(os.path.join(root, name), folder)
-      for root, _, names in os.walk(folder)
-      for name in names
-      if name != CHECKSUMS_FILE
+def write_checksums(folder: str):
+  """Lists each file of the checkpoint in `folder` with its size and CRC32C."""
+  files = {
+      relative: {'bytes': written.size, 'crc32c': written.crc32c}
+      for relative, written in storage.checksums(
+          folder, skip=CHECKSUMS_FILE
+      ).items()
+  }
+  storage.write_text(
+      storage.join(folder, CHECKSUMS_FILE),
+      json.dumps(
+          {'format': CHECKSUMS_FORMAT, 'files': files}, indent=1, sort_keys=True
+      ),
   )
 
 
-def write_checksums(folder: str):
-  """Lists each file of the checkpoint in `folder` with its size and CRC-32."""
-  files = {
-      relative: {
-          'bytes': os.path.getsize(os.path.join(folder, relative)),
-          'crc32': _file_crc32(os.path.join(folder, relative)),
-      }
-      for relative in _checkpoint_files(folder)
-  }
-  with write_atomically(os.path.join(folder, CHECKSUMS_FILE)) as f:
-    json.dump({'format': 1, 'files': files}, f, indent=1, sort_keys=True)
+def _written_checksums(folder: str) -> dict[str, storage.FileSum] | None:
+  """The checkpoint's list of what was written, or None if it has none.
+
+  Raises:
+    ValueError: the list cannot be read.
+  """
+  try:
+    listing = json.loads(
+        storage.read_text(storage.join(folder, CHECKSUMS_FILE))
+    )
+  except FileNotFoundError:
+    return None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(e) from None
+  if not isinstance(listing, dict) or listing.get('format') != CHECKSUMS_FORMAT:
+    if isinstance(listing, dict) and listing.get('format') == 1:
+      return None
+    raise ValueError(f'unknown format {listing!r:.40}')
+  try:
+    return {
+        relative: storage.FileSum(int(sums['bytes']), int(sums['crc32c']))
+        for relative, sums in listing['files'].items()
+    }
+  except (KeyError, TypeError, AttributeError) as e:
+    raise ValueError(e) from None
 
 
 def checksum_problem(folder: str) -> str | None:
@@ -97,28 +116,21 @@ def checksum_problem(folder: str) -> str | None:
 
   None also when it has no checksum list (nothing to check against).
   """
-  listing = os.path.join(folder, CHECKSUMS_FILE)
-  if not os.path.exists(listing):
-    return None
   try:
-    with open(listing) as f:
-      files = {
-          relative: (int(written['bytes']), int(written['crc32']))
-          for relative, written in json.load(f)['files'].items()
-      }
-  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    written = _written_checksums(folder)
+  except ValueError:
     return f'its file list {CHECKSUMS_FILE} cannot be read'
-  for relative, (size, crc32) in files.items():
-    path = os.path.join(folder, relative)
-    if not os.path.exists(path):
+  if written is None:
+    return None
+  present = storage.checksums(folder, skip=CHECKSUMS_FILE)
+  for relative, sums in written.items():
+    now = present.get(relative)
+    if now is None:
       return f'{relative} is missing'
-    if os.path.getsize(path) != size:
-      return (
-          f'{relative} has {os.path.getsize(path)} bytes, {size} when it was '
-          'written'
-      )
-    if _file_crc32(path) != crc32:
-      return f'{relative} has changed since it was written (its CRC-32 differs)'
+    if now.size != sums.size:
+      return f'{relative} has {now.size} bytes, {sums.size} when it was written'
+    if now.crc32c != sums.crc32c:
+      return f'{relative} has changed since it was written (its CRC32C differs)'
   return None
 
 
@@ -143,12 +155,11 @@ _LOCAL_FILE = re.compile(r'local file "([^"]+)"')
 
 
 def _relative(path: str, folder: str) -> str:
-  path = path.rstrip('/')
-  return (
-      os.path.relpath(path, folder)
-      if folder and path.startswith(folder)
-      else path
-  )
+  """`path` relative to `folder` if it lies inside it, else as it is."""
+  path, folder = path.rstrip('/'), folder.rstrip('/')
+  if folder and path.startswith(f'{folder}/'):
+    return path[len(folder) + 1 :]
+  return path
 
 
 def _tensorstore_reason(message: str, folder: str) -> str:
@@ -270,16 +281,15 @@ def structure_difference(saved, like_state) -> str | None:
 
 
 def _move_aside(manager, step: int) -> str:
-  """Renames checkpoint `step` to ``<step>.unreadable`` (process 0)."""
-  directory = os.fspath(manager.directory)
-  source = os.path.join(directory, str(step))
+  """Sets checkpoint `step` aside as ``<step>.unreadable`` (process 0)."""
+  source = storage.join(os.fspath(manager.directory), str(step))
   target = f'{source}{UNREADABLE_SUFFIX}'
   if jax.process_index() == 0:
     suffix = 1
-    while os.path.exists(target):  # an earlier run set one aside too
+    while storage.exists(target):  # an earlier run set one aside too
       target = f'{source}{UNREADABLE_SUFFIX}{suffix}'
       suffix += 1
-    os.rename(source, target)
+    storage.set_aside(source, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -333,10 +343,10 @@ class Checkpoints:
         on any (`preemption.any_host`): all hosts stop on a failed write.
     """
     self.latest = _manager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'), keep
+        storage.join(storage.resolve(workdir), 'checkpoints'), keep
     )
     self.best = [
-        _manager(os.path.join(os.path.abspath(folder), 'checkpoints_best'), 1)
+        _manager(storage.join(storage.resolve(folder), 'checkpoints_best'), 1)
         for folder in run_dirs or [workdir]
     ]
     self._agree = agree
@@ -409,7 +419,7 @@ class Checkpoints:
       try:
         manager.wait_until_finished()
         if jax.process_index() == 0:
-          write_checksums(os.path.join(os.fspath(manager.directory), str(step)))
+          write_checksums(storage.join(os.fspath(manager.directory), str(step)))
       except Exception as e:  # orbax/tensorstore raise many types
         problem = problem or self._failure(manager, step, what, e)
     self._raise_if_any_failed(problem, agree)
@@ -493,7 +503,7 @@ class Checkpoints:
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     for step in steps:
-      folder = os.path.join(os.fspath(manager.directory), str(step))
+      folder = storage.join(os.fspath(manager.directory), str(step))
       problem = checksum_problem(folder)
       if problem is None:
         self._refuse_another_network(manager, step, like_state)
@@ -601,7 +611,7 @@ def latest_variables(workdir: str) -> dict:
     CheckpointError: the workdir holds no checkpoint, or its newest one
       differs from what was written (`checksum_problem`).
   """
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = storage.join(storage.resolve(workdir), 'checkpoints')
   manager = ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(create=False),
@@ -614,7 +624,7 @@ def latest_variables(workdir: str) -> dict:
           f'{directory} holds no checkpoint; train (or convert) into '
           f'{workdir} first.'
       )
-    problem = checksum_problem(os.path.join(directory, str(step)))
+    problem = checksum_problem(storage.join(directory, str(step)))
     if problem is not None:
       raise CheckpointError(
           f'the newest checkpoint {directory}/{step} cannot be read: '

@@ -15,13 +15,12 @@ The first stage's workdir is only read.
 """
 
 import json
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import optax
 
-from nbn_jax.training import steps
+from nbn_jax.training import steps, storage
 from nbn_jax.training.checkpoints import latest_variables, structure_difference
 from nbn_jax.training.errors import ConfigError
 
@@ -101,9 +100,10 @@ def first_stage_results(workdir: str, run_dir: str) -> dict[str, Any]:
   single run). Without a results.json (a stage stopped early) only the
   folder is known.
   """
-  summary = {'workdir': os.path.abspath(workdir)}
-  path = os.path.join(run_dir, 'results.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      summary['last'] = json.load(f)['last']
+  summary = {'workdir': storage.resolve(workdir, 'config.finetune_from')}
+  try:
+    text = storage.read_text(storage.join(run_dir, 'results.json'))
+  except FileNotFoundError:
+    return summary
+  summary['last'] = json.loads(text)['last']
   return summary

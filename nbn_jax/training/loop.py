@@ -20,6 +20,7 @@ resumes it. The workdir's lock and recorded config are `workdir.claim`'s
 (train.py holds it around the run).
 """
 
+import contextlib
 from typing import Any
 
 import jax
@@ -39,23 +40,36 @@ from nbn_jax.training.steps import TrainState, furthest_step
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    signals: preemption.StopSignals | None = None,
 ) -> dict[str, Any]:
   """Trains and evaluates per `config`; returns the results written to JSON.
+
+  Args:
+    config: the run's config.
+    workdir: a local folder or a gs:// URL (`storage`).
+    signals: the run's stop signals when it has several processes
+      (`preemption.run_signals`); None: the training steps install their own.
 
   Raises:
     ConfigError, input_pipeline.DataError: bad settings or data (one-line
       messages).
     NonFiniteLossError: training diverged; the last good checkpoint is kept.
+    preemption.Preempted, preemption.Terminated: stopped by a signal.
   """
-  return run(plan_lib.build_plan(config), workdir)
+  return run(plan_lib.build_plan(config), workdir, signals)
 
 
-def run(plan: Plan, workdir: str) -> dict[str, Any]:
+def run(
+    plan: Plan, workdir: str, signals: preemption.StopSignals | None = None
+) -> dict[str, Any]:
   """Trains (unless `plan.eval_only`) and evaluates in `workdir`.
 
   Nothing is written to `workdir` before every image file is checked and,
-  for eval_only, a checkpoint to evaluate is found.
+  for eval_only, a checkpoint to evaluate is found. With `signals` (several
+  processes), all processes stop together before the training steps, in
+  them, or before the results are written, if any one was signalled.
   """
   # Cached once passed; an evaluation reads no training image.
   image_check.check_benchmark_images(plan.benchmark, train=not plan.eval_only)
@@ -81,6 +95,8 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
       )
     else:
       state = plan.start(state)
+    if signals is not None:
+      signals.terminate_if_requested()  # all processes, before any write
     # The config the workdir trained with stays recorded: an evaluation
     # (whose data fields may differ) records its own only where none is.
     if jax.process_index() == 0 and not (
@@ -101,11 +117,28 @@ def run(plan: Plan, workdir: str) -> dict[str, Any]:
     try:
       evaluator = plan.evaluator()
       if not plan.eval_only:
-        with preemption.StopSignals() as signals:
-          state = _train(
-              plan, state, record, evaluator, checkpoints, writers, signals
+        with contextlib.ExitStack() as stack:
+          steps_signals = signals or stack.enter_context(
+              preemption.StopSignals()  # one process: the steps' own
           )
-      return results.finish(plan, state, record, evaluator, writers, workdir)
+          state = _train(
+              plan,
+              state,
+              record,
+              evaluator,
+              checkpoints,
+              writers,
+              steps_signals,
+          )
+      return results.finish(
+          plan,
+          state,
+          record,
+          evaluator,
+          writers,
+          workdir,
+          before_writing=signals and signals.terminate_if_requested,
+      )
     finally:
       for writer in writers:
         writer.close()
@@ -195,6 +228,8 @@ def _train(
     if step % length.eval_every == 0 or end:
       _evaluate(plan, state, record, evaluator, step, checkpoints, writers)
     if checkpoint or stop:
+      for writer in writers:  # a resume from this step loses no row
+        writer.flush(force=True)
       seconds = checkpoints.save(state, record, wait=stop and not checkpoint)
       if stop and not checkpoint:
         logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)

@@ -12,7 +12,12 @@ the program where it is, with the same status and one line.
 
 On several hosts, `stop_requested()` is a collective: every host calls it
 after the same step and all get True if any host was signalled, so all
-hosts checkpoint the same step together.
+hosts checkpoint the same step together. A process of several cannot stop
+alone outside the training steps either (the others would wait for it in
+their next collective): from before the distributed start on, `run_signals`
+gives the run one `StopSignals`, and every process stops together where
+they all ask: before the training steps, after each chunk of them, and
+before the results are written (`StopSignals.terminate_if_requested`).
 
     with preemption.StopSignals() as stop:
       for step in ...:
@@ -143,3 +148,30 @@ class StopSignals:
     if stop and self.signal_name is None:
       self.signal_name = 'a signal to another host'
     return stop
+
+  def terminate_if_requested(self):
+    """Raises `Terminated` if any host was signalled (outside the training
+    steps: nothing to checkpoint). A collective, as `stop_requested`."""
+    if self.stop_requested():
+      raise Terminated(self.signal_name)
+
+
+@contextlib.contextmanager
+def run_signals(distributed: bool) -> Iterator['StopSignals | None']:
+  """The stop signals of a whole run of several processes; None for one.
+
+  One process stops at once outside the training steps
+  (`terminate_outside_training`) and installs `StopSignals` around them
+  itself. The processes of a distributed run share one `StopSignals` from
+  before `jax.distributed.initialize` on (see the module docstring), with
+  JAX's own preemption service off: its notifier would install a SIGTERM
+  handler in C over this one and keep the signal to itself.
+  """
+  if not distributed:
+    yield None
+    return
+  import jax  # only for a distributed run
+
+  jax.config.update('jax_enable_preemption_service', False)
+  with StopSignals() as signals:
+    yield signals

@@ -1,118 +1,234 @@
-"""What a run writes for people: progress lines, TensorBoard scalars, a JSON
-file of results, a summary table and PNG plots.
+"""What a run writes for people: progress lines, TensorBoard scalars, JSON
+lines of every scalar, a JSON file of results, a summary table and PNG plots.
 
-TensorBoard events are written with the `tensorboard` package alone (no
-TensorFlow), so runs on machines without TensorFlow still produce them. Every
-scalar also goes to ``metrics.jsonl`` in the workdir, one JSON object per
-line, for plotting without TensorBoard.
+Everything goes through `storage`, so a run folder may be local or on a
+bucket. Scalars are written in whole objects, never appended (an object in
+a bucket cannot be): each flush of a `MetricWriter` writes one file of JSON
+lines under ``metrics/`` and one TensorBoard event file under
+``tensorboard/``; `read_metrics` reads them back in order. TensorBoard
+events are encoded with the `tensorboard` package alone (no TensorFlow).
 """
 
+import dataclasses
 import functools
+import io
 import json
 import math
-import os
+import re
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
-from input_pipeline.files import write_atomically
 from nbn_jax.normalization import effective_affine
+from nbn_jax.training import storage
 
-METRICS_FILE = 'metrics.jsonl'
+METRICS_FOLDER = 'metrics'
+EVENTS_FOLDER = 'tensorboard'
+# One file of JSON lines, appended to, before runs could write to buckets:
+# still read, and cut back on a resume, in a run folder that has one.
+LEGACY_METRICS_FILE = 'metrics.jsonl'
 ALPHA_TAG = 'nbn/alpha'  # the tags of NBN's alphas start with it
+# A flush writes (a file of each kind) once this long since the last one,
+# or when forced: at each checkpoint and at the end.
+FLUSH_SECONDS = 30.0
+# '<microseconds since the epoch>.steps-<first>-<last>': a flush's files, in
+# the order they were written; `write_final`'s are 'final[_eval]'.
+_CHUNK = re.compile(r'^(\d{16})\.steps-(\d+)-(\d+)$')
+_EVENTS_PREFIX = 'events.out.tfevents.'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+  """One flush's pair of files: rows of steps `first`..`last`."""
+
+  stem: str
+  first: int
+  last: int
+
+  @classmethod
+  def parse(cls, stem: str) -> '_Chunk | None':
+    found = _CHUNK.match(stem)
+    if found is None:
+      return None
+    return cls(stem, int(found.group(2)), int(found.group(3)))
+
+
+def _chunk_stem(steps: list[int]) -> str:
+  return f'{time.time_ns() // 1000:016d}.steps-{min(steps)}-{max(steps)}'
 
 
 class MetricWriter:
-  """Scalars to TensorBoard events and metrics.jsonl (process 0 only).
+  """Scalars to JSON lines and TensorBoard events of one run folder.
 
-  A resumed run starts at `first_step`: rows of metrics.jsonl after it
-  (written by a run killed before its next checkpoint, and about to be
-  written again) are dropped, so every step appears once. TensorBoard
-  drops such orphaned events itself when a step goes backwards.
+  Rows are kept until `flush` writes them, as one object of each kind
+  named by the flush's time and steps. On process 0 only (`enabled`).
+
+  A resumed run starts at `first_step`: the rows after it (written by a run
+  killed before its next checkpoint, and about to be written again) are
+  dropped, so every step appears once: files holding only later steps are
+  deleted, and one holding both is written again without them. TensorBoard
+  also drops orphaned events itself when a step goes backwards.
   """
 
-  def __init__(self, workdir: str, first_step: int = 0, enabled: bool = True):
+  def __init__(self, run_dir: str, first_step: int = 0, enabled: bool = True):
     self.enabled = enabled
-    if not enabled:
+    self._run_dir = run_dir
+    self._rows = []  # (wall time, step, scalars) not yet written
+    self._flushed = time.monotonic()
+    if enabled:
+      _drop_rows_after(run_dir, first_step)
+
+  def write(self, step: int, scalars: Mapping[str, float]):
+    if self.enabled:
+      self._rows.append((time.time(), step, dict(scalars)))
+
+  def flush(self, force: bool = False):
+    """Writes the rows kept so far, if FLUSH_SECONDS passed or `force`."""
+    due = time.monotonic() - self._flushed >= FLUSH_SECONDS
+    if not (self.enabled and self._rows and (force or due)):
       return
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    _write_chunk(
+        self._run_dir,
+        _chunk_stem([step for _, step, _ in self._rows]),
+        self._rows,
+    )
+    self._rows = []
+    self._flushed = time.monotonic()
 
-    os.makedirs(workdir, exist_ok=True)
-    self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
-    path = os.path.join(workdir, METRICS_FILE)
-    _drop_rows_after(path, first_step)
-    self._jsonl = open(path, 'a')
+  def write_final(self, step: int, scalars: Mapping[str, float], suffix=''):
+    """The final results' scalars, in files of their own (``final{suffix}``):
+    written again, they replace the earlier ones."""
+    if self.enabled:
+      self.flush(force=True)
+      _write_chunk(
+          self._run_dir, f'final{suffix}', [(time.time(), step, dict(scalars))]
+      )
 
-  def write(self, step: int, scalars: dict[str, float]):
-    if not self.enabled:
-      return
-    from tensorboard.compat.proto import event_pb2, summary_pb2
+  def close(self):
+    self.flush(force=True)
 
+
+def _row(step: int, scalars: Mapping[str, float]) -> dict[str, Any]:
+  return {'step': step, **{k: _finite_or_none(v) for k, v in scalars.items()}}
+
+
+def _events(rows) -> bytes:
+  """A TensorBoard event file of (wall time, step, scalars) rows."""
+  from tensorboard.compat.proto import event_pb2, summary_pb2
+  from tensorboard.summary.writer.record_writer import RecordWriter
+
+  buffer = io.BytesIO()
+  records = RecordWriter(buffer)
+  records.write(
+      event_pb2.Event(
+          wall_time=time.time(), file_version='brain.Event:2'
+      ).SerializeToString()
+  )
+  for wall_time, step, scalars in rows:
     values = [
         summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
         for tag, value in scalars.items()
     ]
-    self._events.add_event(
+    records.write(
         event_pb2.Event(
-            wall_time=time.time(),
+            wall_time=wall_time,
             step=step,
             summary=summary_pb2.Summary(value=values),
-        )
+        ).SerializeToString()
     )
-    record = {
-        'step': step,
-        **{k: _finite_or_none(v) for k, v in scalars.items()},
-    }
-    self._jsonl.write(json.dumps(record) + '\n')
-
-  def flush(self):
-    if self.enabled:
-      self._events.flush()
-      self._jsonl.flush()
-
-  def close(self):
-    if self.enabled:
-      self._events.close()
-      self._jsonl.close()
+  return buffer.getvalue()
 
 
-def _drop_rows_after(path: str, step: int):
-  """Rewrites a metrics.jsonl without its rows after `step`, if it has any.
+def _write_chunk(run_dir: str, stem: str, rows):
+  """One flush: its JSON lines, then its event file."""
+  storage.write_text(
+      storage.join(run_dir, METRICS_FOLDER, f'{stem}.jsonl'),
+      ''.join(
+          json.dumps(_row(step, scalars)) + '\n' for _, step, scalars in rows
+      ),
+  )
+  storage.write_bytes(
+      storage.join(run_dir, EVENTS_FOLDER, f'{_EVENTS_PREFIX}{stem}'),
+      _events(rows),
+  )
 
-  A row cut short (the process killed while writing it) is dropped too,
-  and a last row missing only its newline gets one, so that new rows start
-  on a line of their own.
-  """
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  kept = [
-      line.rstrip('\n') + '\n'
-      for line in lines
-      if (row := _parsed(line)) is not None and row.get('step', 0) <= step
-  ]
-  if kept != lines:
-    with write_atomically(path) as f:
-      f.writelines(kept)
+
+def _remove_chunk(run_dir: str, stem: str):
+  storage.remove(
+      storage.join(run_dir, EVENTS_FOLDER, f'{_EVENTS_PREFIX}{stem}')
+  )
+  storage.remove(storage.join(run_dir, METRICS_FOLDER, f'{stem}.jsonl'))
+
+
+def _chunks(run_dir: str) -> list[_Chunk]:
+  """The run folder's flushed files, oldest first."""
+  stems = (
+      name.removesuffix('.jsonl')
+      for name in storage.listdir(storage.join(run_dir, METRICS_FOLDER))
+  )
+  return [chunk for stem in stems if (chunk := _Chunk.parse(stem))]
+
+
+def _parsed_rows(text: str) -> list[dict[str, Any]]:
+  """The rows of JSON lines; a line cut short by a kill is skipped."""
+  return [row for line in text.splitlines() if (row := _parsed(line))]
+
+
+def _drop_rows_after(run_dir: str, step: int):
+  """Removes the rows of steps after `step` from the run folder's files."""
+  for chunk in _chunks(run_dir):
+    if chunk.last <= step:
+      continue
+    if chunk.first <= step:  # rows of both: the earlier ones written again
+      path = storage.join(run_dir, METRICS_FOLDER, f'{chunk.stem}.jsonl')
+      kept = [
+          (
+              time.time(),
+              row['step'],
+              {k: v for k, v in row.items() if k != 'step'},
+          )
+          for row in _parsed_rows(storage.read_text(path))
+          if row.get('step', 0) <= step
+      ]
+      _write_chunk(run_dir, _chunk_stem([s for _, s, _ in kept]), kept)
+    _remove_chunk(run_dir, chunk.stem)
+  legacy = storage.join(run_dir, LEGACY_METRICS_FILE)
+  if storage.exists(legacy):
+    text = storage.read_text(legacy)
+    kept = ''.join(
+        json.dumps(row) + '\n'
+        for row in _parsed_rows(text)
+        if row.get('step', 0) <= step
+    )
+    if kept != text:
+      storage.write_text(legacy, kept)
 
 
 def _parsed(line: str) -> dict | None:
-  """One metrics.jsonl row, or None for a blank or cut-short line."""
+  """One row of JSON lines, or None for a blank or cut-short line."""
   try:
-    return json.loads(line)
+    row = json.loads(line)
   except ValueError:
     return None
+  return row if isinstance(row, dict) else None
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The rows of a metrics.jsonl (none if it does not exist); a row cut
-  short by a kill is skipped."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [row for line in f if (row := _parsed(line)) is not None]
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+  """Every row a run folder's `MetricWriter`s wrote, in the order written.
+
+  Rows of a folder's metrics.jsonl (written before scalars were flushed in
+  whole files) come first; a row cut short by a kill is skipped.
+  """
+  rows = []
+  legacy = storage.join(run_dir, LEGACY_METRICS_FILE)
+  if storage.exists(legacy):
+    rows += _parsed_rows(storage.read_text(legacy))
+  folder = storage.join(run_dir, METRICS_FOLDER)
+  for name in storage.listdir(folder):
+    if name.endswith('.jsonl'):
+      rows += _parsed_rows(storage.read_text(storage.join(folder, name)))
+  return rows
 
 
 def _finite_or_none(value):
@@ -179,9 +295,8 @@ def _json_safe(value):
 
 
 def write_json(path: str, data: Any):
-  """Writes JSON atomically (a temporary file renamed into place)."""
-  with write_atomically(path) as f:
-    json.dump(_json_safe(data), f, indent=2)
+  """Writes JSON whole (`storage.write_bytes`), NaN as null."""
+  storage.write_text(path, json.dumps(_json_safe(data), indent=2))
 
 
 def percent(fraction: float | None) -> str:
@@ -261,6 +376,14 @@ def spread(scale: np.ndarray) -> float:
 # --- Plots --------------------------------------------------------------------
 
 
+def _save(fig, path: str):
+  """Writes a figure as a PNG (120 dpi) to `path`, local or on a bucket."""
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=120)
+  _pyplot().close(fig)
+  storage.write_bytes(path, png.getvalue())
+
+
 def _pyplot():
   import matplotlib
 
@@ -328,8 +451,7 @@ def plot_per_class_accuracy(
     counts_axis.set_ylabel('training images', color='tab:red')
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_scale_spread(path: str, scales: dict[str, np.ndarray], title: str):
@@ -348,14 +470,13 @@ def plot_scale_spread(path: str, scales: dict[str, np.ndarray], title: str):
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def alpha_curves(
     rows: list[dict[str, Any]],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{alpha tag: (epochs, values)} from metrics.jsonl rows, in tag order.
+  """{alpha tag: (epochs, values)} from `read_metrics` rows, in tag order.
 
   The alphas are logged with the training scalars, 'train/epoch' among them.
   A non-finite value (logged as null) is left out.
@@ -388,5 +509,4 @@ def plot_alphas(
   if len(curves) <= 20:
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)

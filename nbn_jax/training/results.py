@@ -12,13 +12,12 @@ runs that finished.
 """
 
 import math
-import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from nbn_jax.training import finetune, reporting
+from nbn_jax.training import finetune, reporting, storage
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.metrics import LongTailAccuracy
 from nbn_jax.training.plan import Plan
@@ -95,11 +94,13 @@ def finish(
     evaluator: Evaluator,
     writers: list[reporting.MetricWriter],
     workdir: str,
+    before_writing: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
   """Final evaluations and every run's outputs; returns what was written.
 
   A stopped run's state is the one at its last finite step, so its 'last'
-  result is that step's.
+  result is that step's. `before_writing` is called between the
+  evaluations and the first output (a stop, on several processes).
 
   Returns:
     One run: its results.json. K runs: {'runs': [each run's results],
@@ -109,6 +110,8 @@ def finish(
   run_steps = runs.steps_of(state)
   tests = evaluator(state, benchmark.test)
   vals = evaluator(state, benchmark.val) if benchmark.val is not None else None
+  if before_writing is not None:
+    before_writing()
   params = jax.device_get(state.params)
   per_run = []
   for k in range(runs.num_runs):
@@ -151,7 +154,7 @@ def finish(
   if jax.process_index() == 0:
     suffix = '_eval' if plan.eval_only else ''
     reporting.write_json(
-        os.path.join(workdir, f'summary{suffix}.json'), summary
+        storage.join(workdir, f'summary{suffix}.json'), summary
     )
     print(
         f'\n{plan.label}, {runs.num_runs} runs (seeds {runs.seeds[0]}..'
@@ -275,32 +278,29 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
   suffix = '_eval' if plan.eval_only else ''
-  os.makedirs(out_dir, exist_ok=True)
-  reporting.write_json(os.path.join(out_dir, f'results{suffix}.json'), results)
+  reporting.write_json(storage.join(out_dir, f'results{suffix}.json'), results)
   reporting.plot_per_class_accuracy(
-      os.path.join(out_dir, f'per_class_accuracy{suffix}.png'),
+      storage.join(out_dir, f'per_class_accuracy{suffix}.png'),
       test.per_class(),
       plan.benchmark.train_counts(),
       f'{plan.label}, seed {results["seed"]}, step {step}',
   )
   if scales:
     reporting.plot_scale_spread(
-        os.path.join(out_dir, f'scale_spread{suffix}.png'),
+        storage.join(out_dir, f'scale_spread{suffix}.png'),
         scales,
         f'{plan.label}\neffective BN scales at the NBN sites',
     )
-  writer.write(
+  writer.write_final(
       step,
       {f'final/test/{k}': v for k, v in results['last']['test'].items()}
       | {f'scale_spread/{k}': v for k, v in results['scale_spread'].items()},
+      suffix,
   )
-  writer.flush()
-  curves = reporting.alpha_curves(
-      reporting.read_metrics(os.path.join(out_dir, reporting.METRICS_FILE))
-  )
+  curves = reporting.alpha_curves(reporting.read_metrics(out_dir))
   if curves:
     reporting.plot_alphas(
-        os.path.join(out_dir, f'alpha{suffix}.png'),
+        storage.join(out_dir, f'alpha{suffix}.png'),
         curves,
         f'{plan.label}, seed {results["seed"]}\nNBN alpha during training',
     )

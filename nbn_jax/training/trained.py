@@ -2,7 +2,7 @@
 
     from nbn_jax.training import trained
 
-    run = trained.load('/tmp/c10')            # run=k of a K-run workdir
+    run = trained.load('/tmp/c10')            # or gs://...; run=k of K runs
     logits = run.model.apply(run.variables, run.prepare(images), train=False)
     logits = run.logits(images)               # the same, jitted
 
@@ -17,7 +17,6 @@ normalisation, as the trainer's evaluation does.
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -27,7 +26,7 @@ import numpy as np
 
 import input_pipeline as ip
 from input_pipeline import on_device
-from nbn_jax.training import plan
+from nbn_jax.training import plan, storage
 from nbn_jax.training.checkpoints import latest_variables
 from nbn_jax.training.losses import logits_of
 from nbn_jax.training.workdir import CONFIG_FILE, recorded_config
@@ -71,10 +70,11 @@ def load(workdir: str, run: int = 0) -> Trained:
     FileNotFoundError: the workdir recorded no config.
     training.CheckpointError: it holds no checkpoint.
   """
+  workdir = storage.resolve(workdir, 'workdir')
   recorded = recorded_config(workdir)
   if recorded is None:
     raise FileNotFoundError(
-        f'{os.path.join(workdir, CONFIG_FILE)} does not exist: not a workdir '
+        f'{storage.join(workdir, CONFIG_FILE)} does not exist: not a workdir '
         'that train.py or the converter wrote.'
     )
   config = ml_collections.ConfigDict(json.loads(json.dumps(recorded)))

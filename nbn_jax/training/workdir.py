@@ -1,19 +1,28 @@
 """A workdir belongs to one run: the config it was started with, and a lock.
 
-`claim(workdir, config)` is entered before anything is written to the
-workdir. It refuses, with a `WorkdirError` of one line:
+A workdir is a local folder or a Cloud Storage URL (``gs://bucket/run``);
+every file in it is read and written through `storage`. `claim(workdir,
+config)` is entered before anything is written to the workdir. It refuses,
+with a `WorkdirError` of one line:
 
-- a workdir that is a file or cannot be written;
-- a second run while another one holds the lock (a file ``lock.<process>``
-  with host, pid and start time; a lock left by a dead process on this
-  host, or not refreshed for `STALE_SECONDS` on another host, is replaced);
+- a workdir of a scheme other than gs://, a local one that is a file or
+  cannot be written, a bucket that cannot be reached or read;
+- a second run while another one holds the lock (``lock.<process>``, one
+  per process of the run, with host, pid and start time; a lock left by a
+  dead process on this host, or not refreshed for `STALE_SECONDS`, is
+  replaced);
 - a config that differs from the one recorded in ``config.json`` in a field
   that can change the results (everything but `NEUTRAL_FIELDS`), unless the
   change is allowed on purpose.
 
+The lock of a local workdir is a file created with ``O_EXCL`` and refreshed
+by touching it; on a bucket it is an object created with the generation
+precondition 0 (only if absent), refreshed and deleted only at the
+generation this run wrote, so two runs can never both hold it.
+
 The run records its config with `record_config` just before it writes
 anything else, so a refused run leaves nothing behind: on exit, `claim`
-removes its lock and the folders it created if they are still empty.
+removes its lock and the local folders it created if they are still empty.
 """
 
 import contextlib
@@ -26,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 from absl import logging
 
-from input_pipeline.files import write_atomically
+from nbn_jax.training import storage
 from nbn_jax.training.errors import WorkdirError
 
 CONFIG_FILE = 'config.json'
@@ -101,12 +110,11 @@ def changed_fields(
 
 def recorded_config(workdir: str) -> dict[str, Any] | None:
   """The config recorded in `workdir`, or None if there is none."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
+  path = storage.join(workdir, CONFIG_FILE)
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
+  except FileNotFoundError:
+    return None
   except (OSError, ValueError) as e:
     raise WorkdirError(
         f'{path} cannot be read ({e}); it records the config this workdir '
@@ -153,9 +161,11 @@ def check_unchanged_config(
 
 
 def record_config(workdir: str, config: Mapping[str, Any]):
-  """Writes `config` to ``config.json`` atomically (process 0 only)."""
-  with write_atomically(os.path.join(workdir, CONFIG_FILE)) as f:
-    json.dump(_as_json(dict(config)), f, indent=2, sort_keys=True)
+  """Writes `config` to ``config.json`` whole (process 0 only)."""
+  storage.write_text(
+      storage.join(workdir, CONFIG_FILE),
+      json.dumps(_as_json(dict(config)), indent=2, sort_keys=True),
+  )
 
 
 # --- The lock -----------------------------------------------------------------
@@ -186,84 +196,183 @@ def _stale(holder: dict[str, Any], age: float) -> bool:
   return age > STALE_SECONDS
 
 
+def _holder() -> dict[str, Any]:
+  """Who holds a lock: this host and process."""
+  pid = os.getpid()
+  return {
+      'host': socket.gethostname(),
+      'pid': pid,
+      'start_time': _start_time(pid),
+  }
+
+
+def _parsed_holder(data: bytes) -> dict[str, Any]:
+  try:
+    holder = json.loads(data)
+  except ValueError:
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
 class _Lock:
-  """``lock.<process>`` in the workdir, refreshed by a daemon thread."""
+  """``lock.<process>`` in a workdir, refreshed by a daemon thread.
+
+  `acquire` creates it only if absent; one that exists is replaced only if
+  stale (`_stale`). Subclasses say how, for a local file or an object.
+  """
 
   def __init__(self, workdir: str, process_index: int):
-    self.path = os.path.join(workdir, f'lock.{process_index}')
+    self.path = storage.join(workdir, f'lock.{process_index}')
+    self._data = json.dumps(_holder()).encode()
     self._stop = threading.Event()
-    self._heartbeat = threading.Thread(target=self._refresh, daemon=True)
+    self._heartbeat = threading.Thread(target=self._beat, daemon=True)
 
   def acquire(self):
-    pid = os.getpid()
-    holder = {
-        'host': socket.gethostname(),
-        'pid': pid,
-        'start_time': _start_time(pid),
-    }
-    for _ in range(3):  # a stale lock is moved away, then taken
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        self._replace_if_stale()
-        continue
-      try:
-        with os.fdopen(fd, 'w') as f:
-          json.dump(holder, f)
+    for _ in range(3):  # a stale lock is removed, then taken
+      if self._create():
         self._heartbeat.start()
-      except BaseException:  # a signal, say: no half-taken lock is left
-        with contextlib.suppress(OSError):
-          os.remove(self.path)
-        raise
-      return
+        return
+      found = self._read()
+      if found is None:
+        continue  # released meanwhile
+      holder, age, version = found
+      if not _stale(holder, age):
+        raise WorkdirError(
+            f'{os.path.dirname(self.path)} is in use by pid '
+            f'{holder.get("pid")} on host {holder.get("host")} (lock '
+            f'{self.path}, refreshed {age:.0f} s ago). Wait for that run to '
+            'end, or use another --workdir; if that run is gone, delete the '
+            'lock file.'
+        )
+      if self._remove_stale(version):
+        logging.warning(
+            'Replaced the stale lock %s of pid %s on %s.',
+            self.path,
+            holder.get('pid'),
+            holder.get('host'),
+        )
     raise WorkdirError(f'could not take the lock {self.path}; try again.')
 
-  def _replace_if_stale(self):
-    try:
-      with open(self.path) as f:
-        holder = json.load(f)
-      age = time.time() - os.path.getmtime(self.path)
-    except FileNotFoundError:
-      return  # released meanwhile
-    except (OSError, ValueError):
-      holder, age = {}, time.time() - os.path.getmtime(self.path)
-    if not _stale(holder, age):
-      raise WorkdirError(
-          f'{os.path.dirname(self.path)} is in use by pid '
-          f'{holder.get("pid")} on host {holder.get("host")} (lock '
-          f'{self.path}, refreshed {age:.0f} s ago). Wait for that run to '
-          'end, or use another --workdir; if that run is gone, delete the '
-          'lock file.'
-      )
-    try:
-      os.rename(self.path, f'{self.path}.stale.{os.getpid()}')
-    except FileNotFoundError:
-      return  # another run replaced it first; try again
-    os.remove(f'{self.path}.stale.{os.getpid()}')
-    logging.warning(
-        'Replaced the stale lock %s of pid %s on %s.',
-        self.path,
-        holder.get('pid'),
-        holder.get('host'),
-    )
-
-  def _refresh(self):
+  def _beat(self):
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      with contextlib.suppress(OSError):
-        os.utime(self.path)
+      self._refresh()
 
   def release(self):
     self._stop.set()
     if self._heartbeat.is_alive():
       self._heartbeat.join()
+    self._remove()
+
+  def _create(self) -> bool:
+    """Creates the lock if absent; whether it did."""
+    raise NotImplementedError
+
+  def _read(self) -> tuple[dict[str, Any], float, Any] | None:
+    """(holder, seconds since refreshed, version) of the lock, or None."""
+    raise NotImplementedError
+
+  def _remove_stale(self, version) -> bool:
+    """Removes the lock if still at `version`; whether it did."""
+    raise NotImplementedError
+
+  def _refresh(self):
+    raise NotImplementedError
+
+  def _remove(self):
+    raise NotImplementedError
+
+
+class _FileLock(_Lock):
+  """A local file created with O_EXCL; refreshed by touching it."""
+
+  def _create(self) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    try:
+      with os.fdopen(fd, 'wb') as f:
+        f.write(self._data)
+    except BaseException:  # a signal, say: no half-taken lock is left
+      with contextlib.suppress(OSError):
+        os.remove(self.path)
+      raise
+    return True
+
+  def _read(self):
+    try:
+      with open(self.path, 'rb') as f:
+        data = f.read()
+      age = time.time() - os.path.getmtime(self.path)
+    except FileNotFoundError:
+      return None
+    return _parsed_holder(data), age, None
+
+  def _remove_stale(self, version) -> bool:
+    del version  # the rename below lets one run only take it
+    aside = f'{self.path}.stale.{os.getpid()}'
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False  # another run replaced it first; try again
+    os.remove(aside)
+    return True
+
+  def _refresh(self):
+    with contextlib.suppress(OSError):
+      os.utime(self.path)
+
+  def _remove(self):
     with contextlib.suppress(FileNotFoundError):
       os.remove(self.path)
 
 
+class _ObjectLock(_Lock):
+  """An object created only if absent (generation precondition 0),
+  rewritten and deleted only at the generation this run wrote last."""
+
+  _generation: int | None = None
+
+  def _create(self) -> bool:
+    self._generation = storage.create_exclusive(self.path, self._data)
+    return self._generation is not None
+
+  def _read(self):
+    held = storage.read_held(self.path)
+    if held is None:
+      return None
+    return _parsed_holder(held.data), held.age, held.generation
+
+  def _remove_stale(self, version) -> bool:
+    return storage.delete_if(self.path, version)
+
+  def _refresh(self):
+    try:
+      generation = storage.replace_if(self.path, self._data, self._generation)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Could not refresh the lock %s: %s', self.path, e)
+      return  # a network blip: the next beat tries again
+    if generation is None:
+      logging.warning(
+          'The lock %s was replaced by another run (it was not refreshed for '
+          '%.0f s); this run goes on without it.',
+          self.path,
+          STALE_SECONDS,
+      )
+      self._stop.set()
+      return
+    self._generation = generation
+
+  def _remove(self):
+    if self._generation is not None:
+      storage.delete_if(self.path, self._generation)
+
+
 def _create_folders(workdir: str) -> list[str]:
-  """Makes `workdir` and missing parents; returns those made, deepest first."""
+  """Makes a local `workdir` and missing parents; returns those made,
+  deepest first."""
   made = []
-  path = os.path.abspath(workdir)
+  path = workdir
   while not os.path.exists(path):
     made.append(path)
     path = os.path.dirname(path)
@@ -309,16 +418,22 @@ def claim(
   Raises:
     WorkdirError: the workdir cannot be used (one line).
   """
-  made = _create_folders(workdir)
-  lock = _Lock(workdir, process_index)
+  workdir = storage.resolve(workdir)
+  if storage.is_remote(workdir):
+    storage.check_reachable(workdir)
+    made, lock = [], _ObjectLock(workdir, process_index)
+  else:
+    made, lock = _create_folders(workdir), _FileLock(workdir, process_index)
   try:
-    if not os.access(workdir, os.W_OK | os.X_OK):
+    if not storage.is_remote(workdir) and not os.access(
+        workdir, os.W_OK | os.X_OK
+    ):
       raise WorkdirError(f'--workdir={workdir} is not writable.')
     try:
       lock.acquire()
     except PermissionError as e:
       raise WorkdirError(
-          f'--workdir={workdir} is not writable ({e.strerror}).'
+          f'--workdir={workdir} is not writable ({e.strerror or e}).'
       ) from None
     try:
       yield check_unchanged_config(

@@ -91,9 +91,9 @@ def _check_outputs(workdir, results, steps, checkpoints=True):
       'results.json',
       'per_class_accuracy.png',
       'scale_spread.png',
-      'metrics.jsonl',
   ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert os.listdir(os.path.join(workdir, 'metrics'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   if checkpoints:
     assert (
@@ -102,8 +102,7 @@ def _check_outputs(workdir, results, steps, checkpoints=True):
         ).latest_step()
         == steps
     )
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
+  records = reporting.read_metrics(str(workdir))
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
   assert losses and all(math.isfinite(l) for l in losses)
   assert any('train/images_per_second' in r for r in records)
@@ -483,8 +482,11 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
   # Each step's row once: the steps after the checkpoint, logged before the
   # kill, are dropped on resuming and logged again.
   run_dir = tmp_path / 'resumed' / ('run_1' if num_runs > 1 else '')
-  with open(run_dir / 'metrics.jsonl') as f:
-    logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
+  logged = [
+      row['step']
+      for row in reporting.read_metrics(str(run_dir))
+      if 'train/loss' in row
+  ]
   assert logged == list(range(1, 9))
 
 
@@ -581,8 +583,11 @@ def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
   config.num_train_steps = -1
   resumed = loop.train_and_evaluate(config, str(tmp_path))
   assert resumed['last']['step'] == 4
-  with open(tmp_path / 'metrics.jsonl') as f:
-    logged = [json.loads(line)['step'] for line in f if 'train/loss' in line]
+  logged = [
+      row['step']
+      for row in reporting.read_metrics(str(tmp_path))
+      if 'train/loss' in row
+  ]
   assert logged == [1, 2, 3, 4]  # the schedule and the log run on
   # An evaluation with other neutral settings keeps the recorded config.
   config.update(eval_only=True, eval_batch_size=64)
@@ -654,9 +659,7 @@ def test_a_ride_ensemble_trains_logs_each_experts_alpha_and_plots_them(
   assert set(results['scale_spread']) == set(results['nbn_sites'])
   assert RIDE_ALPHAS <= _tensorboard_scalars(tmp_path)
   assert 'nbn/alpha' not in _tensorboard_scalars(tmp_path)
-  curves = reporting.alpha_curves(
-      reporting.read_metrics(str(tmp_path / 'metrics.jsonl'))
-  )
+  curves = reporting.alpha_curves(reporting.read_metrics(str(tmp_path)))
   assert set(curves) == RIDE_ALPHAS
   assert all(len(epochs) == 2 for epochs, _ in curves.values())  # 2 steps
   assert os.path.getsize(tmp_path / 'alpha.png') > 0
@@ -679,9 +682,7 @@ def test_a_stopped_ride_run_continues_then_evaluates_its_checkpoint(tmp_path):
   config.num_train_steps = -1
   results = loop.train_and_evaluate(config, str(tmp_path))
   _check_outputs(str(tmp_path), results, steps=2)
-  curves = reporting.alpha_curves(
-      reporting.read_metrics(str(tmp_path / 'metrics.jsonl'))
-  )
+  curves = reporting.alpha_curves(reporting.read_metrics(str(tmp_path)))
   assert [len(epochs) for epochs, _ in curves.values()] == [2, 2, 2]
   config.eval_only = True
   evaluated = loop.train_and_evaluate(config, str(tmp_path))
@@ -707,15 +708,13 @@ def test_ride_runs_side_by_side_through_tf_data_in_bf16(tmp_path):
   for k, run in enumerate(results['runs']):
     run_dir = tmp_path / f'run_{k}'
     _check_outputs(str(run_dir), run, steps=2, checkpoints=False)
-    curves = reporting.alpha_curves(
-        reporting.read_metrics(str(run_dir / 'metrics.jsonl'))
-    )
+    curves = reporting.alpha_curves(reporting.read_metrics(str(run_dir)))
     assert set(curves) == RIDE_ALPHAS
     assert os.path.getsize(run_dir / 'alpha.png') > 0
   # The runs differ (their own seeds), also in the experts' alphas.
   first, second = (
       reporting.alpha_curves(
-          reporting.read_metrics(str(tmp_path / f'run_{k}' / 'metrics.jsonl'))
+          reporting.read_metrics(str(tmp_path / f'run_{k}'))
       )['nbn/alpha/expert_0'][1]
       for k in range(2)
   )

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from nbn_jax import effective_affine
-from nbn_jax.training import reporting
+from nbn_jax.training import reporting, storage
 
 
 def test_summary_table_in_percent():
@@ -151,32 +151,123 @@ def test_alpha_plot_is_written(tmp_path):
   assert Image.open(path).size == (720, 480)
 
 
-def _logged_steps(path):
-  with open(path) as f:
-    return [json.loads(line)['step'] for line in f]
+def _steps(run_dir) -> list[int]:
+  return [row['step'] for row in reporting.read_metrics(str(run_dir))]
 
 
-def test_a_resumed_writer_drops_the_rows_after_its_checkpoint(tmp_path):
-  """A run killed after step 6 (its last checkpoint at step 4), in the
-  middle of writing step 7's row, resumes from step 4: steps 5 and 6 come
-  again, and each step is logged once."""
-  writer = reporting.MetricWriter(str(tmp_path))
-  for step in range(1, 7):
-    writer.write(step, {'train/loss': 1.0 / step})
-  writer.close()
-  with open(tmp_path / 'metrics.jsonl', 'a') as f:
-    f.write('{"step": 7, "train/lo')  # cut short by the kill
-  resumed = reporting.MetricWriter(str(tmp_path), first_step=4)
-  for step in (5, 6, 7):
-    resumed.write(step, {'train/loss': 0.1})
-  resumed.close()
-  assert _logged_steps(tmp_path / 'metrics.jsonl') == [1, 2, 3, 4, 5, 6, 7]
+def _tensorboard_steps(run_dir, tag='train/loss') -> list[int]:
+  """The steps TensorBoard itself reads for `tag` from the run folder."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(
+      os.path.join(run_dir, 'tensorboard')
+  ).Reload()
+  return [event.step for event in events.Scalars(tag)]
 
 
-def test_a_row_without_its_newline_is_not_continued(tmp_path):
-  # A kill between a row and its newline.
-  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\n{"step": 2}')
-  writer = reporting.MetricWriter(str(tmp_path), first_step=2)
-  writer.write(3, {'train/loss': 0.5})
-  writer.close()
-  assert _logged_steps(tmp_path / 'metrics.jsonl') == [1, 2, 3]
+class TestMetricWriter:
+  """Scalars in whole files, one JSON-lines file and one TensorBoard event
+  file per flush, so that a bucket holds them as a folder does."""
+
+  @pytest.fixture
+  def run_dir(self, request, tmp_path):
+    """A local folder, or a folder in a bucket on a local Cloud Storage
+    server (`bucket` fixture)."""
+    if request.param == 'bucket':
+      return f'{request.getfixturevalue("bucket")}/run'
+    return str(tmp_path / 'run')
+
+  @pytest.mark.parametrize('run_dir', ['local', 'bucket'], indirect=True)
+  def test_each_flush_is_one_file_of_each_kind_read_back_in_order(
+      self, run_dir
+  ):
+    writer = reporting.MetricWriter(run_dir)
+    for step in (1, 2, 3):
+      writer.write(step, {'train/loss': 1.0 / step})
+      if step != 2:
+        writer.flush(force=True)
+    writer.close()
+    assert len(storage.listdir(f'{run_dir}/metrics')) == 2
+    assert len(storage.listdir(f'{run_dir}/tensorboard')) == 2
+    assert reporting.read_metrics(run_dir) == [
+        {'step': 1, 'train/loss': 1.0},
+        {'step': 2, 'train/loss': 0.5},
+        {'step': 3, 'train/loss': 1 / 3},
+    ]
+
+  def test_tensorboard_reads_every_flush(self, tmp_path):
+    writer = reporting.MetricWriter(str(tmp_path))
+    for step in range(1, 6):
+      writer.write(step, {'train/loss': 1.0 / step})
+      writer.flush(force=step % 2 == 0)
+    writer.close()
+    assert _tensorboard_steps(tmp_path) == [1, 2, 3, 4, 5]
+
+  def test_a_flush_writes_once_flush_seconds_passed(
+      self, tmp_path, monkeypatch
+  ):
+    writer = reporting.MetricWriter(str(tmp_path))
+    writer.write(1, {'train/loss': 1.0})
+    writer.flush()
+    assert _steps(tmp_path) == []  # kept: less than FLUSH_SECONDS ago
+    monkeypatch.setattr(reporting, 'FLUSH_SECONDS', 0.0)
+    writer.flush()
+    assert _steps(tmp_path) == [1]
+
+  def test_a_resumed_writer_drops_the_rows_after_its_checkpoint(self, tmp_path):
+    """A run killed after step 6, its last checkpoint at step 4, resumes
+    from step 4: steps 5 and 6 come again, and each step is logged once,
+    in TensorBoard too."""
+    writer = reporting.MetricWriter(str(tmp_path))
+    for step in range(1, 7):
+      writer.write(step, {'train/loss': 1.0 / step})
+      if step in (2, 5, 6):  # files of steps 1-2, 3-5 and 6
+        writer.flush(force=True)
+    resumed = reporting.MetricWriter(str(tmp_path), first_step=4)
+    assert _steps(tmp_path) == [1, 2, 3, 4]
+    for step in (5, 6, 7):
+      resumed.write(step, {'train/loss': 0.1})
+    resumed.close()
+    assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7]
+    assert _tensorboard_steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7]
+
+  def test_the_final_scalars_written_again_replace_the_earlier_ones(
+      self, tmp_path
+  ):
+    # A finished run started again: it restores its last checkpoint and
+    # writes its results once more.
+    for _ in range(2):
+      writer = reporting.MetricWriter(str(tmp_path), first_step=3)
+      writer.write_final(3, {'final/test/top1': 0.5})
+      writer.close()
+    assert reporting.read_metrics(str(tmp_path)) == [
+        {'step': 3, 'final/test/top1': 0.5}
+    ]
+
+  def test_an_evaluations_final_scalars_are_kept_apart(self, tmp_path):
+    writer = reporting.MetricWriter(str(tmp_path))
+    writer.write_final(3, {'final/test/top1': 0.5})
+    writer.write_final(3, {'final/test/top1': 0.25}, suffix='_eval')
+    writer.close()
+    assert [
+        r['final/test/top1'] for r in reporting.read_metrics(str(tmp_path))
+    ] == [0.5, 0.25]
+
+
+class TestLegacyMetricsFile:
+  """metrics.jsonl, which runs wrote before the flushed files: still read
+  (first) and cut back on a resume."""
+
+  def test_a_resume_drops_its_rows_after_the_checkpoint_and_cut_rows(
+      self, tmp_path
+  ):
+    (tmp_path / 'metrics.jsonl').write_text(
+        '{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "train/lo'
+    )
+    writer = reporting.MetricWriter(str(tmp_path), first_step=2)
+    writer.write(3, {'train/loss': 0.5})
+    writer.close()
+    assert (tmp_path / 'metrics.jsonl').read_text() == (
+        '{"step": 1}\n{"step": 2}\n'
+    )
+    assert _steps(tmp_path) == [1, 2, 3]

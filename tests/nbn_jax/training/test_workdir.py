@@ -10,6 +10,7 @@ import time
 import pytest
 
 from configs import quickstart
+from nbn_jax.training import storage
 from nbn_jax.training import workdir as wd
 
 
@@ -136,7 +137,8 @@ class TestClaim:
     def signalled(*args, **kwargs):
       raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, 'dump', signalled)  # the lock's contents
+    # While the lock file, created, gets its contents.
+    monkeypatch.setattr(os, 'fdopen', signalled)
     with pytest.raises(KeyboardInterrupt):
       with wd.claim(str(tmp_path / 'run'), config):
         pytest.fail('entered')
@@ -299,3 +301,83 @@ class TestLock:
       while os.path.getmtime(lock) == old and time.monotonic() < deadline:
         time.sleep(0.01)
       assert os.path.getmtime(lock) > old + wd.STALE_SECONDS
+
+
+class TestBucketWorkdir:
+  """A gs:// workdir, on a local Cloud Storage server: the same rules, with
+  a lock object that only one run can create."""
+
+  def _objects(self, bucket):
+    return sorted(storage.listdir(f'{bucket}/run'))
+
+  def test_the_lock_is_an_object_held_while_the_run_lasts(self, bucket, config):
+    with wd.claim(f'{bucket}/run', config):
+      assert self._objects(bucket) == ['lock.0']
+      holder = json.loads(storage.read_text(f'{bucket}/run/lock.0'))
+      assert (holder['host'], holder['pid']) == (
+          socket.gethostname(),
+          os.getpid(),
+      )
+    assert self._objects(bucket) == []  # released; nothing else written
+
+  def test_a_second_run_is_refused_naming_the_holder(self, bucket, config):
+    with wd.claim(f'{bucket}/run', config):
+      with pytest.raises(wd.WorkdirError) as error:
+        with wd.claim(f'{bucket}/run', config):
+          pytest.fail('entered')
+      assert self._objects(bucket) == ['lock.0']  # still the first run's
+    assert f'is in use by pid {os.getpid()} on host' in str(error.value)
+    assert f'{bucket}/run/lock.0' in str(error.value)
+
+  def test_another_hosts_lock_is_replaced_only_when_stale(
+      self, bucket, config, monkeypatch
+  ):
+    url = f'{bucket}/run/lock.0'
+    storage.create_exclusive(
+        url, json.dumps({'host': 'elsewhere', 'pid': 1}).encode()
+    )
+    with pytest.raises(wd.WorkdirError, match='pid 1 on host elsewhere'):
+      with wd.claim(f'{bucket}/run', config):
+        pytest.fail('entered')
+    monkeypatch.setattr(wd, 'STALE_SECONDS', -1.0)  # not refreshed since
+    with wd.claim(f'{bucket}/run', config):
+      assert json.loads(storage.read_text(url))['pid'] == os.getpid()
+
+  def test_a_running_claim_refreshes_its_lock_object(
+      self, bucket, config, monkeypatch
+  ):
+    monkeypatch.setattr(wd, 'HEARTBEAT_SECONDS', 0.01)
+    url = f'{bucket}/run/lock.0'
+    with wd.claim(f'{bucket}/run', config):
+      first = storage.read_held(url)
+      deadline = time.monotonic() + 10
+      while (
+          storage.read_held(url).generation == first.generation
+          and time.monotonic() < deadline
+      ):
+        time.sleep(0.01)
+      assert storage.read_held(url).generation != first.generation
+
+  def test_the_recorded_config_is_checked_as_in_a_folder(self, bucket, config):
+    wd.record_config(f'{bucket}/run', config)
+    with pytest.raises(wd.WorkdirError, match=r'seed \(0 -> 5\)'):
+      with wd.claim(f'{bucket}/run', config | {'seed': 5}):
+        pytest.fail('entered')
+    assert self._objects(bucket) == ['config.json']
+
+  def test_a_missing_bucket_is_refused_before_anything_is_written(
+      self, cloud_storage, config
+  ):
+    with pytest.raises(wd.WorkdirError, match='does not exist; create it'):
+      with wd.claim('gs://no-such-bucket/run', config):
+        pytest.fail('entered')
+
+
+def test_another_scheme_is_refused_before_anything_is_written(
+    tmp_path, config, monkeypatch
+):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(wd.WorkdirError, match=r's3:// is not supported'):
+    with wd.claim('s3://bucket/run', config):
+      pytest.fail('entered')
+  assert os.listdir(tmp_path) == []
