@@ -458,3 +458,35 @@ class TestTwoProcesses:
     rerun = _Processes(workdir, cloud_storage, tmp_path / 'rerun')
     assert rerun.finish() == [0, 0], rerun.log(0)[-3000:]
     assert _results(workdir) == _results(two_processes)
+
+
+def test_an_unreachable_gs_list_file_is_one_line_naming_it(tmp_path):
+  """Input stays on TensorFlow's file system (which no local server can
+  stand in for): with no network, or no such bucket, one line."""
+  list_file = 'gs://nbn-jax-test-no-such-bucket/lists/train.txt'
+  result = subprocess.run(
+      [
+          sys.executable,
+          str(ROOT / 'train.py'),
+          f'--workdir={tmp_path / "workdir"}',
+          f'--config={ROOT / "configs" / "imagenet_lt.py"}',
+          f'--config.train_list={list_file}',
+          '--config.image_root=gs://nbn-jax-test-no-such-bucket/images',
+          '--config.test_list=gs://nbn-jax-test-no-such-bucket/lists/test.txt',
+      ],
+      cwd=ROOT,
+      env=_environment(1)
+      | {  # TensorFlow's client: no retries, short timeouts
+          'GCS_RETRY_CONFIG_MAX_RETRIES': '0',
+          'GCS_REQUEST_CONNECTION_TIMEOUT_SECS': '5',
+          'GCS_METADATA_REQUEST_TIMEOUT_SECS': '1',
+      },
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and list_file in last, last
+  assert not (tmp_path / 'workdir').exists()

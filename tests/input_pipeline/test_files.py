@@ -42,3 +42,38 @@ class TestWriteAtomically:
       first.write('first')
     assert open(path).read() == 'first'
     assert os.listdir(tmp_path) == ['cache.json']
+
+
+class TestUrlErrors:
+  """TensorFlow's file-system errors on a URL, as this package's."""
+
+  UNREACHABLE = (
+      "Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+      "resolve hostname', error details: Could not resolve host: "
+      'www.googleapis.com\n\t when reading metadata of gs://b/list.txt'
+  )
+
+  def test_an_unreachable_store_is_one_line_naming_the_url_and_cause(self):
+    import tensorflow as tf
+
+    with pytest.raises(files.DataError) as error:
+      with files.url_errors('gs://b/list.txt'):
+        raise tf.errors.FailedPreconditionError(None, None, self.UNREACHABLE)
+    assert str(error.value) == (
+        'gs://b/list.txt cannot be read (Could not resolve host: '
+        'www.googleapis.com); check the path, the network and the credentials'
+        ' (gcloud auth application-default login).'
+    )
+
+  def test_a_missing_object_is_file_not_found(self):
+    import tensorflow as tf
+
+    with pytest.raises(FileNotFoundError) as error:
+      with files.url_errors('gs://b/a.jpg'):
+        raise tf.errors.NotFoundError(None, None, 'No such object: b/a.jpg')
+    assert error.value.filename == 'gs://b/a.jpg'
+
+  def test_other_errors_pass_as_they_are(self):
+    with pytest.raises(KeyError):
+      with files.url_errors('gs://b/a.jpg'):
+        raise KeyError('x')

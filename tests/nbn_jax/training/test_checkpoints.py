@@ -83,6 +83,10 @@ def truncate_record(step_dir: pathlib.Path):
   path.write_text(path.read_text()[:-3])
 
 
+def delete_record(step_dir: pathlib.Path):
+  (step_dir / 'record' / 'metadata').unlink()
+
+
 def garble_checksums(step_dir: pathlib.Path):
   (step_dir / ckpt.CHECKSUMS_FILE).write_text('{"files": {"a": 3}}')
 
@@ -146,6 +150,7 @@ def test_corrupt_newest_falls_back_to_the_previous(
     state, record = checkpoints.restore_latest(_state(0))
   assert int(state.step) == 6 and record == {'step': 6}
   np.testing.assert_array_equal(state.params['w'], 6.0)
+  assert checkpoints.latest.latest_step() == 6  # the folders read again
   assert re.search(reason, _reason_logged(caplog, folder / '9'))
   # Kept, but aside: the run can save step 9 again, and the keep-3 clean-up
   # counts only readable checkpoints.
@@ -182,6 +187,7 @@ UNVERIFIED = [
         r'^one of its JSON files is damaged \(Expecting value at line 1, '
         r'column \d+\)$',
     ),
+    (delete_record, r'^record/metadata is missing$'),  # named in the step
 ]
 
 
@@ -340,3 +346,14 @@ def test_loading_a_workdir_refuses_a_changed_newest_checkpoint(tmp_path):
   flip_data_bytes(tmp_path / 'checkpoints' / '6')
   with pytest.raises(ckpt.CheckpointError, match='has changed since it was'):
     ckpt.latest_params(str(tmp_path))
+
+
+def test_a_write_s_cause_is_found_inside_the_errors_that_wrap_it():
+  try:
+    try:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), '/x/metadata')
+    except OSError as e:
+      raise RuntimeError('the commit thread failed') from e
+  except RuntimeError as e:
+    wrapped = e
+  assert ckpt._write_cause(wrapped) == 'no space left on device'
