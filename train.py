@@ -25,8 +25,6 @@ with a different value of a field that changes the results is refused unless
 `--allow_config_change` is given. Only one run at a time may use a workdir.
 """
 
-import difflib
-import importlib.util
 import logging as std_logging
 import os
 import signal
@@ -51,24 +49,20 @@ if __name__ == '__main__':  # the imports below take seconds
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import default
 
 from nbn_jax.training import USER_ERRORS, train_and_evaluate
-from nbn_jax.training import plan, preemption, storage
+from nbn_jax.training import command_line, plan, preemption, storage
+from nbn_jax.training.command_line import UsageError
 from nbn_jax.training import workdir as workdir_lib
 
 # Libraries whose INFO records would drown the progress lines.
 QUIET_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py', '/gcsfs/', '/fsspec/')
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # Ctrl-C outside the training loop's StopSignals
-
-
-class UsageError(ValueError):
-  """A bad command line or config file (one-line message)."""
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -83,71 +77,6 @@ class _QuietLibraries(std_logging.Filter):
     if not any(library in record.pathname for library in QUIET_LIBRARIES):
       return True
     return record.levelno >= std_logging.WARNING and not record.exc_info
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-  """The last value of --name=value or --name value in argv, if any."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith(f'--{name}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{name}' and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Runs a config file's get_config(); UsageError on any problem."""
-  file = path.split(':', 1)[0]  # config_flags passes 'file:arg' on to it
-  if not os.path.isfile(file):
-    raise UsageError(f'--config={path}: no such file.')
-  spec = importlib.util.spec_from_file_location('_user_config', file)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except SyntaxError as e:
-    raise UsageError(
-        f'--config={path}: syntax error at line {e.lineno}: {e.msg}.'
-    ) from None
-  except Exception as e:  # the file's own code failed
-    raise UsageError(
-        f'--config={path} failed to load: {type(e).__name__}: {e}'
-    ) from None
-  if not callable(getattr(module, 'get_config', None)):
-    raise UsageError(f'--config={path} defines no get_config() function.')
-  try:
-    config = module.get_config(*path.split(':', 1)[1:])
-  except Exception as e:
-    raise UsageError(
-        f'--config={path}: get_config() failed: {type(e).__name__}: {e}'
-    ) from None
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise UsageError(
-        f'--config={path}: get_config() returned {config!r:.40} '
-        f'({type(config).__name__}), not an ml_collections.ConfigDict.'
-    )
-  return config
-
-
-def _fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  names = []
-  for key, value in config.items():
-    names.append(f'{prefix}{key}')
-    if isinstance(value, ml_collections.ConfigDict):
-      names += _fields(value, f'{prefix}{key}.')
-  return names
-
-
-def check_override_names(argv: list[str], config: ml_collections.ConfigDict):
-  """UsageError for a --config.<field> that the config does not have."""
-  known = set(_fields(config))
-  for arg in argv:
-    if arg.startswith('--config.'):
-      field = arg[len('--config.') :].split('=', 1)[0]
-      if field not in known:
-        close = difflib.get_close_matches(field, sorted(known), n=1)
-        hint = f'; did you mean config.{close[0]}?' if close else '.'
-        raise UsageError(f'unknown field config.{field}{hint}')
 
 
 def define_flags(values: flags.FlagValues, argv: list[str]):
@@ -195,10 +124,12 @@ def define_flags(values: flags.FlagValues, argv: list[str]):
 
 def parse_flags(argv: list[str]) -> flags.FlagValues:
   """train.py's flags from argv; UsageError (one line) for bad ones."""
-  config_path = _flag_value(argv, 'config')
+  config_path = command_line.flag_value(argv, 'config')
   if config_path is None:
     raise UsageError('--config is required (a configs/*.py file).')
-  check_override_names(argv, load_config_file(config_path))
+  command_line.check_override_names(
+      argv, command_line.load_config_file(config_path)
+  )
   values = flags.FlagValues()
   define_flags(values, argv)
   try:

@@ -198,6 +198,42 @@ BAD_INPUTS = [
         None,
     ),
     (
+        'config_file_sets_an_unknown_field',
+        lambda t: [
+            '--config='
+            + _write(
+                t / 'c.py',
+                'from configs import quickstart\n'
+                'def get_config():\n'
+                '  c = quickstart.get_config()\n'
+                '  c.lerning_rate = 0.1\n'
+                '  return c\n',
+            )
+        ],
+        [
+            'c.py sets an unknown field config.lerning_rate; did you mean'
+            ' config.learning_rate?'
+        ],
+        None,
+    ),
+    (
+        'config_file_lacks_fields',
+        lambda t: [
+            '--config='
+            + _write(
+                t / 'c.py',
+                'import ml_collections\n'
+                'def get_config():\n'
+                '  return ml_collections.ConfigDict({"dataset": "digits"})\n',
+            )
+        ],
+        [
+            'c.py: its get_config() returns no config.antialias,',
+            'start it from configs/default.py',
+        ],
+        None,
+    ),
+    (
         'field_of_the_wrong_type',
         lambda t: [f'--config={QUICKSTART}', '--config.learning_rate=abc'],
         ['--config.learning_rate=abc: could not convert'],
@@ -737,13 +773,3 @@ def test_a_sigterm_while_starting_is_one_line_and_leaves_nothing(
   ), stderr[-3000:]
   assert 'Rerun the same command' in last
   assert not workdir.exists()  # its lock released, its folder removed
-
-
-def test_the_second_stage_config_takes_its_benchmark_after_a_colon():
-  config = train.load_config_file(f'{ROOT / "configs" / "crt.py"}:quickstart')
-  assert (config.dataset, config.trainable, config.sampler) == (
-      'digits',
-      'classifier',
-      'class',
-  )
-  assert config.finetune_from == ''  # the user names the first stage
