@@ -181,10 +181,13 @@ def write_bytes(path: str, data: bytes):
   ) as f:
     try:
       f.write(data)
+      f.flush()  # a full disk fails here, while the file is named
       os.chmod(f.name, _new_file_mode())
-    except BaseException:
+    except BaseException as e:
       f.close()
       os.remove(f.name)
+      if isinstance(e, OSError) and e.filename is None:
+        raise OSError(e.errno, e.strerror, path) from None
       raise
   os.replace(f.name, path)
 

@@ -256,3 +256,38 @@ class TestCheckReachable:
         'Cloud Storage cannot be reached ('
     )
     assert last.endswith('); check the network and retry.')
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+  import errno
+  import tempfile
+
+  class FullDisk:
+    name = str(tmp_path / 'x.partial')
+
+    def __init__(self, *args, **kwargs):
+      open(self.name, 'wb').close()
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def write(self, data):
+      pass
+
+    def flush(self):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(tempfile, 'NamedTemporaryFile', FullDisk)
+  with pytest.raises(OSError) as error:
+    storage.write_text(str(tmp_path / 'config.json'), '{}')
+  assert (error.value.errno, error.value.filename) == (
+      errno.ENOSPC,
+      str(tmp_path / 'config.json'),
+  )
+  assert os.listdir(tmp_path) == []
