@@ -54,6 +54,24 @@ def train_only(
   )
 
 
+def scale_backbone(
+    tx: optax.GradientTransformation, factor: float
+) -> optax.GradientTransformation:
+  """`tx` with the updates outside the classifier `factor` times as large.
+
+  For PyTorch-style SGD (`optim.sgd`) this is two parameter groups of one
+  optimiser: the momentum buffers hold gradient plus decay as before, and
+  the backbone steps at `factor` times the classifier's rate.
+  """
+
+  def backbone(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not in_classifier(_keys(path)), params
+    )
+
+  return optax.chain(tx, optax.masked(optax.scale(factor), backbone))
+
+
 def classifier_and_alphas(alpha_paths: Sequence[str]) -> Callable:
   """The trainable predicate of `trainable='classifier'`."""
   alphas = {tuple(p.split('/')) for p in alpha_paths}
