@@ -2,14 +2,18 @@
 unfold_bn: a plain-BN model's variables -> its NBN version, the same function.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from nbn_jax import models
 from nbn_jax.folding import exact_alpha, fold_nbn, unfold_bn
 from nbn_jax.models.common import NBNPlacement
+from nbn_jax.normalization import effective_affine
 
 
 def _trained_like(model, x):
@@ -233,6 +237,57 @@ class TestUnfold:
   @pytest.mark.slow
   def test_ride_ensemble_one_alpha_per_expert(self):
     _assert_unfolds(models.RIDEResNet8(10), (4, 16, 16, 3))
+
+  @pytest.mark.slow
+  def test_one_sgd_step_keeps_only_the_longest_vectors_direction(self):
+    """What the docstring warns of: the other raw vectors are ~1e-6 long, so
+    even a 1e-5 step of plain SGD turns them to their gradient's direction,
+    where the same step leaves the plain-BN network's vectors in place."""
+    model = models.ResNet8(10, shortcut='B')  # NBN: bn2 and the shortcut BN
+    x = jax.random.normal(jax.random.key(4), (8, 16, 16, 3))
+    labels = jnp.arange(8) % 10
+    bn_model = model.clone(norm='bn')
+    bn_variables = _pretrained_like(bn_model, x)
+    variables = unfold_bn(model, bn_variables, x, train=False)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def sgd_step(model, variables):
+      def loss(params):
+        logits, _ = model.apply(
+            {**variables, 'params': params},
+            x,
+            train=True,
+            mutable=['batch_stats'],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels
+        ).mean()
+
+      grads = jax.grad(loss)(variables['params'])
+      return jax.tree.map(lambda p, g: p - 1e-5 * g, variables['params'], grads)
+
+    cosine = lambda a, b: float(
+        jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
+    )
+    bn_after, after = sgd_step(bn_model, bn_variables), sgd_step(
+        model, variables
+    )
+    bn_block = bn_variables['params']['layer3_0']
+    kept = {}
+    for layer in ('bn2', 'downsample_bn'):
+      raw = after['layer3_0'][layer]
+      effective = effective_affine(
+          raw['scale'], raw['bias'], after['nbn_alpha']
+      )
+      for name, vector in zip(('scale', 'bias'), effective):
+        before = bn_block[layer][name]
+        if float(jnp.linalg.norm(before)) == 0:
+          continue  # a zero bias has no direction
+        assert cosine(bn_after['layer3_0'][layer][name], before) > 0.999
+        kept[float(jnp.linalg.norm(before))] = cosine(vector, before)
+    longest = max(kept)
+    assert kept.pop(longest) > 0.999
+    assert len(kept) == 2 and all(abs(c) < 0.5 for c in kept.values())
 
   def test_folding_the_unfolded_model_gives_the_bn_variables_back(self):
     model = models.ResNet8(10)
