@@ -18,14 +18,31 @@ import torch
 import input_pipeline as ip
 import train
 from configs import places_lt
-from nbn_jax.training import conversion
+from nbn_jax.training import checks, conversion
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training.checkpoints import latest_params
 from tests import torch_models
 from tests.fake_data import write_jpeg_dataset
+from tests.test_readme import command_lines
 
-CONFIGS = pathlib.Path(__file__).parents[1] / 'configs'
+ROOT = pathlib.Path(__file__).parents[1]
+CONFIGS = ROOT / 'configs'
+GUIDE = ROOT / 'docs' / 'places_lt.md'
 PLACES_LT_TRAIN_SIZE = 62_500
+
+
+def test_the_guides_commands_are_valid_command_lines():
+  """docs/places_lt.md's convert and train.py commands parse and pass the
+  config checks on 8 devices (their data is not here)."""
+  converts = command_lines('python -m nbn_jax.convert', GUIDE)
+  trains = command_lines('python train.py', GUIDE)
+  assert (len(converts), len(trains)) == (1, 3)
+  values = conversion.parse_flags(converts[0])
+  assert (values.source, values.config.model) == ('plain_bn', 'ResNet152')
+  for argv in trains:
+    checks.check_config(
+        train.parse_flags(argv).config, device_count=8, process_count=1
+    )
 
 
 def test_the_schedule_is_oltrs_thirty_epochs_at_batch_128():
