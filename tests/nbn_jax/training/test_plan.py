@@ -12,7 +12,7 @@ import pytest
 
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, default, imagenet_lt, inat2018
-from configs import quickstart
+from configs import places_lt, quickstart
 from nbn_jax import models
 from nbn_jax.training import checks, losses, optim, plan, steps
 from nbn_jax.training.errors import ConfigError
@@ -99,15 +99,22 @@ def test_the_model_follows_norm_and_bn_scope():
   assert (model.norm, model.bn_axis_name) == ('bn', None)
 
 
+# ResNet-101 and ResNet-152 are ResNet-50 with more blocks (their layout:
+# tests/nbn_jax/models/test_resnet.py) and take 30 to 40 s each here: they
+# build for the config that uses them, Places-LT's.
+DEEP_RESNETS = ('ResNet101', 'ResNet152')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     'config_module, model_name',
-    list(
-        itertools.product(
+    [
+        *itertools.product(
             (cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart),
-            models.MODELS,
-        )
-    ),
+            [name for name in models.MODELS if name not in DEEP_RESNETS],
+        ),
+        *itertools.product((places_lt,), DEEP_RESNETS),
+    ],
 )
 def test_every_model_builds_for_every_dataset_config(config_module, model_name):
   config = config_module.get_config()
