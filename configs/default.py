@@ -72,6 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   # lr_batch_size. The LDAM protocol: 0.1 at batch 128.
   config.learning_rate = 0.1
   config.lr_batch_size = 128
+  # The rate of every parameter outside the classifier(s), NBN's alphas
+  # included, as a fraction of the one above (the one logged): a pretrained
+  # backbone fine-tuned slower than a new classifier, as OLTR's Places-LT
+  # recipe (0.001 and 0.1: 0.01).
+  config.backbone_lr_factor = 1.0
   config.momentum = 0.9
   config.nesterov = False
   config.weight_decay = 2e-4  # 5e-4 is the other common CIFAR-LT choice

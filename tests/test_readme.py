@@ -160,10 +160,12 @@ def test_the_two_commands_run_the_manual_steps(tmp_path):
   assert _make_dry_run('test', installed) == suite[-2:]
 
 
-def _command_lines(program: str) -> list[list[str]]:
-  """Every `program ...` command of the README, in a block (continuation
+def command_lines(
+    program: str, document: pathlib.Path = README
+) -> list[list[str]]:
+  """Every `program ...` command of `document`, in a block (continuation
   lines joined) or in backticks, as argv."""
-  text = README.read_text().replace('\\\n', ' ')
+  text = document.read_text().replace('\\\n', ' ')
   found = re.findall(rf'^ +({program} .*)$', text, re.M)
   found += re.findall(rf'`({program} [^`]*)`', text)
   return [shlex.split(command)[len(program.split()) - 1 :] for command in found]
@@ -172,7 +174,7 @@ def _command_lines(program: str) -> list[list[str]]:
 def test_the_train_commands_are_valid_command_lines():
   """Each README train.py command parses and passes the config checks on
   8 devices (its data is not here)."""
-  commands = _command_lines('python train.py')
+  commands = command_lines('python train.py')
   assert len(commands) >= 8
   for argv in commands:
     values = train.parse_flags(argv)
@@ -180,7 +182,7 @@ def test_the_train_commands_are_valid_command_lines():
 
 
 def test_the_convert_commands_are_valid_command_lines():
-  commands = _command_lines('python -m nbn_jax.convert')
+  commands = command_lines('python -m nbn_jax.convert')
   assert len(commands) == 2  # the ResNets' and RIDE's
   for argv in commands:
     values = conversion.parse_flags(argv)

@@ -13,10 +13,10 @@ trainer's (`nbn_jax.training.conversion`):
 
 Names read (method.md, "The reference's checkpoints"):
 
-* ResNet-50 / ResNeXt-50 (`nbn_jax.models.ResNet`): torchvision's,
+* ResNet-50/101/152 / ResNeXt-50 (`nbn_jax.models.ResNet`): torchvision's,
   ``conv1``, ``bn1``, ``layer{1-4}.{i}.conv{1-3}`` / ``bn{1-3}``,
   ``layer{s}.0.downsample.{0,1}``, ``fc``; plain torchvision BN ResNets
-  with ``norm='bn'``.
+  with ``norm='bn'``, or into NBN with `from_torch_bn_state_dict`.
 * CIFAR ResNet-32 (`nbn_jax.models.CifarResNet`): LDAM's, ``conv1``,
   ``bn1``, ``layer{1-3}.{i}.conv{1,2}`` / ``bn{1,2}``, ``linear``
   (option-B shortcuts: ``shortcut.{0,1}``).
@@ -41,6 +41,12 @@ Names read (method.md, "The reference's checkpoints"):
 A checkpoint that does not fit the model is refused with one line naming
 the first differing key and the network the checkpoint looks like
 (`looks_like`).
+
+A plain-BN network's state dict, such as torchvision's ImageNet ResNets
+(``torchvision.models.resnet152(weights='IMAGENET1K_V1').state_dict()``),
+converts into the NBN version of that network with
+`from_torch_bn_state_dict`: each NBN layer computes what its BN did
+(`nbn_jax.folding.unfold_bn`).
 """
 
 from typing import Any, Mapping
@@ -49,8 +55,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from nbn_jax.folding import unfold_bn
 from nbn_jax.models.cifar_resnet import CifarResNet
-from nbn_jax.models.common import NBN_ALPHA
+from nbn_jax.models.common import MODELS, NBN_ALPHA
 
 Path = tuple[str, ...]
 # The reference's NBN scalars; entry 0 is the one its ResNets read, entries
@@ -201,9 +208,9 @@ def from_torch_state_dict(
       for k, v in strip_prefix(state_dict).items()
       if not k.endswith(IGNORED_SUFFIXES)
   }
-  image = jax.ShapeDtypeStruct((1, 32, 32, in_channels), np.float32)
   shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), image
+      lambda x: model.init(jax.random.key(0), x, train=False),
+      _image(in_channels),
   )
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
   sources = []  # (torch key, flax path) of each leaf of `flat`
@@ -216,6 +223,42 @@ def from_torch_state_dict(
       for (key, path), (_, like) in zip(sources, flat)
   ]
   return jax.tree.unflatten(jax.tree.structure(shapes), leaves)
+
+
+def from_torch_bn_state_dict(
+    model: nn.Module, state_dict: Mapping[str, np.ndarray], in_channels: int = 3
+) -> dict:
+  """A plain-BN network's state dict -> `model`'s variables, the same function.
+
+  `state_dict` holds `model`'s network with plain BN at every norm site
+  (torchvision's ImageNet ResNets for `nbn_jax.models.ResNet50`,
+  `ResNet101` and `ResNet152`); its NBN layers become layers computing what
+  those BNs did (`nbn_jax.folding.unfold_bn`, which also says what that
+  means for training). For a model with `norm='bn'` this is
+  `from_torch_state_dict`.
+
+  Args:
+    model: an `nbn_jax.models` network (a `norm` field).
+    state_dict: key -> array of its plain-BN version.
+    in_channels: channels of the input images.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} as NumPy arrays.
+
+  Raises:
+    CheckpointMismatchError: `state_dict` is not `model`'s plain-BN network
+      (one line, as `from_torch_state_dict`).
+  """
+  bn_variables = from_torch_state_dict(
+      model.clone(norm='bn'), state_dict, in_channels
+  )
+  variables = unfold_bn(model, bn_variables, _image(in_channels), train=False)
+  return jax.tree.map(np.asarray, variables)
+
+
+def _image(in_channels: int) -> jax.ShapeDtypeStruct:
+  """A model input's shape: one small image."""
+  return jax.ShapeDtypeStruct((1, 32, 32, in_channels), np.float32)
 
 
 def _check_keys(
@@ -270,18 +313,22 @@ def looks_like(state_dict: Mapping[str, np.ndarray]) -> str:
     conv2 = state_dict.get('layer1.0.conv2.weight')
     groups = conv2.shape[0] // conv2.shape[1] if conv2 is not None else 1
     family = 'ResNeXt' if groups > 1 else 'ResNet'
-    depth = {(3, 4, 6, 3): 50, (1, 1, 1, 1): 14}.get(sizes)
-    if family == 'ResNeXt' and depth != 50:
-      depth = None
+    depth = {
+        (3, 4, 6, 3): 50,
+        (3, 4, 23, 3): 101,
+        (3, 8, 36, 3): 152,
+        (1, 1, 1, 1): 14,
+    }.get(sizes)
     # The last conv of the last stage: 4 x 512 filters, RIDE's reduced 4 x 384.
     last_conv, full_width = 'conv3', 2048
   else:
     family = 'ResNet'
     depth = {(5, 5, 5): 32, (1, 1, 1): 8}.get(sizes)
     last_conv, full_width = 'conv1', 64  # RIDE's reduced: 48
-  if depth is None:
+  name = f'{"RIDE" if ride else ""}{family}{depth}'
+  if depth is None or name not in MODELS:
     return f'a {family} with {sizes} blocks per stage, none of the models here'
-  flags = [f'--config.model={"RIDE" if ride else ""}{family}{depth}']
+  flags = [f'--config.model={name}']
   if ride:
     flags.append(f'--config.num_experts={len(experts)}')
     if len(owned) != 2:

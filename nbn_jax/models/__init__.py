@@ -26,6 +26,8 @@ from nbn_jax.models.resnet import (
     ResNet,
     ResNet14,
     ResNet50,
+    ResNet101,
+    ResNet152,
     ResNeXt50,
 )
 from nbn_jax.models.ride import (
@@ -71,6 +73,8 @@ __all__ = [
     'ResNet14',
     'ResNet32',
     'ResNet50',
+    'ResNet101',
+    'ResNet152',
     'ResNeXt50',
     'ResidualBlock',
     'takes_field',

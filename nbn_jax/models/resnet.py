@@ -1,4 +1,4 @@
-"""ResNet-50 and ResNeXt-50 32x4d in torchvision's layout (NHWC)."""
+"""ResNet-50/101/152 and ResNeXt-50 32x4d in torchvision's layout (NHWC)."""
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,8 @@ from nbn_jax.models.common import (
 Array = jax.Array
 
 # The reference: the last BN of every layer4 block and the layer4 shortcut BN,
-# all four reading one shared alpha.
+# all four reading one shared alpha (ResNet-50 and ResNeXt-50; the same four
+# in ResNet-101 and ResNet-152, whose layer4 also has three blocks).
 LAYER4_NBN = NBNPlacement(stages=(3,), block_norms=('bn3',))
 # He-normal (fan-out) convolutions; PyTorch's default linear weight init,
 # U(+-1 / sqrt(fan_in)).
@@ -71,6 +72,18 @@ ResNet50 = named_network(
     ResNet,
     "torchvision's ResNet-50: ResNet50(num_classes, **fields).",
     stage_sizes=(3, 4, 6, 3),
+)
+ResNet101 = named_network(
+    'ResNet101',
+    ResNet,
+    "torchvision's ResNet-101: ResNet101(num_classes, **fields).",
+    stage_sizes=(3, 4, 23, 3),
+)
+ResNet152 = named_network(
+    'ResNet152',
+    ResNet,
+    "torchvision's ResNet-152: ResNet152(num_classes, **fields).",
+    stage_sizes=(3, 8, 36, 3),
 )
 ResNeXt50 = named_network(
     'ResNeXt50',

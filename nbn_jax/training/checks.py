@@ -46,6 +46,7 @@ POSITIVE = (
     'samples_per_class',
     'bn_group_size',
     'learning_rate',
+    'backbone_lr_factor',
     'lr_decay_factor',
     'num_runs',
     'ldam_scale',

@@ -5,18 +5,34 @@
     python train.py --config=configs/imagenet_lt.py --workdir=WORKDIR \\
         --config.eval_only=True [...]
 
+    # torchvision's ImageNet ResNet-152 (plain BN) into the NBN placement:
+    python -m nbn_jax.convert --checkpoint=resnet152-394f9c45.pth \\
+        --source=plain_bn --config=configs/imagenet_lt.py \\
+        --config.model=ResNet152 --workdir=WORKDIR
+
 The config says which network the checkpoint holds (`model`, `norm`, NBN
 placement, `shortcut`, `logit_norm`, the ensemble fields `num_experts` and
 `reduce_dimension`, `classifier`) and which dataset (its class count); the
 reference's RIDE checkpoints (`resnet50_ride_NBN`, ride_nbn_lr) convert with
-``--config.model=RIDEResNet50 --config.logit_norm=True``. The command
-writes a step-0 checkpoint into WORKDIR, built by the run plan as the
-trainer builds its train state, that `train.py` evaluates (or fine-tunes
-from), and records the config there (config.json), as train.py does, so
-`nbn_jax.training.trained.load` rebuilds the model. Reading the ``.pth``
-file needs PyTorch; the name mapping (`nbn_jax.convert`) does not.
+``--config.model=RIDEResNet50 --config.logit_norm=True``. `--source` says
+how the file holds that network: `network` (the default), as the config
+describes it, NBN layers included (the reference's, LDAM's and RIDE's
+checkpoints); `plain_bn`, its plain-BN version (torchvision's ImageNet
+ResNets), whose BNs at the config's NBN sites become NBN layers computing
+the same function (`nbn_jax.folding.unfold_bn`; with ``--config.norm=bn``
+the two are the same).
+
+The command writes a step-0 checkpoint into WORKDIR, built by the run plan
+as the trainer builds its train state, that `train.py` evaluates (or
+fine-tunes from), and records the config there (config.json), as train.py
+does, so `nbn_jax.training.trained.load` rebuilds the model, and which file
+it converted, and how (`finetune.CONVERTED_FILE`), which the results of a
+second stage started from it name. Reading the ``.pth`` file needs PyTorch;
+the name mapping (`nbn_jax.convert`) does not.
 """
 
+import os
+import pathlib
 import re
 import sys
 from typing import Mapping
@@ -29,7 +45,7 @@ from ml_collections import config_flags
 
 import input_pipeline as ip
 from nbn_jax import convert
-from nbn_jax.training import plan, results
+from nbn_jax.training import finetune, plan, reporting, results, storage
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.errors import ConfigError
@@ -40,6 +56,11 @@ TORCH_ZIP_START = b'PK\x03\x04'
 TORCH_LEGACY_START = b'\x80\x02\x8a\x0a' + (0x1950A86A20F9469CFC6C).to_bytes(
     10, 'little'
 )
+# --source: how the file holds the config's network -> its name mapping.
+SOURCES = {
+    'network': convert.from_torch_state_dict,
+    'plain_bn': convert.from_torch_bn_state_dict,
+}
 
 
 def _first_sentence(error: Exception) -> str:
@@ -138,12 +159,14 @@ def write_checkpoint(
     config: ml_collections.ConfigDict,
     state_dict: Mapping[str, np.ndarray],
     workdir: str,
+    source: str = 'network',
 ):
   """Converts `state_dict` for `config`'s network into a step-0 checkpoint.
 
   The train state (optimiser state included) is the one the trainer builds
   for `config`, with the converted parameters and statistics, so
   ``train.py --config.eval_only=True`` evaluates it and a run resumes from it.
+  `source`: how `state_dict` holds the network (a key of `SOURCES`).
   """
   if config.num_runs != 1:
     raise ConfigError(
@@ -157,9 +180,7 @@ def write_checkpoint(
       np.ones(spec.num_classes, np.int64),
       (32, 32, len(spec.mean)),
   )
-  variables = convert.from_torch_state_dict(
-      core.model, state_dict, len(spec.mean)
-  )
+  variables = SOURCES[source](core.model, state_dict, len(spec.mean))
   state = core.runs.init_state()
   place = lambda new, old: jax.device_put(new, old.sharding)
   state = state.replace(
@@ -176,6 +197,17 @@ def write_checkpoint(
   workdir_lib.record_config(workdir, config.to_dict())
 
 
+def record_source(workdir: str, checkpoint: str, source: str):
+  """Records in `workdir` the file it was converted from, and `--source`."""
+  reporting.write_json(
+      storage.join(workdir, finetune.CONVERTED_FILE),
+      {
+          'checkpoint': os.fspath(pathlib.Path(checkpoint).absolute()),
+          'source': source,
+      },
+  )
+
+
 def define_flags(values: flags.FlagValues, argv: list[str]):
   """The command's flags, on `values` (a fresh set per call)."""
   flags.DEFINE_string(
@@ -185,6 +217,15 @@ def define_flags(values: flags.FlagValues, argv: list[str]):
       'workdir',
       None,
       'Where to write the nbn_jax checkpoint.',
+      flag_values=values,
+  )
+  flags.DEFINE_enum(
+      'source',
+      'network',
+      list(SOURCES),
+      "How --checkpoint holds the config's network: network, as the config "
+      'describes it (NBN layers included); plain_bn, its plain-BN version '
+      "(torchvision's ImageNet ResNets), converted into the config's norm.",
       flag_values=values,
   )
   flags.DEFINE_bool(
@@ -232,7 +273,8 @@ def main(argv: list[str]) -> int:
     state_dict = load_torch_state_dict(
         values.checkpoint, values.trust_checkpoint
     )
-    write_checkpoint(values.config, state_dict, values.workdir)
+    write_checkpoint(values.config, state_dict, values.workdir, values.source)
+    record_source(values.workdir, values.checkpoint, values.source)
   except (flags.Error, convert.CheckpointMismatchError, ValueError) as e:
     message = str(e).replace('\n', ' ')
     print(f'error: {message}', file=sys.stderr)

@@ -1,4 +1,5 @@
-"""A second training stage from a finished run: classifier re-training.
+"""A second training stage from a finished run: classifier re-training,
+or fine-tuning a converted backbone.
 
 The reference's `train_all: False` (and Decoupling's cRT, Kang et al. 2020):
 start from a first stage's workdir (`config.finetune_from`: its newest
@@ -11,6 +12,12 @@ and get no weight decay. As in the reference, whose model stays in train
 mode, the BN layers still normalise with batch statistics and update their
 running statistics on the new stage's batches.
 
+The first stage may also be converted weights (`python -m nbn_jax.convert`,
+e.g. torchvision's ImageNet ResNet-152 for Places-LT): with a new classifier
+its class count may differ from this stage's, and the whole network trains
+(`config.trainable='all'`), the backbone at `config.backbone_lr_factor`
+times the classifier's rate if set.
+
 The first stage's workdir is only read.
 """
 
@@ -19,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import optax
+from flax import traverse_util
 
 from nbn_jax.training import steps, storage
 from nbn_jax.training.checkpoints import latest_variables, structure_difference
@@ -27,6 +35,9 @@ from nbn_jax.training.errors import ConfigError
 CLASSIFIER = 'fc'  # the module name of every classifier head
 HEAD = (CLASSIFIER, 'logit_norm')  # reinitialised together
 TRAINED, FROZEN = 'trained', 'frozen'
+# What `python -m nbn_jax.convert` records in the workdir it writes: the
+# file it converted and how (`first_stage_results` reports it).
+CONVERTED_FILE = 'converted_from.json'
 
 
 def _keys(path) -> tuple[str, ...]:
@@ -53,6 +64,24 @@ def train_only(
   )
 
 
+def scale_backbone(
+    tx: optax.GradientTransformation, factor: float
+) -> optax.GradientTransformation:
+  """`tx` with the updates outside the classifier `factor` times as large.
+
+  For PyTorch-style SGD (`optim.sgd`) this is two parameter groups of one
+  optimiser: the momentum buffers hold gradient plus decay as before, and
+  the backbone steps at `factor` times the classifier's rate.
+  """
+
+  def backbone(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not in_classifier(_keys(path)), params
+    )
+
+  return optax.chain(tx, optax.masked(optax.scale(factor), backbone))
+
+
 def classifier_and_alphas(alpha_paths: Sequence[str]) -> Callable:
   """The trainable predicate of `trainable='classifier'`."""
   alphas = {tuple(p.split('/')) for p in alpha_paths}
@@ -66,41 +95,64 @@ def start_from(
 
   Parameters and BN statistics come from `workdir`'s newest checkpoint,
   except the classifier head's (`fc`, and the logit-rectification
-  statistics) when `reinit_classifier`; the step and the optimiser state
-  are this stage's own (fresh).
+  statistics) when `reinit_classifier`, whose shapes (the class count) may
+  then differ; the step and the optimiser state are this stage's own
+  (fresh).
 
   Raises:
     ConfigError: the checkpoint holds another network, or K differs.
   """
-  first = latest_variables(workdir)
+  first = traverse_util.flatten_dict(latest_variables(workdir))
   current = {'params': fresh.params, 'batch_stats': fresh.batch_stats}
-  difference = structure_difference(first, current)
+  new = lambda path: reinit_classifier and in_classifier(path, HEAD)
+  kept = lambda flat: traverse_util.unflatten_dict(
+      {path: leaf for path, leaf in flat.items() if not new(path)}
+  )
+  difference = structure_difference(
+      kept(first), kept(traverse_util.flatten_dict(current))
+  )
   if difference is not None:
+    also = (
+        'the class count may differ: the classifier is new'
+        if reinit_classifier
+        else (
+            'and its dataset, or set config.reinit_classifier=True for a '
+            'new classifier'
+        )
+    )
     raise ConfigError(
         f'config.finetune_from={workdir} holds another network or another '
         f"number of runs ({difference}); give this stage the first stage's "
-        'model, norm, NBN placement, dataset and num_runs.'
+        f'model, norm, NBN placement and num_runs ({also}).'
     )
 
-  def take(path, new, old):
-    if reinit_classifier and in_classifier(_keys(path), HEAD):
-      return new
-    return jax.device_put(old, new.sharding)
+  def take(path, leaf):
+    path = _keys(path)
+    if new(path):
+      return leaf
+    return jax.device_put(first[path], leaf.sharding)
 
-  merged = jax.tree_util.tree_map_with_path(take, current, first)
+  merged = jax.tree_util.tree_map_with_path(take, current)
   return fresh.replace(
       params=merged['params'], batch_stats=merged['batch_stats']
   )
 
 
 def first_stage_results(workdir: str, run_dir: str) -> dict[str, Any]:
-  """What the first stage reported for one run: its folder and 'last'.
+  """What the first stage was and reported for one run.
 
-  `run_dir`: that run's folder inside `workdir` (the workdir itself for a
-  single run). Without a results.json (a stage stopped early) only the
-  folder is known.
+  Its folder; the file it was converted from and how, for a workdir the
+  converter wrote (`CONVERTED_FILE`); and 'last', the result of its run
+  folder `run_dir` (the workdir itself for a single run), for a workdir
+  train.py finished. A stage stopped early has no results.json.
   """
   summary = {'workdir': storage.resolve(workdir, 'config.finetune_from')}
+  try:
+    summary['converted_from'] = json.loads(
+        storage.read_text(storage.join(workdir, CONVERTED_FILE))
+    )
+  except FileNotFoundError:
+    pass
   try:
     text = storage.read_text(storage.join(run_dir, 'results.json'))
   except FileNotFoundError:

@@ -191,6 +191,8 @@ def build_optimizer(
   (`NBNSites.alpha_paths`), exempt from weight decay when
   `config.decay_alpha` is False, and trained with the classifier when
   `config.trainable` is 'classifier' (the rest frozen, `finetune`).
+  Everything outside the classifier steps at `config.backbone_lr_factor`
+  times the schedule's rate.
   """
   schedule = optim.learning_rate_schedule(
       config.schedule,
@@ -214,6 +216,8 @@ def build_optimizer(
           () if config.decay_alpha else [p.split('/') for p in alpha_paths]
       ),
   )
+  if config.backbone_lr_factor != 1:
+    tx = finetune.scale_backbone(tx, config.backbone_lr_factor)
   if config.trainable == 'classifier':
     tx = finetune.train_only(tx, finetune.classifier_and_alphas(alpha_paths))
   return tx, schedule

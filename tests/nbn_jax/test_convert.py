@@ -3,8 +3,9 @@
 Each PyTorch model (tests/torch_models.py, tests/torch_ride.py and the
 trainer's PyTorch ResNet-32 oracle) gets random values in every tensor; the
 converted flax model must give the same evaluation logits to 1e-4 relative
-(max |diff| / max |logit|; RIDE: 1e-5, the mean and every expert's). The
-command line is tests/nbn_jax/training/test_conversion.py.
+(max |diff| / max |logit|; RIDE and torchvision's ImageNet ResNets, also
+converted into NBN: 1e-5, the mean and every expert's). The command line is
+tests/nbn_jax/training/test_conversion.py.
 """
 
 import pathlib
@@ -13,10 +14,12 @@ import jax
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from nbn_jax import models
 from nbn_jax.convert import (
     CheckpointMismatchError,
+    from_torch_bn_state_dict,
     from_torch_state_dict,
     looks_like,
     torch_name,
@@ -239,6 +242,82 @@ class TestRIDE:
       from_torch_state_dict(models.RIDEResNet8(NUM_CLASSES), state)
 
 
+def torchvision_resnet(name: str, num_classes: int = 1000) -> torch.nn.Module:
+  """torchvision's network as its package initialises it, in eval mode, with
+  BN scales, biases and running statistics of varied sizes (a trained
+  network's are far from init's 1, 0, 0 and 1; in layer4 the four NBN
+  sites' scale and bias vectors all have different lengths)."""
+  torch.manual_seed(0)
+  model = getattr(torchvision.models, name)(num_classes=num_classes)
+  generator = torch.Generator().manual_seed(1)
+  random = lambda *shape: torch.randn(shape, generator=generator)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        channels = module.num_features
+        length = 0.5 + 3 * torch.rand((), generator=generator)
+        module.weight.copy_(length * (0.5 + random(channels)) / channels**0.5)
+        module.bias.copy_(0.1 * random(channels))
+        module.running_mean.copy_(0.1 * random(channels))
+        module.running_var.copy_(0.5 + random(channels).abs())
+  return model.eval()
+
+
+class TestTorchvision:
+  """torchvision's ImageNet ResNets (the file a user downloads), into plain
+  BN and into the reference's NBN placement, which computes the same."""
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize(
+      'name, network',
+      [('resnet50', models.ResNet50), ('resnet152', models.ResNet152)],
+  )
+  def test_eval_logits_equal_in_bn_and_in_nbn(self, name, network):
+    torch_model = torchvision_resnet(name)
+    state = _state_dict(torch_model)
+    images = _images()
+    bn = network(1000, norm='bn')
+    bn_difference = _relative_logit_difference(
+        torch_model, bn, from_torch_state_dict(bn, state), images
+    )
+    nbn = network(1000)
+    variables = from_torch_bn_state_dict(nbn, state)
+    nbn_difference = _relative_logit_difference(
+        torch_model, nbn, variables, images
+    )
+    print(f'{name}: BN {bn_difference:.2e}, NBN {nbn_difference:.2e}')
+    assert bn_difference < 1e-5 and nbn_difference < 1e-5
+    # NBN's raw vectors, not the BN ones: the longest of the four layer4
+    # sites' vectors sets the shared alpha.
+    lengths = [
+        np.linalg.norm(state[f'layer4.{site}.{vector}'])
+        for site in ('0.bn3', '0.downsample.1', '1.bn3', '2.bn3')
+        for vector in ('weight', 'bias')
+    ]
+    assert max(lengths) < variables['params']['nbn_alpha'] < max(lengths) + 1e-5
+
+  def test_into_a_bn_model_nbn_is_plain_conversion(self):
+    torch_model = torch_models.randomize(
+        torch_models.ResNet(layers=(1, 1, 1, 1), num_classes=10, nbn=False)
+    )
+    state = _state_dict(torch_model)
+    bn = models.ResNet14(10, norm='bn')
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        from_torch_bn_state_dict(bn, state),
+        from_torch_state_dict(bn, state),
+    )
+
+  def test_an_nbn_checkpoint_is_refused_in_one_line(self):
+    state = _state_dict(
+        torch_models.ResNet(layers=(1, 1, 1, 1), num_classes=10, nbn=True)
+    )
+    with pytest.raises(CheckpointMismatchError) as error:
+      from_torch_bn_state_dict(models.ResNet14(10), state)
+    message = str(error.value)
+    assert "'scale_factor' is unexpected" in message and '\n' not in message
+
+
 class TestMismatch:
   """One line naming the first differing key."""
 
@@ -342,6 +421,23 @@ class TestLooksLike:
                   num_classes=7, groups=32, width_per_group=4, nbn=False
               ),
               '--config.model=ResNeXt50 (norm bn, 7 classes)',
+          ),
+          (
+              torchvision.models.resnet152,
+              '--config.model=ResNet152 (norm bn, 1000 classes)',
+          ),
+          (
+              lambda: torch_models.ResNet(layers=(3, 4, 23, 3), nbn=False),
+              '--config.model=ResNet101 (norm bn, 1000 classes)',
+          ),
+          (  # ResNeXt-101: no such model here
+              lambda: torch_models.ResNet(
+                  layers=(3, 4, 23, 3), groups=32, width_per_group=4
+              ),
+              (
+                  'a ResNeXt with (3, 4, 23, 3) blocks per stage, none of the '
+                  'models here'
+              ),
           ),
       ],
   )

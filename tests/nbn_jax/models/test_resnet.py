@@ -1,4 +1,5 @@
-"""ResNet-50 and ResNeXt-50 32x4d: torchvision layout, the reference's NBN."""
+"""ResNet-50/101/152 and ResNeXt-50 32x4d: torchvision layout, the
+reference's NBN."""
 
 import functools
 
@@ -36,6 +37,16 @@ class TestParameterCounts:
     assert param_count(nbn) == 25_557_032 + 1
     assert nbn['params']['nbn_alpha'].shape == ()
 
+  @pytest.mark.parametrize(
+      'model_def, torchvision_count',
+      [(models.ResNet101, 44_549_160), (models.ResNet152, 60_192_808)],
+  )
+  def test_resnet101_and_resnet152(self, model_def, torchvision_count):
+    bn = abstract_variables(model_def(num_classes=1000, norm='bn'), IMAGENET)
+    nbn = abstract_variables(model_def(num_classes=1000), IMAGENET)
+    assert param_count(bn) == torchvision_count
+    assert param_count(nbn) == torchvision_count + 1
+
   def test_resnext50_32x4d(self):
     bn = abstract_variables(
         models.ResNeXt50(num_classes=1000, norm='bn'), IMAGENET
@@ -58,7 +69,10 @@ class TestParameterCounts:
 
 class TestNBNPlacement:
 
-  @pytest.mark.parametrize('model_def', [models.ResNet50, models.ResNeXt50])
+  @pytest.mark.parametrize(
+      'model_def',
+      [models.ResNet50, models.ResNeXt50, models.ResNet101, models.ResNet152],
+  )
   def test_exactly_the_four_layer4_bns_read_the_shared_alpha(self, model_def):
     every, with_alpha = nbn_calls(model_def(num_classes=10), (2, 64, 64, 3))
     assert every == with_alpha == LAYER4_NBN_LAYERS
@@ -124,6 +138,22 @@ class TestLayout:
     assert spatial('layer2_0', 'conv2') == 8
     assert spatial('layer2_0', 'downsample_conv') == 8
     assert out['__call__'][0].shape == (1, 10)
+
+  @pytest.mark.parametrize(
+      'model_def, blocks',
+      [
+          (models.ResNet50, (3, 4, 6, 3)),
+          (models.ResNet101, (3, 4, 23, 3)),
+          (models.ResNet152, (3, 8, 36, 3)),
+      ],
+  )
+  def test_blocks_per_stage_are_torchvisions(self, model_def, blocks):
+    params = abstract_variables(model_def(num_classes=10), (1, 32, 32, 3))[
+        'params'
+    ]
+    for stage, count in enumerate(blocks, start=1):
+      assert f'layer{stage}_{count - 1}' in params
+      assert f'layer{stage}_{count}' not in params
 
   def test_resnext_grouped_convolution_widths(self):
     params = abstract_variables(

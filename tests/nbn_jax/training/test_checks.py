@@ -24,6 +24,11 @@ def _check(config, device_count=8):
         ('bn_scope', 'host', "config.bn_scope='host' is not one of"),
         ('batch_size', 0, 'config.batch_size=0 must be > 0'),
         ('learning_rate', -0.1, 'config.learning_rate=-0.1 must be > 0'),
+        (
+            'backbone_lr_factor',
+            0.0,
+            'config.backbone_lr_factor=0.0 must be > 0',
+        ),
         ('weight_decay', -1e-4, 'config.weight_decay=-0.0001 must be >= 0'),
         ('imbalance_factor', 0.5, 'config.imbalance_factor=0.5 must be >= 1'),
         ('momentum', 1.5, 'config.momentum=1.5 must be < 1'),

@@ -15,7 +15,7 @@ from configs import cifar10_lt
 from input_pipeline.datasets import CIFAR_MEAN, CIFAR_STD
 from nbn_jax import models
 from nbn_jax.convert import CheckpointMismatchError, from_torch_state_dict
-from nbn_jax.training import loop, trained
+from nbn_jax.training import conversion, loop, trained
 from nbn_jax.training.checkpoints import latest_params
 from nbn_jax.training.conversion import load_torch_state_dict, write_checkpoint
 from tests import torch_models, torch_resnet32, torch_ride
@@ -299,3 +299,18 @@ def test_help_describes_the_command_and_exits_0():
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'python -m nbn_jax.convert --checkpoint=' in result.stdout
   assert '--[no]trust_checkpoint' in result.stdout
+  assert '--source: <network|plain_bn>' in result.stdout
+
+
+def test_an_unknown_source_is_one_line(tmp_path, capsys):
+  status = conversion.main([
+      'nbn_jax.convert',
+      f'--checkpoint={tmp_path / "resnet152.pth"}',
+      '--source=torchvision',
+      f'--config={ROOT / "configs" / "imagenet_lt.py"}',
+      f'--workdir={tmp_path / "workdir"}',
+  ])
+  error = capsys.readouterr().err.strip()
+  assert status == 1 and '\n' not in error
+  assert error.startswith('error: flag --source=torchvision: value should be')
+  assert not (tmp_path / 'workdir').exists()

@@ -1,5 +1,7 @@
-"""A second stage from a first stage's workdir: classifier re-training."""
+"""A second stage from a first stage's workdir: classifier re-training, or
+fine-tuning converted weights with a classifier for another class count."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -10,8 +12,9 @@ import numpy as np
 import optax
 import pytest
 
+import input_pipeline as ip
 from configs import crt, quickstart
-from nbn_jax.training import finetune, loop
+from nbn_jax.training import conversion, finetune, loop
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training.checkpoints import latest_variables
 from nbn_jax.training.errors import ConfigError
@@ -138,6 +141,68 @@ def test_the_second_stage_starts_from_the_first_stages_variables(
   )
   jax.tree.map(np.testing.assert_array_equal, start.params['fc'], head)
   assert int(start.step) == 0
+
+
+@pytest.fixture(scope='module')
+def first_stage(tmp_path_factory):
+  """A workdir after one quickstart step (digits: 10 classes)."""
+  first = tmp_path_factory.mktemp('finetune') / 'first'
+  _stage(first, 1)
+  return first
+
+
+def _second_stage_state(first, num_classes, reinit):
+  """The state a second stage of `num_classes` classes starts from."""
+  config = _config(1, finetune_from=str(first), reinit_classifier=reinit)
+  spec = dataclasses.replace(ip.DATASETS['digits'], num_classes=num_classes)
+  core = plan_lib.build_step_plan(
+      config, spec, np.full(num_classes, 50), (8, 8, 1)
+  )
+  fresh = core.runs.init_state()
+  return fresh, finetune.start_from(fresh, str(first), reinit)
+
+
+def test_a_new_classifier_may_have_another_class_count(first_stage):
+  """Digits' 10 classes -> 7: the body as trained, a fresh 7-way head."""
+  first = first_stage
+  stage1 = latest_variables(str(first))
+  fresh, start = jax.device_get(_second_stage_state(first, 7, reinit=True))
+  assert stage1['params']['fc']['kernel'].shape[-1] == 10
+  jax.tree.map(
+      np.testing.assert_array_equal, start.params['fc'], fresh.params['fc']
+  )
+  assert start.params['fc']['kernel'].shape[-1] == 7
+  body = lambda tree: {k: v for k, v in tree.items() if k != 'fc'}
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      body(start.params),
+      body(stage1['params']),
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      start.batch_stats,
+      stage1['batch_stats'],
+  )
+
+
+def test_the_old_classifier_needs_the_old_class_count(first_stage):
+  with pytest.raises(ConfigError) as error:
+    _second_stage_state(first_stage, 7, reinit=False)
+  message = str(error.value)
+  assert 'params/fc/bias has shape (10,) there and (7,) here' in message
+  assert 'set config.reinit_classifier=True' in message
+  assert '\n' not in message
+
+
+def test_the_first_stage_of_a_converted_workdir_names_its_file(tmp_path):
+  conversion.record_source(str(tmp_path), 'weights/resnet152.pth', 'plain_bn')
+  assert finetune.first_stage_results(str(tmp_path), str(tmp_path)) == {
+      'workdir': str(tmp_path),
+      'converted_from': {
+          'checkpoint': os.path.abspath('weights/resnet152.pth'),
+          'source': 'plain_bn',
+      },
+  }
 
 
 def test_a_first_stage_of_another_network_is_one_line(tmp_path):

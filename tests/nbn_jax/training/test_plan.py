@@ -12,7 +12,7 @@ import pytest
 
 import input_pipeline as ip
 from configs import cifar10_lt, cifar100_lt, default, imagenet_lt, inat2018
-from configs import quickstart
+from configs import places_lt, quickstart
 from nbn_jax import models
 from nbn_jax.training import checks, losses, optim, plan, steps
 from nbn_jax.training.errors import ConfigError
@@ -99,15 +99,22 @@ def test_the_model_follows_norm_and_bn_scope():
   assert (model.norm, model.bn_axis_name) == ('bn', None)
 
 
+# ResNet-101 and ResNet-152 are ResNet-50 with more blocks (their layout:
+# tests/nbn_jax/models/test_resnet.py) and take 30 to 40 s each here: they
+# build for the config that uses them, Places-LT's.
+DEEP_RESNETS = ('ResNet101', 'ResNet152')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     'config_module, model_name',
-    list(
-        itertools.product(
+    [
+        *itertools.product(
             (cifar10_lt, cifar100_lt, imagenet_lt, inat2018, quickstart),
-            models.MODELS,
-        )
-    ),
+            [name for name in models.MODELS if name not in DEEP_RESNETS],
+        ),
+        *itertools.product((places_lt,), DEEP_RESNETS),
+    ],
 )
 def test_every_model_builds_for_every_dataset_config(config_module, model_name):
   config = config_module.get_config()
@@ -218,6 +225,60 @@ def test_the_plans_optimiser_carries_nesterov_and_decay_alpha(
   updates, _ = other.update(grads, other.init(params), params)
   updates_plan, _ = core.tx.update(grads, core.tx.init(params), params)
   assert not np.allclose(updates['w'], updates_plan['w'])
+
+
+def test_the_backbone_steps_at_backbone_lr_factor_times_the_rate():
+  """As two parameter groups of one torch.optim.SGD: the classifier at the
+  rate, everything else (NBN's alpha included) at 0.01 times it."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(
+      backbone_lr_factor=0.01,
+      momentum=0.8,
+      weight_decay=0.05,
+      learning_rate=0.3,
+      schedule='cosine',
+      lr_decay_epochs=(),
+  )
+  tx = tiny_step_plan(config).tx
+  rng = np.random.default_rng(0)
+  params = {
+      'fc': {'kernel': rng.normal(size=(3, 2)), 'bias': rng.normal(size=2)},
+      'layer1_0': {'conv1': {'kernel': rng.normal(size=(3, 3))}},
+      'nbn_alpha': np.float32(1.5),
+  }
+  params = jax.tree.map(lambda p: np.asarray(p, np.float32), params)
+  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape), params)] * 3
+  grads = [jax.tree.map(lambda g: np.asarray(g, np.float32), g) for g in grads]
+  ours, state = params, tx.init(params)
+  for step_grads in grads:
+    updates, state = tx.update(step_grads, state, ours)
+    ours = optax.apply_updates(ours, updates)
+
+  flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
+  tensors = {
+      jax.tree_util.keystr(k): torch.tensor(np.array(v), requires_grad=True)
+      for k, v in flat(params)
+  }
+  head = [t for name, t in tensors.items() if "'fc'" in name]
+  body = [t for name, t in tensors.items() if "'fc'" not in name]
+  rates = tiny_step_plan(config).learning_rate
+  sgd = torch.optim.SGD(
+      [{'params': head, 'lr': 1.0}, {'params': body, 'lr': 0.01}],
+      lr=1.0,
+      momentum=0.8,
+      weight_decay=0.05,
+  )
+  for step, step_grads in enumerate(grads):
+    rate = float(rates(step))
+    sgd.param_groups[0]['lr'], sgd.param_groups[1]['lr'] = rate, 0.01 * rate
+    for (name, _), g in zip(flat(params), jax.tree.leaves(step_grads)):
+      tensors[jax.tree_util.keystr(name)].grad = torch.from_numpy(np.array(g))
+    sgd.step()
+  for name, leaf in flat(ours):
+    np.testing.assert_allclose(
+        leaf, tensors[jax.tree_util.keystr(name)].detach().numpy(), rtol=1e-5
+    )
 
 
 def test_the_schedule_follows_the_config():
