@@ -20,7 +20,7 @@ import pytest
 
 from nbn_jax.training import storage, trained
 from nbn_jax.training.checkpoints import latest_params
-from nbn_jax.training.conversion import write_checkpoint
+from nbn_jax.training.conversion import write_workdir
 from tests import cloud_storage as cloud_storage_lib
 from tests.test_train import FAST, QUICKSTART, ROOT, _environment
 
@@ -279,8 +279,8 @@ def test_the_converter_writes_into_a_bucket(cloud_storage, tmp_path):
   torch_model = torch_models.randomize(torch_resnet32.ResNet32(10, 'nbn'))
   state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
   workdir = f'gs://{cloud_storage.new_bucket()}/converted'
-  write_checkpoint(_cifar_config(), state_dict, workdir)
-  write_checkpoint(_cifar_config(), state_dict, str(tmp_path / 'converted'))
+  write_workdir(_cifar_config(), state_dict, workdir)
+  write_workdir(_cifar_config(), state_dict, str(tmp_path / 'converted'))
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   np.testing.assert_array_equal(
       trained.load(workdir).logits(images),

@@ -45,10 +45,12 @@ from ml_collections import config_flags
 
 import input_pipeline as ip
 from nbn_jax import convert
-from nbn_jax.training import finetune, plan, reporting, results, storage
+from nbn_jax.training import command_line, finetune, plan, reporting
+from nbn_jax.training import results, storage
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
-from nbn_jax.training.errors import ConfigError
+from nbn_jax.training.command_line import UsageError
+from nbn_jax.training.errors import USER_ERRORS, ConfigError
 
 # How a file torch.save wrote begins: a zip archive (PyTorch >= 1.6), or
 # the older format's pickled magic number (protocol 2, LONG1 of 10 bytes).
@@ -103,6 +105,14 @@ def _read_torch_file(path: str, trust: bool):
           'pickle code; if the file comes from a source you trust, add '
           '--trust_checkpoint.'
       ) from None
+    if trust and isinstance(e, (ModuleNotFoundError, AttributeError)):
+      raise convert.CheckpointMismatchError(
+          f'--checkpoint={path} needs the code it was saved with '
+          f'({_first_sentence(e)}): run the converter where that code can be '
+          "imported (its folder on PYTHONPATH), or save the model's state "
+          'dict alone there, torch.save(model.state_dict(), path), and '
+          'convert that.'
+      ) from None
     raise convert.CheckpointMismatchError(
         f'--checkpoint={path} is a damaged PyTorch file ({_first_sentence(e)}).'
         ' Copy or download it again.'
@@ -155,17 +165,14 @@ def load_torch_state_dict(
   }
 
 
-def write_checkpoint(
+def converted_state(
     config: ml_collections.ConfigDict,
     state_dict: Mapping[str, np.ndarray],
-    workdir: str,
     source: str = 'network',
 ):
-  """Converts `state_dict` for `config`'s network into a step-0 checkpoint.
+  """The train state the trainer builds for `config`, with `state_dict`'s
+  parameters and statistics (optimiser state included, fresh).
 
-  The train state (optimiser state included) is the one the trainer builds
-  for `config`, with the converted parameters and statistics, so
-  ``train.py --config.eval_only=True`` evaluates it and a run resumes from it.
   `source`: how `state_dict` holds the network (a key of `SOURCES`).
   """
   if config.num_runs != 1:
@@ -183,18 +190,48 @@ def write_checkpoint(
   variables = SOURCES[source](core.model, state_dict, len(spec.mean))
   state = core.runs.init_state()
   place = lambda new, old: jax.device_put(new, old.sharding)
-  state = state.replace(
+  return state.replace(
       params=jax.tree.map(place, variables['params'], state.params),
       batch_stats=jax.tree.map(
           place, variables['batch_stats'], state.batch_stats
       ),
   )
-  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-  try:
-    checkpoints.save(state, results.empty_record(1), wait=True)
-  finally:
-    checkpoints.close()
-  workdir_lib.record_config(workdir, config.to_dict())
+
+
+def write_workdir(
+    config: ml_collections.ConfigDict,
+    state_dict: Mapping[str, np.ndarray],
+    workdir: str,
+    source: str = 'network',
+    checkpoint: str | None = None,
+):
+  """Converts `state_dict` into a new workdir: a step-0 checkpoint.
+
+  The workdir is claimed as train.py claims one (its lock), and must hold
+  no run: a converted checkpoint never joins or replaces another's. It
+  gets the config (config.json, first, as train.py records it), the
+  checkpoint, which ``train.py --config.eval_only=True`` evaluates and a
+  run resumes or fine-tunes from, and, given the `checkpoint` file's name,
+  what was converted (`record_source`).
+
+  Raises:
+    WorkdirError: the workdir is in use, or holds a run already.
+    ConfigError: the config cannot hold a converted checkpoint.
+  """
+  with workdir_lib.claim(
+      workdir,
+      config.to_dict(),
+      new_only='a converted checkpoint goes into a new --workdir',
+  ):
+    state = converted_state(config, state_dict, source)
+    workdir_lib.record_config(workdir, config.to_dict())
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    try:
+      checkpoints.save(state, results.empty_record(1), wait=True)
+    finally:
+      checkpoints.close()
+    if checkpoint is not None:
+      record_source(workdir, checkpoint, source)
 
 
 def record_source(workdir: str, checkpoint: str, source: str):
@@ -244,7 +281,14 @@ def define_flags(values: flags.FlagValues, argv: list[str]):
 
 
 def parse_flags(argv: list[str]) -> flags.FlagValues:
-  """The command's flags from argv (flags.Error, one line, for bad ones)."""
+  """The command's flags from argv (flags.Error or UsageError, one line, for
+  bad ones); the config file and its overrides are checked as train.py
+  checks them."""
+  config_path = command_line.flag_value(argv, 'config')
+  if config_path is not None:
+    command_line.check_override_names(
+        argv, command_line.load_config_file(config_path)
+    )
   values = flags.FlagValues()
   define_flags(values, argv)
   try:
@@ -273,9 +317,14 @@ def main(argv: list[str]) -> int:
     state_dict = load_torch_state_dict(
         values.checkpoint, values.trust_checkpoint
     )
-    write_checkpoint(values.config, state_dict, values.workdir, values.source)
-    record_source(values.workdir, values.checkpoint, values.source)
-  except (flags.Error, convert.CheckpointMismatchError, ValueError) as e:
+    write_workdir(
+        values.config,
+        state_dict,
+        storage.resolve(values.workdir),
+        values.source,
+        values.checkpoint,
+    )
+  except (flags.Error, UsageError, ValueError, *USER_ERRORS) as e:
     message = str(e).replace('\n', ' ')
     print(f'error: {message}', file=sys.stderr)
     return 1

@@ -168,6 +168,28 @@ def record_config(workdir: str, config: Mapping[str, Any]):
   )
 
 
+def refuse_a_run(workdir: str, why: str):
+  """WorkdirError if `workdir` holds a run: a recorded config or checkpoints.
+
+  `why`: what the caller needs instead, for the message.
+  """
+  held = [
+      name
+      for name, present in (
+          (CONFIG_FILE, storage.exists(storage.join(workdir, CONFIG_FILE))),
+          (
+              'checkpoints',
+              bool(storage.listdir(storage.join(workdir, 'checkpoints'))),
+          ),
+      )
+      if present
+  ]
+  if held:
+    raise WorkdirError(
+        f'{workdir} holds a run already ({" and ".join(held)}); {why}.'
+    )
+
+
 # --- The lock -----------------------------------------------------------------
 
 
@@ -409,8 +431,18 @@ def claim(
     allow_config_change: bool = False,
     process_index: int = 0,
     defaults: Mapping[str, Any] | None = None,
+    new_only: str | None = None,
 ) -> Iterator[dict[str, tuple[Any, Any]]]:
   """Holds `workdir` for one run (see the module docstring).
+
+  Args:
+    workdir: a local folder or a gs:// URL.
+    config: the run's config (as a dict).
+    allow_config_change: continue a run with a config that differs.
+    process_index: this process of the run (its lock's number).
+    defaults: every field's default (`changed_fields`).
+    new_only: refuse a workdir that holds a run (`refuse_a_run`), saying
+      this instead (for the converter, which never joins a run).
 
   Yields:
     The allowed config changes ({} on a new workdir or an unchanged config).
@@ -436,6 +468,8 @@ def claim(
           f'--workdir={workdir} is not writable ({e.strerror or e}).'
       ) from None
     try:
+      if new_only is not None:
+        refuse_a_run(workdir, new_only)
       yield check_unchanged_config(
           workdir, config, allow_config_change, defaults
       )

@@ -17,7 +17,9 @@ from nbn_jax import models
 from nbn_jax.convert import CheckpointMismatchError, from_torch_state_dict
 from nbn_jax.training import conversion, loop, trained
 from nbn_jax.training.checkpoints import latest_params
-from nbn_jax.training.conversion import load_torch_state_dict, write_checkpoint
+from nbn_jax.training import WorkdirError
+from nbn_jax.training import workdir as workdir_lib
+from nbn_jax.training.conversion import load_torch_state_dict, write_workdir
 from tests import torch_models, torch_resnet32, torch_ride
 from tests.fake_data import mock_tfds_cifar
 from tests.nbn_jax.test_convert import ride_logit_differences
@@ -105,6 +107,32 @@ def test_a_file_that_is_not_a_readable_checkpoint_says_what_it_is(
   assert 'trust' not in message  # trusting would not help
 
 
+def test_a_trusted_file_needing_its_authors_code_says_where_to_run(tmp_path):
+  # A pickled object whose class only the author's code defines.
+  path = tmp_path / 'model.pth'
+  torch.save({'model': _AuthorsModel()}, path)
+  module, name = _AuthorsModel.__module__, _AuthorsModel.__qualname__
+  del module
+  with pytest.MonkeyPatch.context() as patch:
+    patch.delattr(sys.modules[__name__], name)  # as without their code
+    with pytest.raises(CheckpointMismatchError) as error:
+      load_torch_state_dict(str(path), trust=True)
+  message = str(error.value)
+  assert message.startswith(
+      f"--checkpoint={path} needs the code it was saved with (Can't get "
+      "attribute '_AuthorsModel'"
+  ), message
+  assert message.endswith(
+      "save the model's state dict alone there, torch.save("
+      'model.state_dict(), path), and convert that.'
+  )
+  assert 'damaged' not in message
+
+
+class _AuthorsModel:
+  """Stands for a model class of the checkpoint author's own code."""
+
+
 def test_objects_besides_tensors_need_trust_and_load_with_it(tmp_path):
   path = _saved(
       tmp_path / 'model.pth',
@@ -159,7 +187,7 @@ def test_converted_checkpoint_evaluates_with_train_py_eval_only(tmp_path):
   )
   config = _cifar_config()
   state_dict = load_torch_state_dict(str(checkpoint))
-  write_checkpoint(config, state_dict, str(tmp_path / 'workdir'))
+  write_workdir(config, state_dict, str(tmp_path / 'workdir'))
 
   rng = np.random.default_rng(0)
   test_labels = rng.permutation(np.repeat(np.arange(10), 4))
@@ -313,4 +341,53 @@ def test_an_unknown_source_is_one_line(tmp_path, capsys):
   error = capsys.readouterr().err.strip()
   assert status == 1 and '\n' not in error
   assert error.startswith('error: flag --source=torchvision: value should be')
+  assert not (tmp_path / 'workdir').exists()
+
+
+def _finished_run(workdir: pathlib.Path) -> dict:
+  """Set-up: a workdir holding a run (its config and a checkpoint)."""
+  workdir.mkdir(parents=True)
+  (workdir / 'config.json').write_text('{"model": "ResNet32"}')
+  (workdir / 'checkpoints' / '472').mkdir(parents=True)
+  return _snapshot(workdir)
+
+
+def _snapshot(folder: pathlib.Path) -> dict:
+  return {
+      str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+      for p in sorted(folder.rglob('*'))
+  }
+
+
+def test_a_workdir_holding_a_run_is_refused_and_left_as_it_was(tmp_path):
+  workdir = tmp_path / 'workdir'
+  before = _finished_run(workdir)
+  with pytest.raises(WorkdirError) as error:
+    write_workdir(_cifar_config(), {}, str(workdir))
+  assert str(error.value) == (
+      f'{workdir} holds a run already (config.json and checkpoints); a '
+      'converted checkpoint goes into a new --workdir.'
+  )
+  assert _snapshot(workdir) == before
+
+
+def test_a_workdir_in_use_by_a_run_is_refused(tmp_path):
+  workdir = tmp_path / 'workdir'
+  with workdir_lib.claim(str(workdir), _cifar_config().to_dict()):
+    with pytest.raises(WorkdirError, match=f'is in use by pid {os.getpid()}'):
+      write_workdir(_cifar_config(), {}, str(workdir))
+
+
+def test_the_command_checks_the_config_as_train_py_does(tmp_path):
+  result = _convert(
+      f'--checkpoint={tmp_path / "x.pth"}',
+      f'--config={ROOT / "configs" / "cifar10_lt.py"}',
+      '--config.lerning_rate=0.1',
+      f'--workdir={tmp_path / "workdir"}',
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: unknown field config.lerning_rate; did you mean '
+      'config.learning_rate?'
+  )
   assert not (tmp_path / 'workdir').exists()
