@@ -18,12 +18,14 @@ from nbn_jax.training import inputs, losses, optim, runs
 from nbn_jax.training.errors import ConfigError
 from nbn_jax.training.topology import BN_SCOPES
 
+# The registries are read as they are at the check (a network or loss
+# registered later, by a test say, is a choice too).
 CHOICES = {
-    'dataset': tuple(ip.DATASETS),
-    'data_source': tuple(ip.SOURCES),
+    'dataset': ip.DATASETS,
+    'data_source': ip.SOURCES,
     'input_path': inputs.INPUT_PATHS,
     'sampler': ip.SAMPLERS,
-    'model': tuple(models.MODELS),
+    'model': models.MODELS,
     'norm': models.NORMS,
     'shortcut': ('A', 'B'),
     'bn_scope': BN_SCOPES,
@@ -59,6 +61,14 @@ MODEL_OPTIONS = (
     'classifier',
     'cosine_scale',
 )
+# The `NBNPlacement` fields as config fields, None unless set; a network
+# without an `nbn_placement` places NBN itself and takes none of them.
+NBN_PLACEMENT_FIELDS = (
+    'nbn_stages',
+    'nbn_block_norms',
+    'nbn_shortcut',
+    'nbn_shared_alpha',
+)
 NON_NEGATIVE = (
     'weight_decay',
     'momentum',
@@ -91,9 +101,9 @@ def check_config(
   for field, allowed in CHOICES.items():
     if config[field] not in allowed:
       raise ConfigError(
-          f'config.{field}={config[field]!r} is not one of {allowed}.'
+          f'config.{field}={config[field]!r} is not one of {tuple(allowed)}.'
       )
-  _check_model_options(config)
+  _check_model_fields(config)
   for field in POSITIVE:
     if not config[field] > 0:
       raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')
@@ -200,17 +210,36 @@ def _check_loss(config: ml_collections.ConfigDict):
     )
 
 
-def _check_model_options(config: ml_collections.ConfigDict):
-  """The `MODEL_OPTIONS` set: the network has them, with sensible values."""
+def _check_model_fields(config: ml_collections.ConfigDict):
+  """The network has a field for every setting that asks for one; the
+  `MODEL_OPTIONS` set have sensible values."""
   network = models.MODELS[config.model]
-  for field in MODEL_OPTIONS:
-    if config[field] is not None and not models.takes_field(network, field):
+  unset = 'leave it unset'
+  demands = (  # (config field, model field, whether asked, how not to ask)
+      ('logit_norm', 'logit_norm', config.logit_norm, 'set it to False'),
+      ('half_precision', 'dtype', config.half_precision, 'set it to False'),
+      (
+          'bn_scope',
+          'bn_axis_name',
+          config.bn_scope == 'group',
+          "use 'global' or 'device'",
+      ),
+      *(
+          (field, 'nbn_placement', config[field] is not None, unset)
+          for field in NBN_PLACEMENT_FIELDS
+      ),
+      *((f, f, config[f] is not None, unset) for f in MODEL_OPTIONS),
+  )
+  for field, model_field, asked, fix in demands:
+    if asked and not models.takes_field(network, model_field):
       having = [
-          n for n, m in models.MODELS.items() if models.takes_field(m, field)
+          n
+          for n, m in models.MODELS.items()
+          if models.takes_field(m, model_field)
       ]
       raise ConfigError(
           f'config.{field}={config[field]!r}: {config.model} has no '
-          f'{field}; leave it unset, or choose one of {having}.'
+          f'{model_field}; {fix}, or choose one of {having}.'
       )
   if config.classifier is not None and (
       config.classifier not in models.CLASSIFIERS
