@@ -5,6 +5,7 @@ else) trains, evaluates, re-trains its classifier and reports its
 features through the trainer as it stands.
 """
 
+import contextlib
 import json
 from typing import Any
 
@@ -54,14 +55,21 @@ class TinyConvNet(nn.Module):
     return jnp.asarray(logits, jnp.float32)
 
 
+@contextlib.contextmanager
+def _registered(name, cls):
+  """`cls` in `models.MODELS` as `name` inside the block."""
+  models.named_network(name, cls, f'{cls.__name__}, for a test.')
+  try:
+    yield models.MODELS[name]
+  finally:
+    del models.MODELS[name]
+
+
 @pytest.fixture
 def tiny_network():
   """`TinyConvNet` in `models.MODELS` for the test, as `TINY`."""
-  models.named_network(TINY, TinyConvNet, 'A network that is not a ResNet.')
-  try:
-    yield models.MODELS[TINY]
-  finally:
-    del models.MODELS[TINY]
+  with _registered(TINY, TinyConvNet) as network:
+    yield network
 
 
 # --- The contract, as code ------------------------------------------------------
@@ -171,6 +179,19 @@ def test_a_setting_the_network_has_no_field_for_is_one_line(
     checks.check_config(config, 8, process_count=1)
   assert f'config.{field}=' in str(error.value)
   assert '\n' not in str(error.value)
+
+
+def test_half_precision_needs_a_network_with_a_dtype():
+  class Float32Only(nn.Module):
+    num_classes: int
+    norm: str = 'bn'
+
+  with _registered('Float32Only', Float32Only):
+    config = tiny_config(model='Float32Only', half_precision=True)
+    with pytest.raises(
+        ConfigError, match='Float32Only has no dtype; set it to False'
+    ):
+      checks.check_config(config, 8, process_count=1)
 
 
 # --- A network that is not a ResNet, through the trainer ------------------------
