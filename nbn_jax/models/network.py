@@ -84,7 +84,7 @@ def describe_output(name: str) -> Output:
   """Its `OUTPUT_DESCRIPTIONS` entry, or words for an output no network
   here returns."""
   return OUTPUT_DESCRIPTIONS.get(
-      name, Output(f'output {name!r}', f'a model with {name!r}')
+      name, Output(f'output {name!r}', f'a network returning {name!r}')
   )
 
 

@@ -179,34 +179,51 @@ def check_config(
 
 
 def _check_loss(config: ml_collections.ConfigDict):
-  """The loss's fields, and the model it needs."""
+  """The loss's registry entry, the settings it names, the outputs it reads
+  (the model must produce them) and the epoch it switches at."""
   if not 0 <= config.drw_beta < 1:
     raise ConfigError(
         f'config.drw_beta={config.drw_beta!r} must be in [0, 1) (0: no '
         're-weighting; DRW uses 0.9999).'
     )
-  network = models.MODELS[config.model]
-  if config.loss in losses.ENSEMBLE_LOSSES and not models.takes_field(
-      network, 'num_experts'
-  ):
-    ensembles = [
-        name
-        for name, other in models.MODELS.items()
-        if models.takes_field(other, 'num_experts')
-    ]
+  spec = losses.LOSSES[config.loss]
+  if not isinstance(spec, losses.LossSpec):
     raise ConfigError(
-        f'config.loss={config.loss!r} needs an ensemble model (per-expert '
-        f'logits); config.model={config.model!r} is not one. Choose one of '
-        f'{ensembles}, or a loss for one network (e.g. ldam_drw).'
+        f'config.loss={config.loss!r} is registered as a '
+        f'{type(spec).__name__}, not a losses.LossSpec; register '
+        'LossSpec(its function, reads=..., settings=...).'
     )
-  if (
-      config.loss in losses.REWEIGHTING_LOSSES
-      and config.drw_epoch >= config.num_epochs
-  ):
+  for field in spec.setting_names:
+    if field not in config:
+      raise ConfigError(
+          f'config.loss={config.loss!r} takes the setting {field!r}, which '
+          f'the config lacks; add config.{field} to configs/default.py.'
+      )
+  produced = models.outputs_of(models.MODELS[config.model])
+  for output in spec.reads:
+    if output not in produced:
+      producers = [
+          name
+          for name, network in models.MODELS.items()
+          if set(spec.reads) <= set(models.outputs_of(network))
+      ]
+      what = models.describe_output(output)
+      choose = (
+          f'Choose one of {producers}, or a loss for one network (e.g. '
+          'ldam_drw).'
+          if producers
+          else 'No network registered returns it; choose another loss.'
+      )
+      raise ConfigError(
+          f'config.loss={config.loss!r} needs {what.producer} (it reads its '
+          f'{what.what}); config.model={config.model!r} is not one. {choose}'
+      )
+  field = spec.switch_epoch
+  if field is not None and config[field] >= config.num_epochs:
     raise ConfigError(
-        f'config.drw_epoch={config.drw_epoch!r} is not before the end of the '
+        f'config.{field}={config[field]!r} is not before the end of the '
         f'run (config.num_epochs={config.num_epochs!r}): loss '
-        f'{config.loss!r} would never re-weight. Set an earlier drw_epoch.'
+        f'{config.loss!r} would never switch. Set an earlier {field}.'
     )
 
 

@@ -227,12 +227,10 @@ def build_optimizer(
   return tx, schedule
 
 
-def loss_settings(config: ml_collections.ConfigDict) -> losses.LossSettings:
-  """The losses' constants: the config fields named as `LossSettings`'."""
-  return losses.LossSettings(**{
-      field.name: config[field.name]
-      for field in dataclasses.fields(losses.LossSettings)
-  })
+def loss_settings(config: ml_collections.ConfigDict) -> losses.Settings:
+  """The constants of `config.loss`: the config fields its spec names."""
+  spec = losses.LOSSES[config.loss]
+  return {field: config[field] for field in spec.setting_names}
 
 
 def build_step_config(

@@ -72,7 +72,7 @@ def tiny_network():
     yield network
 
 
-# --- The contract, as code ------------------------------------------------------
+# --- The contract, as code ----------------------------------------------------
 
 
 def test_a_class_without_the_required_fields_is_refused_at_registration():
@@ -123,7 +123,7 @@ def test_every_resnet_names_its_classifier_as_the_contract_says():
     assert heads
 
 
-# --- The plan gives a network only what it takes --------------------------------
+# --- The plan gives a network only what it takes ------------------------------
 
 
 def test_the_plan_passes_only_the_fields_a_network_has(tiny_network):
@@ -194,7 +194,7 @@ def test_half_precision_needs_a_network_with_a_dtype():
       checks.check_config(config, 8, process_count=1)
 
 
-# --- A network that is not a ResNet, through the trainer ------------------------
+# --- A network that is not a ResNet, through the trainer ----------------------
 
 
 def test_it_trains_and_evaluates_through_the_plans_steps(tiny_network):
