@@ -5,7 +5,7 @@ and returns the run layout it checked (how the runs sit on the devices), so
 nothing downstream checks or lays out again. Each rule is written once: the
 choices come from the registries of the parts that implement them (models,
 datasets and their sources, losses, schedules, BN scopes), and the rules
-about devices and batch sizes are `runs.run_layout`'s.
+about devices and batch sizes are `topology.run_layout`'s.
 
 Like the plan, this module reads the `ConfigDict`; nothing else does.
 """
@@ -14,9 +14,8 @@ import ml_collections
 
 import input_pipeline as ip
 from nbn_jax import models
-from nbn_jax.training import inputs, losses, optim, runs
+from nbn_jax.training import inputs, losses, optim, runs, topology
 from nbn_jax.training.errors import ConfigError
-from nbn_jax.training.topology import BN_SCOPES
 
 # The registries are read as they are at the check (a network or loss
 # registered later, by a test say, is a choice too).
@@ -28,7 +27,7 @@ CHOICES = {
     'model': models.MODELS,
     'norm': models.NORMS,
     'shortcut': ('A', 'B'),
-    'bn_scope': BN_SCOPES,
+    'bn_scope': topology.BN_SCOPES,
     'schedule': optim.SCHEDULES,
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
     'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
@@ -87,7 +86,7 @@ NON_NEGATIVE = (
 
 def check_config(
     config: ml_collections.ConfigDict, device_count: int, process_count: int
-) -> runs.RunLayout:
+) -> topology.RunLayout:
   """Raises ConfigError naming the first bad field; returns the run layout.
 
   Every combination that passes trains: bn_scope x input_path x num_runs on
@@ -164,7 +163,7 @@ def check_config(
         'config.few_threshold must not exceed config.many_threshold.'
     )
   try:
-    return runs.run_layout(
+    return topology.run_layout(
         config.num_runs,
         device_count,
         config.batch_size,
@@ -174,7 +173,7 @@ def check_config(
         config.run_shards,
         process_count if config.input_path == 'tf_data' else 1,
     )
-  except runs.RunLayoutError as e:
+  except topology.RunLayoutError as e:
     raise ConfigError(str(e)) from None
 
 

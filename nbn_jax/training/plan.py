@@ -28,7 +28,7 @@ from nbn_jax.training import checks, finetune, inputs, losses, metrics, optim
 from nbn_jax.training import runs, steps
 from nbn_jax.training.errors import ConfigError
 from nbn_jax.training.evaluation import Evaluator
-from nbn_jax.training.topology import Topology, make_topology
+from nbn_jax.training.topology import RunLayout, Topology, make_topology
 
 # Config fields handed, unless None, to the networks that have a field of
 # that name (the others are `checks.MODEL_OPTIONS`, refused there when set).
@@ -50,7 +50,7 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
 
 def build_topology(
     config: ml_collections.ConfigDict,
-    layout: runs.RunLayout,
+    layout: RunLayout,
     devices: Sequence[jax.Device],
 ) -> Topology:
   """The mesh; with a leading 'runs' axis when config.num_runs > 1."""
@@ -361,7 +361,7 @@ class StepPlan:
 
 def _build_step_plan(
     config: ml_collections.ConfigDict,
-    layout: runs.RunLayout,
+    layout: RunLayout,
     spec: ip.DatasetSpec,
     train_counts: np.ndarray,
     image_shape: tuple[int, ...],
@@ -399,7 +399,7 @@ def _build_step_plan(
 def _check(
     config: ml_collections.ConfigDict,
     devices: Sequence[jax.Device] | None,
-) -> tuple[runs.RunLayout, list[jax.Device]]:
+) -> tuple[RunLayout, list[jax.Device]]:
   devices = list(jax.devices() if devices is None else devices)
   return (
       checks.check_config(config, len(devices), jax.process_count()),

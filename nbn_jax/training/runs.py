@@ -13,12 +13,11 @@ streams and each run's slice; none of them branches on K.
   of the train state has a leading run axis of size K, and the steps map
   the single-run step (`steps.apply_batch`) over it.
 
-Layout (`run_layout`; `topology.make_topology(..., run_shards)`): with K > 1
-the mesh is ('runs', 'data'), or ('runs', 'replica', 'bn_group') for
-bn_scope 'group'. The run axis of the state and of the training batches is
-split over 'runs'; each run's batch is split over the data axes, so a run
-may span several devices and a device may hold several runs. By default
-the 'runs' axis has gcd(K, devices) devices.
+Layout (`topology.run_layout`, `topology.make_topology(..., run_shards)`):
+with K > 1 the mesh is ('runs', 'data'), or ('runs', 'replica', 'bn_group')
+for bn_scope 'group'. The run axis of the state and of the training batches
+is split over 'runs'; each run's batch is split over the data axes, so a run
+may span several devices and a device may hold several runs.
 
 Mapping over runs (`run_axis`, default `default_run_axis()`):
 * 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
@@ -47,7 +46,6 @@ stops when every run has.
 import abc
 import dataclasses
 import functools
-import math
 import os
 from typing import Any, Callable, Iterable, Iterator
 
@@ -60,105 +58,9 @@ from jax.sharding import NamedSharding
 import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax.training import inputs, steps
-from nbn_jax.training.topology import RUNS_AXIS, Topology, check_bn_group
+from nbn_jax.training.topology import RUNS_AXIS, Topology
 
 RUN_AXIS_MAPS = ('vmap', 'unroll')
-
-
-class RunLayoutError(ValueError):
-  """`num_runs` and the devices (or batch sizes) do not fit together."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunLayout:
-  """How K runs sit on the devices.
-
-  Attributes:
-    num_runs: K.
-    run_shards: devices along the 'runs' mesh axis; each holds K /
-      run_shards runs.
-    data_shards: devices each run's batch is split over.
-  """
-
-  num_runs: int
-  run_shards: int
-  data_shards: int
-
-  @property
-  def mesh_run_shards(self) -> int | None:
-    """The 'runs' mesh axis size; None for one run (a mesh without one)."""
-    return self.run_shards if self.num_runs > 1 else None
-
-
-def run_layout(
-    num_runs: int,
-    device_count: int,
-    batch_size: int,
-    eval_batch_size: int,
-    bn_scope: str = 'global',
-    bn_group_size: int = 1,
-    run_shards: int = 0,
-    feeding_hosts: int = 1,
-) -> RunLayout:
-  """Checks that K runs (K = 1 included) fit the devices and batch sizes.
-
-  The one place these rules are written; the config checks call it.
-
-  Args:
-    num_runs: K (config.num_runs).
-    device_count: all devices of all hosts.
-    batch_size: each run's global training batch.
-    eval_batch_size: the evaluation batch (shared by all runs).
-    bn_scope, bn_group_size: the BN statistics scope.
-    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices), or
-      1 when several hosts feed the batches.
-    feeding_hosts: hosts that each feed a slice of every run's batch (the
-      tf.data input path on a pod). With more than one, the 'runs' axis
-      must have one shard: a host's slice holds examples of every run.
-
-  Raises:
-    RunLayoutError: a one-line message naming the config field to change.
-  """
-  if num_runs < 1:
-    raise RunLayoutError(f'config.num_runs={num_runs} must be >= 1.')
-  if run_shards == 0:
-    run_shards = 1 if feeding_hosts > 1 else math.gcd(num_runs, device_count)
-  if feeding_hosts > 1 and run_shards != 1:
-    raise RunLayoutError(
-        f'config.run_shards={run_shards} must be 1 (or 0) when '
-        f'{feeding_hosts} hosts feed the batches (config.input_path='
-        "'tf_data'): each host's slice holds examples of every run."
-    )
-  if run_shards < 1 or num_runs % run_shards or device_count % run_shards:
-    raise RunLayoutError(
-        f'config.run_shards={run_shards} must divide both config.num_runs='
-        f'{num_runs} and the {device_count} devices (0 picks a layout).'
-    )
-  data_shards = device_count // run_shards
-  for field, size in (
-      ('batch_size', batch_size),
-      ('eval_batch_size', eval_batch_size),
-  ):
-    if size % data_shards:
-      where = f'the {data_shards} devices'
-      if run_shards > 1:
-        where += (
-            f' of each run ({device_count} devices, {run_shards} run shards '
-            f'for config.num_runs={num_runs})'
-        )
-      raise RunLayoutError(
-          f'config.{field}={size} is not divisible by {where}; use a '
-          f'multiple of {data_shards}.'
-      )
-  if bn_scope == 'group':
-    try:
-      check_bn_group(bn_group_size, data_shards)
-    except ValueError as e:
-      each = ' of each run' if run_shards > 1 else ''
-      raise RunLayoutError(
-          f'config.{e}{each} (config.bn_scope=group).'
-      ) from None
-  return RunLayout(num_runs, run_shards, data_shards)
 
 
 def run_seeds(seed: int, num_runs: int) -> list[int]:

@@ -12,7 +12,7 @@ import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax import models
 from nbn_jax.training import inputs, losses, runs, steps
-from nbn_jax.training.topology import make_topology
+from nbn_jax.training.topology import make_topology, run_layout
 
 BATCH = 16
 SEED = 5
@@ -58,7 +58,7 @@ def _toy_split():
 
 
 def _run_topology(num_runs, devices, bn_scope='global', group=1, shards=0):
-  layout = runs.run_layout(
+  layout = run_layout(
       num_runs, len(devices), BATCH, BATCH, bn_scope, group, shards
   )
   return make_topology(
@@ -338,52 +338,6 @@ def test_run_keys_are_each_seeds_single_run_keys():
     np.testing.assert_array_equal(
         jax.random.key_data(data_keys[k]), jax.random.key_data(data_key)
     )
-
-
-def test_default_layouts():
-  assert runs.run_layout(4, 8, 16, 16) == runs.RunLayout(4, 4, 2)
-  assert runs.run_layout(3, 8, 16, 16) == runs.RunLayout(3, 1, 8)
-  assert runs.run_layout(16, 8, 16, 16) == runs.RunLayout(16, 8, 1)
-  assert runs.run_layout(4, 8, 16, 16, 'device') == runs.RunLayout(4, 4, 2)
-  # Hosts that feed slices of every run's batch: the runs share all devices.
-  assert runs.run_layout(4, 8, 16, 16, feeding_hosts=2) == runs.RunLayout(
-      4, 1, 8
-  )
-
-
-@pytest.mark.parametrize(
-    'kwargs, message',
-    [
-        (dict(num_runs=0), r'config.num_runs=0 must be >= 1'),
-        (dict(num_runs=4, run_shards=3), r'config.run_shards=3 must divide'),
-        (dict(num_runs=16, run_shards=16), r'config.run_shards=16 must divide'),
-        (
-            dict(num_runs=4, run_shards=2, feeding_hosts=2),
-            r'config.run_shards=2 must be 1 \(or 0\) when 2 hosts feed',
-        ),
-        (
-            dict(num_runs=3, batch_size=12),
-            r'config.batch_size=12 is not divisible by the 8 devices',
-        ),
-        (
-            dict(num_runs=2, eval_batch_size=6),
-            r'config.eval_batch_size=6 .* multiple of 4',
-        ),
-        (
-            dict(num_runs=2, bn_scope='group', bn_group_size=8),
-            r'config.bn_group_size=8 must divide the 4 devices of each run',
-        ),
-        (
-            dict(num_runs=1, bn_scope='group', bn_group_size=3),
-            r'config.bn_group_size=3 must divide the 8 devices',
-        ),
-    ],
-)
-def test_runs_that_do_not_fit_the_devices_get_a_one_line_error(kwargs, message):
-  settings = dict(device_count=8, batch_size=16, eval_batch_size=16) | kwargs
-  with pytest.raises(runs.RunLayoutError, match=message) as error:
-    runs.run_layout(**settings)
-  assert '\n' not in str(error.value)
 
 
 @pytest.mark.slow
