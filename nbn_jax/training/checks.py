@@ -14,7 +14,7 @@ import ml_collections
 
 import input_pipeline as ip
 from nbn_jax import models
-from nbn_jax.training import inputs, losses, optim, runs, topology
+from nbn_jax.training import inputs, losses, optim, run_axis, topology
 from nbn_jax.training.errors import ConfigError
 
 # The registries are read as they are at the check (a network or loss
@@ -30,7 +30,7 @@ CHOICES = {
     'bn_scope': topology.BN_SCOPES,
     'schedule': optim.SCHEDULES,
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
-    'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
+    'run_axis': ('auto', *run_axis.RUN_AXIS_MAPS),
     'loss': losses.LOSSES,
     'trainable': ('all', 'classifier'),
 }

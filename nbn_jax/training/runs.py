@@ -9,7 +9,8 @@ streams and each run's slice; none of them branches on K.
   trainer's single-run steps (`nbn_jax.training.steps`).
 * `StackedRuns` (K > 1): run k is the run a single program with seed
   `seed + k` would train: its own initialisation, data order and
-  augmentation (`run_keys`; the tf.data path: `train_batches`). Every leaf
+  augmentation (`run_axis.run_keys`; the tf.data path:
+  `inputs.train_batches`). Every leaf
   of the train state has a leading run axis of size K, and the steps map
   the single-run step (`steps.apply_batch`) over it.
 
@@ -19,14 +20,9 @@ for bn_scope 'group'. The run axis of the state and of the training batches
 is split over 'runs'; each run's batch is split over the data axes, so a run
 may span several devices and a device may hold several runs.
 
-Mapping over runs (`run_axis`, default `default_run_axis()`):
-* 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
-  kernels differ per run become grouped convolutions (one group per run).
-* 'unroll': a Python loop over the runs inside the one jitted program; the
-  program grows K-fold, but every convolution is the single run's. XLA:CPU
-  runs grouped convolutions slowly (measured, bench/timing/many_runs.py,
-  ResNet-32 batch 128: per-run step time at K = 2 is 2.4x a single run's
-  with 'vmap', 1.02x with 'unroll'), so CPUs unroll.
+The run axis (each run's seed and keys, mapping a one-run function over
+it, run k's slice) is `nbn_jax.training.run_axis`'s; K tf.data streams are
+stacked by `inputs.train_batches`.
 
 BN statistics scopes: all three work with any layout. The topology shows
 `steps` one run's topology: its `data_axes` leave 'runs' out, so the
@@ -47,7 +43,7 @@ import abc
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -58,68 +54,14 @@ from jax.sharding import NamedSharding
 import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax.training import inputs, steps
-from nbn_jax.training.topology import RUNS_AXIS, Topology
-
-RUN_AXIS_MAPS = ('vmap', 'unroll')
-
-
-def run_seeds(seed: int, num_runs: int) -> list[int]:
-  return [seed + k for k in range(num_runs)]
-
-
-def run_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, data key) of one run: split(key(seed)); of K > 1 runs, (K,)
-  keys each, run k's those of a single run with seed `seed + k`."""
-  if num_runs == 1:
-    init_key, data_key = jax.random.split(jax.random.key(seed))
-    return init_key, data_key
-  keys = jnp.stack(
-      [jax.random.split(jax.random.key(s)) for s in run_seeds(seed, num_runs)]
-  )
-  return keys[:, 0], keys[:, 1]
-
-
-def select_run(tree, k: int):
-  """Run k's slice of a stacked tree (a state, metrics, class hits)."""
-  return jax.tree.map(lambda x: x[k], tree)
-
-
-def default_run_axis() -> str:
-  """'unroll' on CPU (slow grouped convolutions), 'vmap' elsewhere."""
-  return 'unroll' if jax.default_backend() == 'cpu' else 'vmap'
-
-
-def map_runs(fn: Callable, in_axes, run_axis: str = 'vmap') -> Callable:
-  """`fn` of one run -> `fn` of K stacked runs (outputs stacked on axis 0).
-
-  Args:
-    fn: a function of one run's arguments.
-    in_axes: per positional argument, 0 (stacked over runs) or None
-      (shared by all runs), as in `jax.vmap`.
-    run_axis: 'vmap' (one batched program) or 'unroll' (a Python loop over
-      the runs, for backends where grouped convolutions are slow).
-  """
-  if run_axis == 'vmap':
-    # The run axis of every intermediate (and of shard_map's blocks) is
-    # split over 'runs'.
-    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=RUNS_AXIS)
-  if run_axis != 'unroll':
-    raise ValueError(f'run_axis={run_axis!r} is not one of {RUN_AXIS_MAPS}.')
-
-  def unrolled(*args):
-    stacked = [a for a, axis in zip(args, in_axes) if axis == 0]
-    count = jax.tree.leaves(stacked[0])[0].shape[0]
-    outputs = [
-        fn(*(
-            select_run(a, k) if axis == 0 else a
-            for a, axis in zip(args, in_axes)
-        ))
-        for k in range(count)
-    ]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
-
-  return unrolled
-
+from nbn_jax.training.run_axis import (
+    default_run_axis,
+    map_runs,
+    run_keys,
+    run_seeds,
+    select_run,
+)
+from nbn_jax.training.topology import Topology
 
 def _all_finite(tree) -> jax.Array:
   return jnp.all(
@@ -446,7 +388,7 @@ class StackedRuns(Runs):
     return jax.jit(step, out_shardings=self.topology.replicated)
 
   def train_stream(self, split, preprocessing, sampler, first_step):
-    return train_batches(
+    return inputs.train_batches(
         split,
         preprocessing,
         sampler,
@@ -486,33 +428,3 @@ def make_runs(
       count=num_runs,
       run_axis=default_run_axis() if run_axis == 'auto' else run_axis,
   )
-
-
-def train_batches(
-    split: ip.Split,
-    preprocessing: ip.Preprocessing,
-    sampler: ip.SamplerSpec,
-    global_batch_size: int,
-    seeds: list[int],
-    first_step: int,
-) -> Iterator[dict[str, np.ndarray]]:
-  """K tf.data training streams, one per seed, stacked.
-
-  Stream k is `inputs.tf_data_stream` with `seeds[k]`, the one a single run
-  with that seed reads. Yields {'image': (K, per_host_batch, H, W, C)
-  uint8, 'label': (K, per_host_batch)}.
-  """
-  return stack_runs([
-      inputs.tf_data_stream(
-          split, preprocessing, sampler, global_batch_size, s, first_step
-      )
-      for s in seeds
-  ])
-
-
-def stack_runs(
-    streams: Iterable[Iterator[dict[str, np.ndarray]]],
-) -> Iterator[dict[str, np.ndarray]]:
-  """Zips per-run batch streams into batches with a leading run axis."""
-  for batches in zip(*streams):
-    yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}
