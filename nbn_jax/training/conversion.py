@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 import input_pipeline as ip
 from nbn_jax import convert
-from nbn_jax.training import plan, results
+from nbn_jax.training import plan, records
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.errors import ConfigError
@@ -170,7 +170,9 @@ def write_checkpoint(
   )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   try:
-    checkpoints.save(state, results.empty_record(1), wait=True)
+    checkpoints.save(
+        state, records.to_checkpoint([records.RunRecord()]), wait=True
+    )
   finally:
     checkpoints.close()
   workdir_lib.record_config(workdir, config.to_dict())
