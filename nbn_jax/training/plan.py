@@ -99,14 +99,14 @@ def build_model(
           if value is not None and models.takes_field(network, field)
       },
   )
-  overrides = nbn_placement_overrides(config)
+  overrides = _nbn_placement_overrides(config)
   if not overrides:
     return model
   placement = dataclasses.replace(model.nbn_placement, **overrides)
   return model.clone(nbn_placement=placement)
 
 
-def nbn_placement_overrides(config: ml_collections.ConfigDict) -> dict:
+def _nbn_placement_overrides(config: ml_collections.ConfigDict) -> dict:
   """The `NBNPlacement` fields the config's `nbn_*` fields set."""
   overrides = {
       field.removeprefix('nbn_'): config[field]
