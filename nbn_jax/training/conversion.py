@@ -44,7 +44,7 @@ from ml_collections import config_flags
 
 import input_pipeline as ip
 from nbn_jax import convert
-from nbn_jax.training import finetune, plan, reporting, results
+from nbn_jax.training import finetune, plan, records, reporting
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.errors import ConfigError
@@ -190,7 +190,9 @@ def write_checkpoint(
   )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   try:
-    checkpoints.save(state, results.empty_record(1), wait=True)
+    checkpoints.save(
+        state, records.to_checkpoint([records.RunRecord()]), wait=True
+    )
   finally:
     checkpoints.close()
   workdir_lib.record_config(workdir, config.to_dict())
