@@ -81,6 +81,11 @@ def test_the_repository_keeps_every_contract(tmp_path):
             "The converter's name mapping imports only jax, flax and numpy",
         ),
         (
+            'nbn_jax/training/loop.py',
+            'import nbn_jax.analysis.features',
+            'The trainer does not import the analyses of its runs',
+        ),
+        (
             'nbn_jax/training/runs.py',
             'import configs',
             (

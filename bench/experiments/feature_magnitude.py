@@ -5,7 +5,7 @@
 
 Prints, per arm (BN, NBN), each class's mean feature magnitude from head to
 tail and how it falls (slope, tail / head, spearman, cv): see
-`nbn_jax.training.features` for the definitions.
+`nbn_jax.analysis.features` for the definitions.
 
 --data-dir and --cache-dir replace the run's own data paths (workdirs
 brought back from another machine).
@@ -15,7 +15,7 @@ import argparse
 import collections
 import sys
 
-from nbn_jax.training import features
+from nbn_jax.analysis import features
 
 
 def main():

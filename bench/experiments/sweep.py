@@ -33,8 +33,8 @@ import time
 import numpy as np
 
 from bench.experiments.cifar10_lt_accuracy import train_command
+from nbn_jax.analysis.comparison import paired_differences
 from nbn_jax.training import results
-from nbn_jax.training.comparison import paired_differences
 
 ARMS = {
     'bn': ['--config.norm=bn'],

@@ -42,7 +42,8 @@ from bench.timing.cifar import (
 )
 import input_pipeline as ip
 from input_pipeline import on_device
-from nbn_jax.training import inputs, runs
+from nbn_jax.training import inputs
+from nbn_jax.training.run_axis import default_run_axis
 
 STEPS_PER_EPOCH = 97
 
@@ -93,7 +94,7 @@ def main():
   parser.add_argument('--runs', default='2,4,8,16')
   parser.add_argument(
       '--run-axis',
-      default=runs.default_run_axis(),
+      default=default_run_axis(),
       help='vmap, unroll or both (default: unroll on CPU, else vmap)',
   )
   parser.add_argument('--batch', type=int, default=128)

@@ -47,9 +47,10 @@ from bench.timing.cifar import (
     machine,
     step_plan,
 )
-from nbn_jax.training import metrics, runs, steps
+from nbn_jax.training import metrics, steps
 from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.inputs import to_global
+from nbn_jax.training.run_axis import default_run_axis
 
 
 def test_split(num_images: int) -> ip.Split:
@@ -126,7 +127,7 @@ def main():
   parser.add_argument('--runs', default='2')
   parser.add_argument(
       '--run-axis',
-      default=runs.default_run_axis(),
+      default=default_run_axis(),
       help='unroll, vmap or both (default: unroll on CPU, else vmap)',
   )
   parser.add_argument('--test-images', type=int, default=10_000)

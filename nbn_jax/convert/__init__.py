@@ -58,6 +58,7 @@ import numpy as np
 from nbn_jax.folding import unfold_bn
 from nbn_jax.models.cifar_resnet import CifarResNet
 from nbn_jax.models.common import MODELS, NBN_ALPHA
+from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM
 
 Path = tuple[str, ...]
 # The reference's NBN scalars; entry 0 is the one its ResNets read, entries
@@ -100,8 +101,8 @@ def _torch_module(name: str, cifar: bool, expert: int | None) -> str:
   return {
       'downsample_conv': f'{shortcut}.0',
       'downsample_bn': f'{shortcut}.1',
-      'fc': head,
-      'logit_norm': f'{head}.bn',  # the reference's Linear_fcbn_notaffine
+      CLASSIFIER: head,
+      LOGIT_NORM: f'{head}.bn',  # the reference's Linear_fcbn_notaffine
   }.get(name, name)
 
 
@@ -163,7 +164,9 @@ def _to_flax(
     array = entries[entry]
   elif array.ndim == 4:  # conv (O, I/g, kh, kw) -> (kh, kw, I/g, O)
     array = array.transpose(2, 3, 1, 0)
-  elif array.ndim == 2 and not (cosine and path[-2:] == ('fc', 'kernel')):
+  elif array.ndim == 2 and not (
+      cosine and path[-2:] == (CLASSIFIER, 'kernel')
+  ):
     array = array.T  # linear (out, in) -> (in, out)
   if array.shape != like.shape:
     raise CheckpointMismatchError(

@@ -2,7 +2,8 @@
 their RIDE ensembles (`nbn_jax.models.ride`).
 
 `MODELS` names every network (`config.model` chooses from it); a new
-network registers itself with `common.named_network` in its own module.
+network keeps the contract of `nbn_jax.models.network` (`Network`) and
+registers itself with `named_network` in its own module.
 """
 
 from nbn_jax.models.blocks import BasicBlock, BottleneckBlock
@@ -14,11 +15,22 @@ from nbn_jax.models.cifar_resnet import (
 )
 from nbn_jax.models.common import (
     CLASSIFIERS,
-    MODELS,
     NORMS,
     NBNPlacement,
     NormSwitchedResNet,
     ResidualBlock,
+)
+from nbn_jax.models.network import (
+    CLASSIFIER,
+    EXPERT_LOGITS,
+    LOGIT_NORM,
+    LOGITS,
+    MODELS,
+    OPTIONAL_FIELDS,
+    Network,
+    describe_output,
+    named_network,
+    outputs_of,
     takes_field,
 )
 from nbn_jax.models.resnet import (
@@ -31,8 +43,6 @@ from nbn_jax.models.resnet import (
     ResNeXt50,
 )
 from nbn_jax.models.ride import (
-    EXPERT_LOGITS,
-    LOGITS,
     RIDE_LAST_STAGE_NBN,
     RIDE_LAYER4_NBN,
     RIDECifarResNet,
@@ -48,15 +58,19 @@ from nbn_jax.models.ride import (
 __all__ = [
     'BasicBlock',
     'BottleneckBlock',
+    'CLASSIFIER',
     'CLASSIFIERS',
     'CifarResNet',
     'EXPERT_LOGITS',
     'LAST_STAGE_NBN',
     'LAYER4_NBN',
     'LOGITS',
+    'LOGIT_NORM',
     'MODELS',
     'NORMS',
     'NBNPlacement',
+    'Network',
+    'OPTIONAL_FIELDS',
     'NormSwitchedResNet',
     'RIDECifarResNet',
     'RIDEEnsemble',
@@ -77,5 +91,8 @@ __all__ = [
     'ResNet152',
     'ResNeXt50',
     'ResidualBlock',
+    'describe_output',
+    'named_network',
+    'outputs_of',
     'takes_field',
 ]

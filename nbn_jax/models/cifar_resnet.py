@@ -9,8 +9,8 @@ from nbn_jax.models.common import (
     LayerDefs,
     NBNPlacement,
     NormSwitchedResNet,
-    named_network,
 )
+from nbn_jax.models.network import named_network
 
 Array = jax.Array
 

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM
 from nbn_jax.normalization import NormalizedBatchNorm
 
 Array = jax.Array
@@ -292,7 +293,7 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
     x = jnp.mean(features, axis=(1, 2))
     if self.classifier == 'cosine':
       x = CosineClassifier(
-          self.num_classes, self.cosine_scale, self.dtype, name='fc'
+          self.num_classes, self.cosine_scale, self.dtype, name=CLASSIFIER
       )(x)
     else:
       x = nn.Dense(
@@ -300,10 +301,10 @@ class NormSwitchedResNet(nn.Module, kw_only=True):
           dtype=self.dtype,
           kernel_init=self.KERNEL_INITS.fc,
           bias_init=torch_linear_bias_init(features.shape[-1]),
-          name='fc',
+          name=CLASSIFIER,
       )(x)
     if self.logit_norm:
-      x = layers.norm(use_scale=False, use_bias=False, name='logit_norm')(x)
+      x = layers.norm(use_scale=False, use_bias=False, name=LOGIT_NORM)(x)
     return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
 
 
@@ -352,35 +353,6 @@ class CosineClassifier(nn.Module):
     kernel = l2_normalize(jnp.asarray(kernel, wide), axis=0)
     cosine = jnp.asarray(x, self.dtype) @ jnp.asarray(kernel, self.dtype)
     return self.scale * cosine
-
-
-# Every named network, by name: what `config.model` chooses from. Filled by
-# `named_network` as the model modules define their networks.
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def named_network(
-    name: str, cls: type[nn.Module], doc: str, **fixed: Any
-) -> Callable[..., nn.Module]:
-  """Registers `name` in `MODELS`: `cls` with `fixed` fields, classes first.
-
-  ``ResNet50(1000)`` and ``ResNet50(num_classes=1000, norm='bn')`` both
-  work; other fields are keywords. The builder's `module_class` is `cls`.
-  """
-
-  def build(num_classes: int, **fields: Any) -> nn.Module:
-    return cls(num_classes=num_classes, **fixed, **fields)
-
-  build.__name__ = build.__qualname__ = name
-  build.__doc__ = doc
-  build.module_class = cls
-  MODELS[name] = build
-  return build
-
-
-def takes_field(network: Callable[..., nn.Module], field: str) -> bool:
-  """Whether a `MODELS` entry's module has a field named `field`."""
-  return field in {f.name for f in dataclasses.fields(network.module_class)}
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

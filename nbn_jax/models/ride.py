@@ -45,14 +45,15 @@ from nbn_jax.models.cifar_resnet import CifarResNet
 from nbn_jax.models.common import (
     NBNPlacement,
     NormSwitchedResNet,
+)
+from nbn_jax.models.network import (
+    EXPERT_LOGITS,
+    LOGITS,
     named_network,
 )
 from nbn_jax.models.resnet import ResNet
 
 Array = jax.Array
-
-LOGITS = 'logits'  # (batch, classes): the mean of the experts' logits
-EXPERT_LOGITS = 'expert_logits'  # (experts, batch, classes)
 
 # The reference's `ResNet_NBN.scale_modules`: every BN of expert e's layer4
 # reads scale_factor[e].
@@ -98,6 +99,8 @@ class RIDEEnsemble(NormSwitchedResNet, kw_only=True):
   num_experts: int = 3
   reduce_dimension: bool = False
   expert_stages: int = 2
+
+  OUTPUTS = (LOGITS, EXPERT_LOGITS)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True) -> dict[str, Array]:

@@ -5,7 +5,7 @@ and returns the run layout it checked (how the runs sit on the devices), so
 nothing downstream checks or lays out again. Each rule is written once: the
 choices come from the registries of the parts that implement them (models,
 datasets and their sources, losses, schedules, BN scopes), and the rules
-about devices and batch sizes are `runs.run_layout`'s.
+about devices and batch sizes are `topology.run_layout`'s.
 
 Like the plan, this module reads the `ConfigDict`; nothing else does.
 """
@@ -14,22 +14,23 @@ import ml_collections
 
 import input_pipeline as ip
 from nbn_jax import models
-from nbn_jax.training import inputs, losses, optim, runs
+from nbn_jax.training import inputs, losses, optim, run_axis, topology
 from nbn_jax.training.errors import ConfigError
-from nbn_jax.training.topology import BN_SCOPES
 
+# The registries are read as they are at the check (a network or loss
+# registered later, by a test say, is a choice too).
 CHOICES = {
-    'dataset': tuple(ip.DATASETS),
-    'data_source': tuple(ip.SOURCES),
+    'dataset': ip.DATASETS,
+    'data_source': ip.SOURCES,
     'input_path': inputs.INPUT_PATHS,
     'sampler': ip.SAMPLERS,
-    'model': tuple(models.MODELS),
+    'model': models.MODELS,
     'norm': models.NORMS,
     'shortcut': ('A', 'B'),
-    'bn_scope': BN_SCOPES,
+    'bn_scope': topology.BN_SCOPES,
     'schedule': optim.SCHEDULES,
     'warmup_granularity': optim.WARMUP_GRANULARITIES,
-    'run_axis': ('auto', *runs.RUN_AXIS_MAPS),
+    'run_axis': ('auto', *run_axis.RUN_AXIS_MAPS),
     'loss': losses.LOSSES,
     'trainable': ('all', 'classifier'),
 }
@@ -60,6 +61,14 @@ MODEL_OPTIONS = (
     'classifier',
     'cosine_scale',
 )
+# The `NBNPlacement` fields as config fields, None unless set; a network
+# without an `nbn_placement` places NBN itself and takes none of them.
+NBN_PLACEMENT_FIELDS = (
+    'nbn_stages',
+    'nbn_block_norms',
+    'nbn_shortcut',
+    'nbn_shared_alpha',
+)
 NON_NEGATIVE = (
     'weight_decay',
     'momentum',
@@ -78,7 +87,7 @@ NON_NEGATIVE = (
 
 def check_config(
     config: ml_collections.ConfigDict, device_count: int, process_count: int
-) -> runs.RunLayout:
+) -> topology.RunLayout:
   """Raises ConfigError naming the first bad field; returns the run layout.
 
   Every combination that passes trains: bn_scope x input_path x num_runs on
@@ -92,9 +101,9 @@ def check_config(
   for field, allowed in CHOICES.items():
     if config[field] not in allowed:
       raise ConfigError(
-          f'config.{field}={config[field]!r} is not one of {allowed}.'
+          f'config.{field}={config[field]!r} is not one of {tuple(allowed)}.'
       )
-  _check_model_options(config)
+  _check_model_fields(config)
   for field in POSITIVE:
     if not config[field] > 0:
       raise ConfigError(f'config.{field}={config[field]!r} must be > 0.')
@@ -155,7 +164,7 @@ def check_config(
         'config.few_threshold must not exceed config.many_threshold.'
     )
   try:
-    return runs.run_layout(
+    return topology.run_layout(
         config.num_runs,
         device_count,
         config.batch_size,
@@ -165,53 +174,89 @@ def check_config(
         config.run_shards,
         process_count if config.input_path == 'tf_data' else 1,
     )
-  except runs.RunLayoutError as e:
+  except topology.RunLayoutError as e:
     raise ConfigError(str(e)) from None
 
 
 def _check_loss(config: ml_collections.ConfigDict):
-  """The loss's fields, and the model it needs."""
+  """The loss's registry entry, the settings it names, the outputs it reads
+  (the model must produce them) and the epoch it switches at."""
   if not 0 <= config.drw_beta < 1:
     raise ConfigError(
         f'config.drw_beta={config.drw_beta!r} must be in [0, 1) (0: no '
         're-weighting; DRW uses 0.9999).'
     )
-  network = models.MODELS[config.model]
-  if config.loss in losses.ENSEMBLE_LOSSES and not models.takes_field(
-      network, 'num_experts'
-  ):
-    ensembles = [
-        name
-        for name, other in models.MODELS.items()
-        if models.takes_field(other, 'num_experts')
-    ]
+  spec = losses.LOSSES[config.loss]
+  if not isinstance(spec, losses.LossSpec):
     raise ConfigError(
-        f'config.loss={config.loss!r} needs an ensemble model (per-expert '
-        f'logits); config.model={config.model!r} is not one. Choose one of '
-        f'{ensembles}, or a loss for one network (e.g. ldam_drw).'
+        f'config.loss={config.loss!r} is registered as a '
+        f'{type(spec).__name__}, not a losses.LossSpec; register '
+        'LossSpec(its function, reads=..., settings=...).'
     )
-  if (
-      config.loss in losses.REWEIGHTING_LOSSES
-      and config.drw_epoch >= config.num_epochs
-  ):
+  for field in spec.setting_names:
+    if field not in config:
+      raise ConfigError(
+          f'config.loss={config.loss!r} takes the setting {field!r}, which '
+          f'the config lacks; add config.{field} to configs/default.py.'
+      )
+  produced = models.outputs_of(models.MODELS[config.model])
+  for output in spec.reads:
+    if output not in produced:
+      producers = [
+          name
+          for name, network in models.MODELS.items()
+          if set(spec.reads) <= set(models.outputs_of(network))
+      ]
+      what = models.describe_output(output)
+      choose = (
+          f'Choose one of {producers}, or a loss for one network (e.g. '
+          'ldam_drw).'
+          if producers
+          else 'No network registered returns it; choose another loss.'
+      )
+      raise ConfigError(
+          f'config.loss={config.loss!r} needs {what.producer} (it reads its '
+          f'{what.what}); config.model={config.model!r} is not one. {choose}'
+      )
+  field = spec.switch_epoch
+  if field is not None and config[field] >= config.num_epochs:
     raise ConfigError(
-        f'config.drw_epoch={config.drw_epoch!r} is not before the end of the '
+        f'config.{field}={config[field]!r} is not before the end of the '
         f'run (config.num_epochs={config.num_epochs!r}): loss '
-        f'{config.loss!r} would never re-weight. Set an earlier drw_epoch.'
+        f'{config.loss!r} would never switch. Set an earlier {field}.'
     )
 
 
-def _check_model_options(config: ml_collections.ConfigDict):
-  """The `MODEL_OPTIONS` set: the network has them, with sensible values."""
+def _check_model_fields(config: ml_collections.ConfigDict):
+  """The network has a field for every setting that asks for one; the
+  `MODEL_OPTIONS` set have sensible values."""
   network = models.MODELS[config.model]
-  for field in MODEL_OPTIONS:
-    if config[field] is not None and not models.takes_field(network, field):
+  unset = 'leave it unset'
+  demands = (  # (config field, model field, whether asked, how not to ask)
+      ('logit_norm', 'logit_norm', config.logit_norm, 'set it to False'),
+      ('half_precision', 'dtype', config.half_precision, 'set it to False'),
+      (
+          'bn_scope',
+          'bn_axis_name',
+          config.bn_scope == 'group',
+          "use 'global' or 'device'",
+      ),
+      *(
+          (field, 'nbn_placement', config[field] is not None, unset)
+          for field in NBN_PLACEMENT_FIELDS
+      ),
+      *((f, f, config[f] is not None, unset) for f in MODEL_OPTIONS),
+  )
+  for field, model_field, asked, fix in demands:
+    if asked and not models.takes_field(network, model_field):
       having = [
-          n for n, m in models.MODELS.items() if models.takes_field(m, field)
+          n
+          for n, m in models.MODELS.items()
+          if models.takes_field(m, model_field)
       ]
       raise ConfigError(
           f'config.{field}={config[field]!r}: {config.model} has no '
-          f'{field}; leave it unset, or choose one of {having}.'
+          f'{model_field}; {fix}, or choose one of {having}.'
       )
   if config.classifier is not None and (
       config.classifier not in models.CLASSIFIERS

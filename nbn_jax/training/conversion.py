@@ -45,8 +45,8 @@ from ml_collections import config_flags
 
 import input_pipeline as ip
 from nbn_jax import convert
-from nbn_jax.training import command_line, finetune, plan, reporting
-from nbn_jax.training import results, storage
+from nbn_jax.training import command_line, finetune, plan, records
+from nbn_jax.training import reporting, storage
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.command_line import UsageError
@@ -227,7 +227,9 @@ def write_workdir(
     workdir_lib.record_config(workdir, config.to_dict())
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     try:
-      checkpoints.save(state, results.empty_record(1), wait=True)
+      checkpoints.save(
+          state, records.to_checkpoint([records.RunRecord()]), wait=True
+      )
     finally:
       checkpoints.close()
     if checkpoint is not None:

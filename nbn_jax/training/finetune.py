@@ -5,7 +5,7 @@ The reference's `train_all: False` (and Decoupling's cRT, Kang et al. 2020):
 start from a first stage's workdir (`config.finetune_from`: its newest
 checkpoint), optionally with a freshly initialised classifier
 (`config.reinit_classifier`), and train only the classifier (every module
-named `fc`: one per expert in an ensemble) and NBN's alphas
+named `models.CLASSIFIER`: one per expert in an ensemble) and NBN's alphas
 (`config.trainable='classifier'`), with the stage's own sampler, schedule
 and workdir. The rest of the network is frozen: its parameters never change
 and get no weight decay. As in the reference, whose model stays in train
@@ -28,12 +28,12 @@ import jax
 import optax
 from flax import traverse_util
 
+from nbn_jax.models import CLASSIFIER, LOGIT_NORM
 from nbn_jax.training import steps, storage
 from nbn_jax.training.checkpoints import latest_variables, structure_difference
 from nbn_jax.training.errors import ConfigError
 
-CLASSIFIER = 'fc'  # the module name of every classifier head
-HEAD = (CLASSIFIER, 'logit_norm')  # reinitialised together
+HEAD = (CLASSIFIER, LOGIT_NORM)  # reinitialised together
 TRAINED, FROZEN = 'trained', 'frozen'
 # What `python -m nbn_jax.convert` records in the workdir it writes: the
 # file it converted and how (`first_stage_results` reports it).
@@ -94,14 +94,24 @@ def start_from(
   """`fresh` (this stage's initial state) with the first stage's variables.
 
   Parameters and BN statistics come from `workdir`'s newest checkpoint,
-  except the classifier head's (`fc`, and the logit-rectification
-  statistics) when `reinit_classifier`, whose shapes (the class count) may
-  then differ; the step and the optimiser state are this stage's own
-  (fresh).
+  except the classifier head's (`HEAD`: the classifier and the
+  logit-rectification statistics) when `reinit_classifier`, whose shapes
+  (the class count) may then differ; the step and the optimiser state are
+  this stage's own (fresh).
 
   Raises:
-    ConfigError: the checkpoint holds another network, or K differs.
+    ConfigError: the network has no classifier module, the checkpoint holds
+      another network, or K differs.
   """
+  if not any(
+      in_classifier(_keys(path))
+      for path, _ in jax.tree_util.tree_flatten_with_path(fresh.params)[0]
+  ):
+    raise ConfigError(
+        'config.finetune_from: the network has no module named '
+        f'{CLASSIFIER!r} (models.CLASSIFIER), the classifier a second stage '
+        'trains or re-initialises; name its classifier head so.'
+    )
   first = traverse_util.flatten_dict(latest_variables(workdir))
   current = {'params': fresh.params, 'batch_stats': fresh.batch_stats}
   new = lambda path: reinit_classifier and in_classifier(path, HEAD)

@@ -10,11 +10,12 @@ implementation owns how it dispatches them:
   (`input_pipeline.tf_pipeline`).
 
 The programs they call come from the run strategy (`nbn_jax.training.runs`),
-so both paths serve one run or K alike.
+so both paths serve one run or K alike; K runs read K tf.data streams
+stacked on a leading run axis (`train_batches`).
 """
 
 import abc
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +201,33 @@ def tf_data_stream(
   return image_check.naming_bad_images(
       tf_pipeline.as_numpy(dataset), split, batch_indices
   )
+
+
+def train_batches(
+    split: ip.Split,
+    preprocessing: ip.Preprocessing,
+    sampler: ip.SamplerSpec,
+    global_batch_size: int,
+    seeds: list[int],
+    first_step: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """K tf.data training streams, one per seed, stacked.
+
+  Stream k is `tf_data_stream` with `seeds[k]`, the one a single run
+  with that seed reads. Yields {'image': (K, per_host_batch, H, W, C)
+  uint8, 'label': (K, per_host_batch)}.
+  """
+  return stack_runs([
+      tf_data_stream(
+          split, preprocessing, sampler, global_batch_size, s, first_step
+      )
+      for s in seeds
+  ])
+
+
+def stack_runs(
+    streams: Iterable[Iterator[dict[str, np.ndarray]]],
+) -> Iterator[dict[str, np.ndarray]]:
+  """Zips per-run batch streams into batches with a leading run axis."""
+  for batches in zip(*streams):
+    yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}

@@ -7,11 +7,12 @@ It ends with the results (`nbn_jax.training.results`): evaluated on test at
 the last step and, where the benchmark has a validation split, at the step
 with the best validation accuracy (selected on val, never on test).
 
-One run or K (`plan.runs`) are trained by the same loop. A run whose loss or
-parameters become non-finite stops (its update is dropped,
-`nbn_jax.training.runs`); it is reported and marked in the record, the
-others go on, and the loop raises `NonFiniteLossError` once every run has
-stopped.
+One run or K (`plan.runs`) are trained by the same loop; its steps share a
+`RunContext` (the plan, the workdir's checkpoints and writers, the
+evaluator and each run's record). A run whose loss or parameters become
+non-finite stops (its update is dropped, `nbn_jax.training.runs`); it is
+reported and marked in its record (`records.Stop`), the others go on, and
+the loop raises `NonFiniteLossError` once every run has stopped.
 
 On SIGTERM or SIGINT (`preemption.StopSignals`) the run finishes the current
 chunk (one step, or one dispatch of several on accelerators), writes a
@@ -30,11 +31,11 @@ from absl import logging
 
 from input_pipeline import image_check
 from nbn_jax.training import plan as plan_lib
-from nbn_jax.training import metrics, preemption, reporting, results
+from nbn_jax.training import metrics, preemption, records, reporting, results
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
+from nbn_jax.training.context import RunContext
 from nbn_jax.training.errors import ConfigError, NonFiniteLossError
-from nbn_jax.training.evaluation import Evaluator
 from nbn_jax.training.plan import Plan
 from nbn_jax.training.steps import TrainState, furthest_step
 
@@ -81,10 +82,11 @@ def run(
       [runs.run_dir(workdir, k) for k in range(runs.num_runs)],
   )
   try:
-    state, record = runs.init_state(), results.empty_record(runs.num_runs)
+    state = runs.init_state()
+    run_records = [records.RunRecord() for _ in range(runs.num_runs)]
     restored = checkpoints.restore_latest(state)
     if restored is not None:
-      state, record = restored[0], results.resumed_record(restored[1])
+      state, run_records = restored[0], records.from_checkpoint(restored[1])
       logging.info(
           'Resuming from the checkpoint at step %d.', furthest_step(state)
       )
@@ -115,28 +117,18 @@ def run(
         for k in range(runs.num_runs)
     ]
     try:
-      evaluator = plan.evaluator()
+      context = RunContext(
+          plan, workdir, checkpoints, writers, plan.evaluator(), run_records
+      )
       if not plan.eval_only:
         with contextlib.ExitStack() as stack:
           steps_signals = signals or stack.enter_context(
               preemption.StopSignals()  # one process: the steps' own
           )
-          state = _train(
-              plan,
-              state,
-              record,
-              evaluator,
-              checkpoints,
-              writers,
-              steps_signals,
-          )
+          state = _train(context, state, steps_signals)
       return results.finish(
-          plan,
+          context,
           state,
-          record,
-          evaluator,
-          writers,
-          workdir,
           before_writing=signals and signals.terminate_if_requested,
       )
     finally:
@@ -174,19 +166,14 @@ def _log_uncounted_classes(plan: Plan):
 
 
 def _train(
-    plan: Plan,
-    state: TrainState,
-    record: dict[str, Any],
-    evaluator: Evaluator,
-    checkpoints: Checkpoints,
-    writers: list[reporting.MetricWriter],
-    signals: preemption.StopSignals,
+    context: RunContext, state: TrainState, signals: preemption.StopSignals
 ) -> TrainState:
   """For each chunk: run, log, evaluate, checkpoint; stop on a signal.
 
   A chunk ends at the next event (log, eval, checkpoint) or after one call
   of the training input, whichever comes first.
   """
+  plan, checkpoints = context.plan, context.checkpoints
   length, runs = plan.core.length, plan.runs
   batch_size = plan.core.step_config.global_batch_size
   step = furthest_step(state)
@@ -220,17 +207,19 @@ def _train(
     stop = signals.stop_requested()
     # Metrics are checked before every checkpoint: a stop is never missed.
     if step % length.log_every == 0 or checkpoint or stop:
-      _log_training(
-          plan, state, record, step, pending, progress, checkpoints, writers
-      )
+      _log_training(context, state, step, pending, progress)
       pending = []
       checkpoints.confirm()  # a failed background write stops the run here
     if step % length.eval_every == 0 or end:
-      _evaluate(plan, state, record, evaluator, step, checkpoints, writers)
+      _evaluate(context, state, step)
     if checkpoint or stop:
-      for writer in writers:  # a resume from this step loses no row
+      for writer in context.writers:  # a resume from here loses no row
         writer.flush(force=True)
-      seconds = checkpoints.save(state, record, wait=stop and not checkpoint)
+      seconds = checkpoints.save(
+          state,
+          records.to_checkpoint(context.records),
+          wait=stop and not checkpoint,
+      )
       if stop and not checkpoint:
         logging.info('Checkpoint at step %d written in %.1f s.', step, seconds)
     if stop:
@@ -240,19 +229,21 @@ def _train(
   return state
 
 
-def _evaluate(plan, state, record, evaluator, step, checkpoints, writers):
+def _evaluate(context: RunContext, state: TrainState, step: int):
   """Evaluates every live run on the selection split; records new bests.
 
   A stopped run's state no longer changes: its evaluations after it stopped
   are not recorded (its last one stands).
   """
+  plan, evaluator = context.plan, context.evaluator
   runs, split = plan.runs, plan.selection_split
   epoch = step / plan.core.length.steps_per_epoch
   tests = None  # evaluated once, at the first new best on val
   for k, accuracy in enumerate(
       evaluator(state, getattr(plan.benchmark, split))
   ):
-    if results.stopped_at(record['runs'][k]) is not None:
+    record = context.records[k]
+    if record.stop is not None:
       continue
     summary = accuracy.summary()
     logging.info(
@@ -263,18 +254,22 @@ def _evaluate(plan, state, record, evaluator, step, checkpoints, writers):
         split,
         results.format_summary(summary),
     )
-    writers[k].write(step, {f'eval/{split}/{g}': v for g, v in summary.items()})
-    if results.record_evaluation(
-        record['runs'][k], step, epoch, split, summary
-    ):
+    context.writers[k].write(
+        step, {f'eval/{split}/{g}': v for g, v in summary.items()}
+    )
+    if record.add_evaluation(step, epoch, split, summary):
       if tests is None:
         tests = evaluator(state, plan.benchmark.test)
-      results.record_best_test(record['runs'][k], tests[k])
-      checkpoints.save_best(k, runs.select(state, k), record['runs'][k])
+      record.add_best_test(tests[k])
+      context.checkpoints.save_best(k, runs.select(state, k), record.to_json())
 
 
 def _log_training(
-    plan, state, record, step, pending, progress, checkpoints, writers
+    context: RunContext,
+    state: TrainState,
+    step: int,
+    pending: list[dict[str, jax.Array]],
+    progress: reporting.Progress,
 ):
   """Fetches pending metrics, marks stopped runs, logs and writes scalars.
 
@@ -286,26 +281,27 @@ def _log_training(
   Raises:
     NonFiniteLossError: every run has stopped.
   """
-  runs, core = plan.runs, plan.core
+  runs, core = context.plan.runs, context.plan.core
   fetched = jax.device_get(pending)
   loss = runs.per_run(np.concatenate([m['loss'] for m in fetched]))
   correct = runs.per_run(np.concatenate([m['correct'] for m in fetched]))
   first = step - len(loss)  # the state's step before the pending metrics
   newly_stopped = []
   for k, last in runs.stopped(state, step).items():
-    if results.stopped_at(record['runs'][k]) is None:
+    if context.records[k].stop is None:
       reason = _divergence(loss[last - first, k] if last >= first else None)
-      results.record_stop(record['runs'][k], last + 1, reason)
+      context.records[k].stop = records.Stop(last + 1, reason)
       newly_stopped.append(k)
-  if all(results.stopped_at(r) is not None for r in record['runs']):
-    raise NonFiniteLossError(_all_stopped(runs, record, checkpoints))
+  if all(record.stop is not None for record in context.records):
+    raise NonFiniteLossError(_all_stopped(context))
   for k in newly_stopped:
+    stop = context.records[k].stop
     logging.warning(
         '%s (seed %d) stopped at step %d: %s; the other runs go on.',
         runs.name(k),
         runs.seeds[k],
-        results.stopped_at(record['runs'][k]),
-        record['runs'][k]['stopped']['reason'],
+        stop.step,
+        stop.reason,
     )
   live = runs.steps_of(state) == step
   rate = float(core.learning_rate(step - 1))
@@ -321,7 +317,7 @@ def _log_training(
       path: reporting.at_path(state.params, path)
       for path in core.nbn.alpha_paths
   })
-  for k, writer in enumerate(writers):
+  for k, writer in enumerate(context.writers):
     scalars = {
         'train/loss': mean_loss[k],
         'train/accuracy': accuracy[k],
@@ -342,19 +338,20 @@ def _divergence(loss: float | None) -> str:
   return 'the parameters became non-finite'
 
 
-def _all_stopped(runs, record, checkpoints) -> str:
+def _all_stopped(context: RunContext) -> str:
   """The one-line message when every run has stopped."""
-  last_good = checkpoints.latest.latest_step()
+  latest, runs = context.checkpoints.latest, context.plan.runs
+  last_good = latest.latest_step()
   kept = (
       f'the last good checkpoint (step {last_good}) is kept in '
-      f'{checkpoints.latest.directory}'
+      f'{latest.directory}'
       if last_good is not None
       else 'no checkpoint had been written yet'
   )
   where = '; '.join(
       f'{runs.name(k) + ": " if runs.name(k) else ""}'
-      f'{r["stopped"]["reason"]} at step {r["stopped"]["step"]}'
-      for k, r in enumerate(record['runs'])
+      f'{record.stop.reason} at step {record.stop.step}'
+      for k, record in enumerate(context.records)
   )
   return (
       f'{where}; stopped, {kept}. Lower config.learning_rate or check the data.'

@@ -1,13 +1,20 @@
 """Training losses: cross-entropy, the prior-adjusted variants, LDAM-DRW and
-RIDE's ensemble losses.
+RIDE's ensemble losses, in a registry (`LOSSES`).
 
 A loss (`Loss`) sees the model's whole training output, the labels and
 where training is (`Progress`: the step and the epoch), and returns one
 loss per example. The model's output is its logits, or a mapping holding
-them under 'logits' beside other heads (`logits_of`), so a loss may read
-several heads and change with the epoch. The train step averages the
-per-example losses over the batch (`steps`), so a loss whose batch value
-is not a plain mean returns terms whose mean is that value.
+them under 'logits' beside other outputs (`nbn_jax.models.network`), so a
+loss may read several outputs and change with the epoch. The train step
+averages the per-example losses over the batch (`steps`), so a loss whose
+batch value is not a plain mean returns terms whose mean is that value.
+
+Each loss is an entry of `LOSSES`, a `LossSpec`: its function, the model
+outputs it reads, its constants (config fields of the same names) and the
+setting holding the epoch it switches at, if it does (`EpochSwitch`). The
+config check asks the spec, the plan passes the constants it names, and
+`make_loss` builds it: adding a loss is an entry and its function (and a
+config field for a new constant).
 
 * Balanced softmax (Ren et al. 2020) and logit-adjusted cross-entropy
   (Menon et al. 2021) add tau * log(class prior) to the logits before the
@@ -31,35 +38,20 @@ is not a plain mean returns terms whose mean is that value.
   `ride_balanced_softmax_loss`); they need an ensemble model.
 
 Every "from epoch e on" is the step the learning-rate schedule starts epoch
-e at (`optim.epoch_start`), so re-weighting and a decay at the same epoch
-begin at the same step.
+e at (`EpochSwitch`, `optim.epoch_start`), so re-weighting and a decay at
+the same epoch begin at the same step.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-# The keys of a model output that is a mapping of heads (an ensemble's).
-from nbn_jax.models import EXPERT_LOGITS, LOGITS
+from nbn_jax.models import EXPERT_LOGITS, LOGITS, describe_output
 from nbn_jax.training import optim
-
-LOSSES = (
-    'cross_entropy',
-    'balanced_softmax',
-    'logit_adjusted',
-    'ldam',
-    'ldam_drw',
-    'ride',
-    'ride_balanced_softmax',
-)
-# Losses that read each expert's logits: they need an ensemble model.
-ENSEMBLE_LOSSES = ('ride', 'ride_balanced_softmax')
-# Losses that change at `LossSettings.drw_epoch`.
-REWEIGHTING_LOSSES = ('ldam_drw', 'ride')
 
 
 class Progress(NamedTuple):
@@ -77,16 +69,23 @@ class Progress(NamedTuple):
 
 Outputs = jax.Array | Mapping[str, Any]
 Loss = Callable[[Outputs, jax.Array, Progress], jax.Array]
+# The outputs a loss reads, by name (`LossSpec.reads`).
+Heads = Mapping[str, jax.Array]
+HeadsLoss = Callable[[Heads, jax.Array, Progress], jax.Array]
+# A loss's constants by name (`LossSpec.settings`).
+Settings = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """The losses' constants; the config fields of the same names.
+  """The built-in losses' constants; the config fields of the same names.
 
   The defaults are those of the code each loss comes from (RIDE's
   `RIDELoss`, LDAM-DRW's CIFAR training); recipes override them as their
   configs do (RIDE's CIFAR-100-LT: diversity factor -0.45; ImageNet-LT:
-  re-weighting epoch 80, reweight factor 0.02).
+  re-weighting epoch 80, reweight factor 0.02). A loss reads those its
+  spec names (`LossSpec.settings`); a new loss's constant needs no field
+  here, only a config field (`make_loss` also takes a mapping).
 
   Attributes:
     logit_adjust_tau: 'logit_adjusted': the strength of the adjustment.
@@ -119,18 +118,22 @@ def logits_of(outputs: Outputs) -> jax.Array:
   return outputs[LOGITS] if isinstance(outputs, Mapping) else outputs
 
 
-def expert_logits_of(outputs: Outputs, loss: str) -> jax.Array:
-  """The (E, B, C) per-expert logits of an ensemble's output.
+def heads_of(outputs: Outputs, names: Sequence[str], loss: str) -> Heads:
+  """The outputs named `names` of a model's output (a plain array is its
+  logits), for the loss `loss`.
 
   Raises:
-    ValueError: the model is not an ensemble (no 'expert_logits').
+    ValueError: the model does not return one of them.
   """
-  if not (isinstance(outputs, Mapping) and EXPERT_LOGITS in outputs):
-    raise ValueError(
-        f'loss={loss!r} needs the per-expert logits of an ensemble model '
-        f"(its output's {EXPERT_LOGITS!r}); this model returns only logits."
-    )
-  return outputs[EXPERT_LOGITS]
+  heads = outputs if isinstance(outputs, Mapping) else {LOGITS: outputs}
+  for name in names:
+    if name not in heads:
+      output = describe_output(name)
+      raise ValueError(
+          f'loss={loss!r} needs the {output.what} of {output.producer} (its '
+          f'output {name!r}); this model returns only {", ".join(heads)}.'
+      )
+  return {name: heads[name] for name in names}
 
 
 def _float(x: jax.Array) -> jax.Array:
@@ -293,7 +296,8 @@ def ride_loss(
     class_weights: jax.Array,
     temperatures: jax.Array,
     margins: np.ndarray,
-    settings: LossSettings,
+    ldam_scale: float,
+    diversity_factor: float,
 ) -> jax.Array:
   """RIDE's loss (its `RIDELoss` with class counts), per example.
 
@@ -317,23 +321,23 @@ def ride_loss(
     temperatures: (C,) the diversity temperatures (the base temperature
       before re-weighting, then times `ride_diversity_temperatures`).
     margins: (C,) LDAM's margins.
-    settings: the loss's constants.
+    ldam_scale: LDAM's s.
+    diversity_factor: the diversity term's factor.
 
   Returns:
     (B,) terms whose batch mean is RIDE's loss.
   """
-  factor = settings.ride_diversity_factor
   ldam_inputs = (
       jnp.broadcast_to(mean_logits, expert_logits.shape)
-      if factor == 0
+      if diversity_factor == 0
       else expert_logits
   )
   ldam = weighted_mean(
-      ldam_cross_entropy(ldam_inputs, labels, margins, settings.ldam_scale),
+      ldam_cross_entropy(ldam_inputs, labels, margins, ldam_scale),
       class_weights[labels],
   )
   diversity = diversity_kl(expert_logits, mean_logits, temperatures)
-  scale = factor * jnp.mean(temperatures) ** 2
+  scale = diversity_factor * jnp.mean(temperatures) ** 2
   return jnp.sum(ldam + scale * diversity, axis=0)
 
 
@@ -342,7 +346,8 @@ def ride_balanced_softmax_loss(
     mean_logits: jax.Array,
     labels: jax.Array,
     log_prior: np.ndarray,
-    settings: LossSettings,
+    temperature: float,
+    diversity_factor: float,
 ) -> jax.Array:
   """The NBN reference's balanced-softmax RIDE loss, per example.
 
@@ -354,123 +359,262 @@ def ride_balanced_softmax_loss(
   Args:
     expert_logits: (E, B, C), mean_logits: (B, C), labels: (B,).
     log_prior: (C,) log of the training class frequencies.
-    settings: the loss's constants.
+    temperature: the diversity term's temperature T.
+    diversity_factor: the diversity term's factor.
 
   Returns:
     (B,) terms whose batch mean is the reference's loss.
   """
-  temperature = settings.ride_diversity_temperature
   balanced = adjusted_cross_entropy(expert_logits, labels, log_prior, 1.0)
   diversity = diversity_kl(expert_logits, mean_logits, temperature)
-  scale = settings.ride_diversity_factor * temperature**2
+  scale = diversity_factor * temperature**2
   return jnp.sum(balanced + scale * diversity, axis=0)
 
 
-# --- The factory --------------------------------------------------------------
+# --- The deferred switch ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSwitch:
+  """A loss's switch at the start of an epoch (DRW's deferred re-weighting).
+
+  Attributes:
+    step: the first step past the switch: the step the learning-rate
+      schedule starts the epoch at (`optim.epoch_start`), so a switch and a
+      decay at one epoch begin at one step.
+  """
+
+  step: int
+
+  @classmethod
+  def at_epoch(cls, epoch: float, steps_per_epoch: float) -> 'EpochSwitch':
+    """The switch at (0-based) epoch `epoch` of a stream of
+    `steps_per_epoch` (fractional) steps per epoch."""
+    return cls(optim.epoch_start(epoch, steps_per_epoch))
+
+  def reached(self, progress: Progress) -> jax.Array:
+    """bool scalar: whether training is at or past the switch."""
+    return progress.step >= self.step
+
+  def select(
+      self, progress: Progress, before: jax.Array, after: jax.Array
+  ) -> jax.Array:
+    """`before` until the switch, `after` from it on (arrays of one shape)."""
+    return jnp.where(self.reached(progress), after, before)
+
+
+# --- The registry -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """A training loss: its function and what it needs.
+
+  Attributes:
+    build: (train_counts (C,), settings, switch) -> the loss, a function
+      (heads, labels (B,), `Progress`) -> (B,) terms whose mean is the
+      batch's loss. `settings` holds the constants named in `settings`,
+      `switch` is the `EpochSwitch` at the epoch `switch_epoch` holds (None
+      for a loss without one), and `heads` the model outputs named in
+      `reads`. Raises ValueError for a setting the counts make invalid.
+    reads: the model outputs it reads (`nbn_jax.models.LOGITS`,
+      `EXPERT_LOGITS`); the config check refuses a model without them.
+    settings: the names of its constants: config fields (for the built-in
+      losses also `LossSettings` fields).
+    switch_epoch: the name of the setting holding the (0-based) epoch it
+      switches at, or None; the config check wants it inside the run.
+  """
+
+  build: Callable[[np.ndarray, Settings, EpochSwitch | None], HeadsLoss]
+  reads: tuple[str, ...] = (LOGITS,)
+  settings: tuple[str, ...] = ()
+  switch_epoch: str | None = None
+
+  @property
+  def setting_names(self) -> tuple[str, ...]:
+    """Every setting it reads: `settings` and `switch_epoch`."""
+    return self.settings + ((self.switch_epoch,) if self.switch_epoch else ())
+
+
+def _cross_entropy(train_counts, settings, switch) -> HeadsLoss:
+  return lambda heads, labels, progress: (
+      optax.softmax_cross_entropy_with_integer_labels(
+          _float(heads[LOGITS]), labels
+      )
+  )
+
+
+def _prior_adjusted(train_counts: np.ndarray, tau: float) -> HeadsLoss:
+  prior = log_prior(train_counts)
+  return lambda heads, labels, progress: adjusted_cross_entropy(
+      heads[LOGITS], labels, prior, tau
+  )
+
+
+def _balanced_softmax(train_counts, settings, switch) -> HeadsLoss:
+  return _prior_adjusted(train_counts, 1.0)
+
+
+def _logit_adjusted(train_counts, settings, switch) -> HeadsLoss:
+  return _prior_adjusted(train_counts, settings['logit_adjust_tau'])
+
+
+def _ldam(train_counts, settings, switch) -> HeadsLoss:
+  margins = ldam_margins(train_counts, settings['ldam_max_m'])
+  return lambda heads, labels, progress: ldam_cross_entropy(
+      heads[LOGITS], labels, margins, settings['ldam_scale']
+  )
+
+
+def _ldam_drw(train_counts, settings, switch: EpochSwitch) -> HeadsLoss:
+  """LDAM, each example weighted by its class's balanced weight from the
+  switch on (ones before)."""
+  margins = ldam_margins(train_counts, settings['ldam_max_m'])
+  balanced = class_balanced_weights(train_counts, settings['drw_beta'])
+
+  def ldam_drw(heads, labels, progress):
+    logits = _float(heads[LOGITS])
+    weights = switch.select(
+        progress,
+        jnp.ones(len(balanced), logits.dtype),
+        jnp.asarray(balanced, logits.dtype),
+    )
+    return weighted_mean(
+        ldam_cross_entropy(logits, labels, margins, settings['ldam_scale']),
+        weights[labels],
+    )
+
+  return ldam_drw
+
+
+def _ride(train_counts, settings, switch: EpochSwitch) -> HeadsLoss:
+  """RIDE's loss; from the switch on, the LDAM term's class weights and the
+  diversity term's per-class temperatures follow the class prior."""
+  margins = ldam_margins(train_counts, settings['ldam_max_m'])
+  balanced = class_balanced_weights(train_counts, settings['drw_beta'])
+  base = settings['ride_diversity_temperature']
+  reweighted_temperatures = base * ride_diversity_temperatures(
+      train_counts, settings['ride_reweight_factor']
+  )
+
+  def ride(heads, labels, progress):
+    expert_logits = _float(heads[EXPERT_LOGITS])
+    dtype, num_classes = expert_logits.dtype, len(balanced)
+    return ride_loss(
+        expert_logits,
+        heads[LOGITS],
+        labels,
+        switch.select(
+            progress,
+            jnp.ones(num_classes, dtype),
+            jnp.asarray(balanced, dtype),
+        ),
+        switch.select(
+            progress,
+            jnp.full(num_classes, base, dtype),
+            jnp.asarray(reweighted_temperatures, dtype),
+        ),
+        margins,
+        settings['ldam_scale'],
+        settings['ride_diversity_factor'],
+    )
+
+  return ride
+
+
+def _ride_balanced_softmax(train_counts, settings, switch) -> HeadsLoss:
+  prior = log_prior(train_counts)
+  return lambda heads, labels, progress: ride_balanced_softmax_loss(
+      heads[EXPERT_LOGITS],
+      heads[LOGITS],
+      labels,
+      prior,
+      settings['ride_diversity_temperature'],
+      settings['ride_diversity_factor'],
+  )
+
+
+LDAM_SETTINGS = ('ldam_max_m', 'ldam_scale')
+RIDE_DIVERSITY_SETTINGS = (
+    'ride_diversity_factor',
+    'ride_diversity_temperature',
+)
+ENSEMBLE_OUTPUTS = (EXPERT_LOGITS, LOGITS)
+# Every loss, by name: what `config.loss` chooses from.
+LOSSES: dict[str, LossSpec] = {
+    'cross_entropy': LossSpec(_cross_entropy),
+    'balanced_softmax': LossSpec(_balanced_softmax),
+    'logit_adjusted': LossSpec(_logit_adjusted, settings=('logit_adjust_tau',)),
+    'ldam': LossSpec(_ldam, settings=LDAM_SETTINGS),
+    'ldam_drw': LossSpec(
+        _ldam_drw,
+        settings=(*LDAM_SETTINGS, 'drw_beta'),
+        switch_epoch='drw_epoch',
+    ),
+    'ride': LossSpec(
+        _ride,
+        reads=ENSEMBLE_OUTPUTS,
+        settings=(
+            *LDAM_SETTINGS,
+            'drw_beta',
+            *RIDE_DIVERSITY_SETTINGS,
+            'ride_reweight_factor',
+        ),
+        switch_epoch='drw_epoch',
+    ),
+    'ride_balanced_softmax': LossSpec(
+        _ride_balanced_softmax,
+        reads=ENSEMBLE_OUTPUTS,
+        settings=RIDE_DIVERSITY_SETTINGS,
+    ),
+}
 
 
 def make_loss(
     name: str,
     train_counts: np.ndarray,
-    settings: LossSettings = LossSettings(),
+    settings: LossSettings | Settings = LossSettings(),
     steps_per_epoch: float | None = None,
 ) -> Loss:
-  """The loss `name` (one of `LOSSES`): (outputs, labels, progress) -> (B,).
+  """The loss `name` of `LOSSES`: (outputs, labels, progress) -> (B,).
 
   Args:
-    name: 'cross_entropy', 'balanced_softmax', 'logit_adjusted', 'ldam',
-      'ldam_drw' (LDAM, re-weighted from `settings.drw_epoch` on), 'ride'
-      or 'ride_balanced_softmax' (`ENSEMBLE_LOSSES`: read the outputs'
-      'expert_logits').
+    name: a key of `LOSSES`.
     train_counts: (C,) training examples per class.
-    settings: the losses' constants.
+    settings: the loss's constants: a `LossSettings`, or a mapping holding
+      at least those its spec names (`LossSpec.setting_names`).
     steps_per_epoch: the training stream's (fractional) steps per epoch;
-      needed by the losses that re-weight (`REWEIGHTING_LOSSES`), which
-      switch at step `optim.epoch_start(settings.drw_epoch,
-      steps_per_epoch)`, read from `Progress.step`.
+      needed by a loss that switches at an epoch (`LossSpec.switch_epoch`).
 
   Raises:
-    ValueError: an unknown name, a re-weighting loss without
-      `steps_per_epoch`, or a reweight factor these counts make invalid.
+    ValueError: an unknown name, a setting missing, a switching loss
+      without `steps_per_epoch`, or a setting these counts make invalid.
   """
-  if name not in LOSSES:
-    raise ValueError(f'loss={name!r} is not one of {LOSSES}.')
-  if name == 'cross_entropy':
-    return lambda outputs, labels, progress: (
-        optax.softmax_cross_entropy_with_integer_labels(
-            _float(logits_of(outputs)), labels
-        )
-    )
-  if name in ('balanced_softmax', 'logit_adjusted'):
-    prior = log_prior(train_counts)
-    tau = 1.0 if name == 'balanced_softmax' else settings.logit_adjust_tau
-    return lambda outputs, labels, progress: adjusted_cross_entropy(
-        logits_of(outputs), labels, prior, tau
-    )
-  if name == 'ride_balanced_softmax':
-    prior = log_prior(train_counts)
-    return lambda outputs, labels, progress: ride_balanced_softmax_loss(
-        expert_logits_of(outputs, name),
-        logits_of(outputs),
-        labels,
-        prior,
-        settings,
-    )
-
-  margins = ldam_margins(train_counts, settings.ldam_max_m)
-  if name == 'ldam':
-    return lambda outputs, labels, progress: ldam_cross_entropy(
-        logits_of(outputs), labels, margins, settings.ldam_scale
-    )
-  if steps_per_epoch is None:
+  spec = LOSSES.get(name)
+  if spec is None:
+    raise ValueError(f'loss={name!r} is not one of {tuple(LOSSES)}.')
+  if isinstance(settings, LossSettings):
+    settings = dataclasses.asdict(settings)
+  missing = [field for field in spec.setting_names if field not in settings]
+  if missing:
     raise ValueError(
-        f'loss={name!r} re-weights from drw_epoch on: give steps_per_epoch.'
+        f'loss={name!r} takes the settings {missing}; give them in settings.'
     )
-  reweight_from = optim.epoch_start(settings.drw_epoch, steps_per_epoch)
-  num_classes = len(train_counts)
-  balanced = class_balanced_weights(train_counts, settings.drw_beta)
-
-  def class_weights(progress: Progress, dtype) -> jax.Array:
-    """(C,): ones before the re-weighting step, then the balanced weights."""
-    return jnp.where(
-        progress.step >= reweight_from,
-        jnp.asarray(balanced, dtype),
-        jnp.ones(num_classes, dtype),
-    )
-
-  if name == 'ldam_drw':
-
-    def ldam_drw(outputs, labels, progress):
-      logits = _float(logits_of(outputs))
-      weights = class_weights(progress, logits.dtype)
-      return weighted_mean(
-          ldam_cross_entropy(logits, labels, margins, settings.ldam_scale),
-          weights[labels],
+  switch = None
+  if spec.switch_epoch is not None:
+    if steps_per_epoch is None:
+      raise ValueError(
+          f'loss={name!r} switches at {spec.switch_epoch}: give '
+          'steps_per_epoch.'
       )
-
-    return ldam_drw
-
-  base = settings.ride_diversity_temperature
-  reweighted_temperatures = base * ride_diversity_temperatures(
-      train_counts, settings.ride_reweight_factor
+    switch = EpochSwitch.at_epoch(settings[spec.switch_epoch], steps_per_epoch)
+  loss_of_heads = spec.build(
+      np.asarray(train_counts),
+      {field: settings[field] for field in spec.settings},
+      switch,
   )
 
-  def ride(outputs, labels, progress):
-    expert_logits = _float(expert_logits_of(outputs, name))
-    dtype = expert_logits.dtype
-    temperatures = jnp.where(
-        progress.step >= reweight_from,
-        jnp.asarray(reweighted_temperatures, dtype),
-        jnp.full(num_classes, base, dtype),
-    )
-    return ride_loss(
-        expert_logits,
-        logits_of(outputs),
-        labels,
-        class_weights(progress, dtype),
-        temperatures,
-        margins,
-        settings,
-    )
+  def loss(outputs: Outputs, labels: jax.Array, progress: Progress):
+    return loss_of_heads(heads_of(outputs, spec.reads, name), labels, progress)
 
-  return ride
+  return loss

@@ -28,7 +28,7 @@ from nbn_jax.training import checks, finetune, inputs, losses, metrics, optim
 from nbn_jax.training import runs, steps
 from nbn_jax.training.errors import ConfigError
 from nbn_jax.training.evaluation import Evaluator
-from nbn_jax.training.topology import Topology, make_topology
+from nbn_jax.training.topology import RunLayout, Topology, make_topology
 
 # Config fields handed, unless None, to the networks that have a field of
 # that name (the others are `checks.MODEL_OPTIONS`, refused there when set).
@@ -50,7 +50,7 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
 
 def build_topology(
     config: ml_collections.ConfigDict,
-    layout: runs.RunLayout,
+    layout: RunLayout,
     devices: Sequence[jax.Device],
 ) -> Topology:
   """The mesh; with a leading 'runs' axis when config.num_runs > 1."""
@@ -67,13 +67,15 @@ def build_model(
     config: ml_collections.ConfigDict,
     num_classes: int,
     bn_axis_name: str | None = None,
-) -> nn.Module:
-  """The network of `config.model` with the config's norm settings.
+) -> models.Network:
+  """The network of `config.model`, given the config's settings it takes.
 
-  NBN goes where the model's own reference placement says (ResNet-50 and
-  ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last stage's bn2;
-  RIDE ensembles: every BN of each expert's last stage), unless the
-  config's `nbn_*` fields say otherwise, field by field.
+  Every network gets `config.norm`; of `models.OPTIONAL_FIELDS`, only those
+  it has a field for (the config check refuses a setting asking for one it
+  lacks). NBN goes where the network's own reference placement says
+  (ResNet-50 and ResNeXt-50: the four layer4 BNs; CIFAR ResNets: the last
+  stage's bn2; RIDE ensembles: every BN of each expert's last stage),
+  unless the config's `nbn_*` fields say otherwise, field by field.
 
   Args:
     config: the run's config.
@@ -81,35 +83,41 @@ def build_model(
     bn_axis_name: the topology's BN axis (`Topology.bn_axis_name`).
   """
   network = models.MODELS[config.model]
+  settings = {
+      'logit_norm': config.logit_norm,
+      'bn_axis_name': bn_axis_name,
+      'dtype': compute_dtype(config),
+      # None also in configs recorded before the field existed.
+      **{field: config.get(field) for field in MODEL_FIELDS},
+  }
   model = network(
       num_classes,
       norm=config.norm,
-      logit_norm=config.logit_norm,
-      bn_axis_name=bn_axis_name,
-      dtype=compute_dtype(config),
       **{
-          field: config.get(field)  # None also in configs recorded before it
-          for field in MODEL_FIELDS
-          if config.get(field) is not None
-          and models.takes_field(network, field)
+          field: value
+          for field, value in settings.items()
+          if value is not None and models.takes_field(network, field)
       },
   )
+  overrides = _nbn_placement_overrides(config)
+  if not overrides:
+    return model
+  placement = dataclasses.replace(model.nbn_placement, **overrides)
+  return model.clone(nbn_placement=placement)
+
+
+def _nbn_placement_overrides(config: ml_collections.ConfigDict) -> dict:
+  """The `NBNPlacement` fields the config's `nbn_*` fields set."""
   overrides = {
-      field: value
-      for field, value in (
-          ('stages', config.nbn_stages),
-          ('block_norms', config.nbn_block_norms),
-          ('shortcut', config.nbn_shortcut),
-          ('shared_alpha', config.nbn_shared_alpha),
-      )
-      if value is not None
+      field.removeprefix('nbn_'): config[field]
+      for field in checks.NBN_PLACEMENT_FIELDS
+      if config[field] is not None
   }
   if 'stages' in overrides:
     overrides['stages'] = tuple(int(s) for s in overrides['stages'])
   if 'block_norms' in overrides:
     overrides['block_norms'] = tuple(overrides['block_norms'])
-  placement = dataclasses.replace(model.nbn_placement, **overrides)
-  return model.clone(nbn_placement=placement)
+  return overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,12 +231,10 @@ def build_optimizer(
   return tx, schedule
 
 
-def loss_settings(config: ml_collections.ConfigDict) -> losses.LossSettings:
-  """The losses' constants: the config fields named as `LossSettings`'."""
-  return losses.LossSettings(**{
-      field.name: config[field.name]
-      for field in dataclasses.fields(losses.LossSettings)
-  })
+def loss_settings(config: ml_collections.ConfigDict) -> losses.Settings:
+  """The constants of `config.loss`: the config fields its spec names."""
+  spec = losses.LOSSES[config.loss]
+  return {field: config[field] for field in spec.setting_names}
 
 
 def build_step_config(
@@ -359,7 +365,7 @@ class StepPlan:
 
 def _build_step_plan(
     config: ml_collections.ConfigDict,
-    layout: runs.RunLayout,
+    layout: RunLayout,
     spec: ip.DatasetSpec,
     train_counts: np.ndarray,
     image_shape: tuple[int, ...],
@@ -397,7 +403,7 @@ def _build_step_plan(
 def _check(
     config: ml_collections.ConfigDict,
     devices: Sequence[jax.Device] | None,
-) -> tuple[runs.RunLayout, list[jax.Device]]:
+) -> tuple[RunLayout, list[jax.Device]]:
   devices = list(jax.devices() if devices is None else devices)
   return (
       checks.check_config(config, len(devices), jax.process_count()),

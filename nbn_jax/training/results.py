@@ -1,16 +1,18 @@
-"""Runs' records and results: evaluation history, selection, outputs.
+"""Runs' results: the final evaluations and the outputs.
 
-The record travels with every checkpoint (JSON), one entry per run: the
-evaluation history, the best result so far, selected on val where the
-benchmark has one (test is evaluated at each new best, and that run's
-checkpoint is kept in its checkpoints_best/) or, labelled as such, on test,
-and, for a run that stopped on a non-finite loss or parameters, where and
-why. `finish` evaluates the final state and writes, per run, results.json,
+Each run's record (`nbn_jax.training.records`) travels with every
+checkpoint: the evaluation history, the best result so far, selected on
+val where the benchmark has one (test is evaluated at each new best, and
+that run's checkpoint is kept in its checkpoints_best/) or, labelled as
+such, on test, and, for a run that stopped on a non-finite loss or
+parameters, where and why. `finish` evaluates the final state and writes,
+per run, results.json,
 the summary table, TensorBoard scalars and the PNG plots (in the run's
 folder, `runs.Runs.run_dir`), and for several runs summary.json over the
 runs that finished.
 """
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -18,68 +20,14 @@ import jax
 import numpy as np
 
 from nbn_jax.training import finetune, reporting, storage
-from nbn_jax.training.evaluation import Evaluator
-from nbn_jax.training.metrics import LongTailAccuracy
-from nbn_jax.training.plan import Plan
+from nbn_jax.training.context import RunContext
+from nbn_jax.training.records import FINISHED, STOPPED, RunRecord
 
 # Version of results.json's layout; bumped when a field changes meaning.
 RESULTS_SCHEMA = 4  # 4: 'status' and, for a stopped run, 'stopped'
 GROUPS = ('top1', 'many', 'medium', 'few')
 # The results `summarize` gathers over runs, where every run has them.
 SUMMARIZED = ('last', 'best_on_val', 'best_test_during_training')
-FINISHED, STOPPED = 'finished', 'stopped'
-
-
-def empty_record(num_runs: int) -> dict[str, Any]:
-  return {
-      'runs': [
-          {'history': [], 'best': None, 'best_test_during_training': None}
-          for _ in range(num_runs)
-      ]
-  }
-
-
-def record_stop(record: dict[str, Any], step: int, reason: str):
-  """Marks one run's `record` stopped at `step` (the update it dropped)."""
-  record['stopped'] = {'step': step, 'reason': reason}
-
-
-def stopped_at(record: dict[str, Any]) -> int | None:
-  """The step one run's `record` stopped at, or None if it did not."""
-  stopped = record.get('stopped')
-  return None if stopped is None else stopped['step']
-
-
-def resumed_record(record: dict[str, Any]) -> dict[str, Any]:
-  """A checkpoint's record in today's layout.
-
-  Checkpoints written before K runs existed hold one run's record itself;
-  it becomes that single run's entry.
-  """
-  return record if 'runs' in record else {'runs': [record]}
-
-
-def record_evaluation(
-    record: dict[str, Any],
-    step: int,
-    epoch: float,
-    split: str,
-    summary: dict[str, float],
-) -> bool:
-  """Adds an evaluation to one run's `record`; True if a new best on val."""
-  record['history'].append({'step': step, 'epoch': epoch, split: summary})
-  key = 'best' if split == 'val' else 'best_test_during_training'
-  best = record[key]
-  if best is not None and summary['top1'] <= best[split]['top1']:
-    return False
-  record[key] = {'step': step, 'epoch': epoch, split: summary}
-  return split == 'val'
-
-
-def record_best_test(record: dict[str, Any], test: LongTailAccuracy):
-  """Test accuracy at a run's new best-on-val step, into its record."""
-  record['best']['test'] = test.summary()
-  record['best']['test_per_class'] = test.per_class().tolist()
 
 
 def format_summary(summary: dict[str, float]) -> str:
@@ -88,12 +36,8 @@ def format_summary(summary: dict[str, float]) -> str:
 
 
 def finish(
-    plan: Plan,
+    context: RunContext,
     state,
-    record: dict[str, Any],
-    evaluator: Evaluator,
-    writers: list[reporting.MetricWriter],
-    workdir: str,
     before_writing: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
   """Final evaluations and every run's outputs; returns what was written.
@@ -106,7 +50,8 @@ def finish(
     One run: its results.json. K runs: {'runs': [each run's results],
     'summary': `summarize` of them} (summary.json).
   """
-  benchmark, runs = plan.benchmark, plan.runs
+  plan, evaluator, writers = context.plan, context.evaluator, context.writers
+  benchmark, runs, workdir = plan.benchmark, plan.runs, context.workdir
   run_steps = runs.steps_of(state)
   tests = evaluator(state, benchmark.test)
   vals = evaluator(state, benchmark.val) if benchmark.val is not None else None
@@ -117,7 +62,7 @@ def finish(
   for k in range(runs.num_runs):
     step = int(run_steps[k])
     run_results, rows = _run_results(
-        plan, record['runs'][k], tests[k], vals and vals[k], step
+        plan, context.records[k], tests[k], vals and vals[k], step
     )
     run_results['seed'] = runs.seeds[k]
     if plan.finetune_from:  # a second stage: the first one's result too
@@ -163,13 +108,13 @@ def finish(
   return {'runs': per_run, 'summary': summary}
 
 
-def _run_results(plan, record, test, val, step):
+def _run_results(plan, record: RunRecord, test, val, step):
   """One run's results.json and its rows of the summary table."""
   many, few = plan.shot_thresholds
   rows = {f'last (step {step}) test': test.summary()}
   results = {
       'schema': RESULTS_SCHEMA,
-      'status': FINISHED if stopped_at(record) is None else STOPPED,
+      'status': record.status,
       'config': plan.config,
       'dataset': plan.benchmark.train.name,
       'train_counts': plan.benchmark.train_counts().tolist(),
@@ -183,29 +128,29 @@ def _run_results(plan, record, test, val, step):
           'test_per_class': test.per_class().tolist(),
       },
   }
-  if stopped_at(record) is not None:
-    results['stopped'] = record['stopped']
+  if record.stop is not None:
+    results['stopped'] = dataclasses.asdict(record.stop)
   if val is not None:
     results['last']['val'] = val.summary()
     rows[f'last (step {step}) val'] = val.summary()
-    best = record['best']
+    best = record.best
     if best is not None:
       results['best_on_val'] = best
       rows[f'best on val (step {best["step"]}) test'] = best['test']
-  elif record['best_test_during_training'] is not None:
-    best = record['best_test_during_training']
+  elif record.best_test_during_training is not None:
+    best = record.best_test_during_training
     results['best_test_during_training'] = best
     rows[
         f'best during training (step {best["step"]}) test, selected on test'
     ] = best['test']
-  results['history'] = record['history']
+  results['history'] = record.history
   return results, rows
 
 
 def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   """Mean, standard deviation (ddof 1) and each run's value, per result.
 
-  Over the runs that finished: a stopped run (`record_stop`) is listed
+  Over the runs that finished: a stopped run (`RunRecord.stop`) is listed
   under 'stopped' with its step and reason, and left out of the statistics.
   Results: 'last' test and, where the runs have them, 'best_on_val' test
   and 'best_test_during_training' test; each over top-1 and the groups.

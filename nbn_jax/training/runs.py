@@ -9,25 +9,20 @@ streams and each run's slice; none of them branches on K.
   trainer's single-run steps (`nbn_jax.training.steps`).
 * `StackedRuns` (K > 1): run k is the run a single program with seed
   `seed + k` would train: its own initialisation, data order and
-  augmentation (`run_keys`; the tf.data path: `train_batches`). Every leaf
+  augmentation (`run_axis.run_keys`; the tf.data path:
+  `inputs.train_batches`). Every leaf
   of the train state has a leading run axis of size K, and the steps map
   the single-run step (`steps.apply_batch`) over it.
 
-Layout (`run_layout`; `topology.make_topology(..., run_shards)`): with K > 1
-the mesh is ('runs', 'data'), or ('runs', 'replica', 'bn_group') for
-bn_scope 'group'. The run axis of the state and of the training batches is
-split over 'runs'; each run's batch is split over the data axes, so a run
-may span several devices and a device may hold several runs. By default
-the 'runs' axis has gcd(K, devices) devices.
+Layout (`topology.run_layout`, `topology.make_topology(..., run_shards)`):
+with K > 1 the mesh is ('runs', 'data'), or ('runs', 'replica', 'bn_group')
+for bn_scope 'group'. The run axis of the state and of the training batches
+is split over 'runs'; each run's batch is split over the data axes, so a run
+may span several devices and a device may hold several runs.
 
-Mapping over runs (`run_axis`, default `default_run_axis()`):
-* 'vmap': `jax.vmap` with `spmd_axis_name='runs'`. Convolutions whose
-  kernels differ per run become grouped convolutions (one group per run).
-* 'unroll': a Python loop over the runs inside the one jitted program; the
-  program grows K-fold, but every convolution is the single run's. XLA:CPU
-  runs grouped convolutions slowly (measured, bench/timing/many_runs.py,
-  ResNet-32 batch 128: per-run step time at K = 2 is 2.4x a single run's
-  with 'vmap', 1.02x with 'unroll'), so CPUs unroll.
+The run axis (each run's seed and keys, mapping a one-run function over
+it, run k's slice) is `nbn_jax.training.run_axis`'s; K tf.data streams are
+stacked by `inputs.train_batches`.
 
 BN statistics scopes: all three work with any layout. The topology shows
 `steps` one run's topology: its `data_axes` leave 'runs' out, so the
@@ -47,9 +42,8 @@ stops when every run has.
 import abc
 import dataclasses
 import functools
-import math
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -60,163 +54,14 @@ from jax.sharding import NamedSharding
 import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax.training import inputs, steps
-from nbn_jax.training.topology import RUNS_AXIS, Topology, check_bn_group
-
-RUN_AXIS_MAPS = ('vmap', 'unroll')
-
-
-class RunLayoutError(ValueError):
-  """`num_runs` and the devices (or batch sizes) do not fit together."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunLayout:
-  """How K runs sit on the devices.
-
-  Attributes:
-    num_runs: K.
-    run_shards: devices along the 'runs' mesh axis; each holds K /
-      run_shards runs.
-    data_shards: devices each run's batch is split over.
-  """
-
-  num_runs: int
-  run_shards: int
-  data_shards: int
-
-  @property
-  def mesh_run_shards(self) -> int | None:
-    """The 'runs' mesh axis size; None for one run (a mesh without one)."""
-    return self.run_shards if self.num_runs > 1 else None
-
-
-def run_layout(
-    num_runs: int,
-    device_count: int,
-    batch_size: int,
-    eval_batch_size: int,
-    bn_scope: str = 'global',
-    bn_group_size: int = 1,
-    run_shards: int = 0,
-    feeding_hosts: int = 1,
-) -> RunLayout:
-  """Checks that K runs (K = 1 included) fit the devices and batch sizes.
-
-  The one place these rules are written; the config checks call it.
-
-  Args:
-    num_runs: K (config.num_runs).
-    device_count: all devices of all hosts.
-    batch_size: each run's global training batch.
-    eval_batch_size: the evaluation batch (shared by all runs).
-    bn_scope, bn_group_size: the BN statistics scope.
-    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices), or
-      1 when several hosts feed the batches.
-    feeding_hosts: hosts that each feed a slice of every run's batch (the
-      tf.data input path on a pod). With more than one, the 'runs' axis
-      must have one shard: a host's slice holds examples of every run.
-
-  Raises:
-    RunLayoutError: a one-line message naming the config field to change.
-  """
-  if num_runs < 1:
-    raise RunLayoutError(f'config.num_runs={num_runs} must be >= 1.')
-  if run_shards == 0:
-    run_shards = 1 if feeding_hosts > 1 else math.gcd(num_runs, device_count)
-  if feeding_hosts > 1 and run_shards != 1:
-    raise RunLayoutError(
-        f'config.run_shards={run_shards} must be 1 (or 0) when '
-        f'{feeding_hosts} hosts feed the batches (config.input_path='
-        "'tf_data'): each host's slice holds examples of every run."
-    )
-  if run_shards < 1 or num_runs % run_shards or device_count % run_shards:
-    raise RunLayoutError(
-        f'config.run_shards={run_shards} must divide both config.num_runs='
-        f'{num_runs} and the {device_count} devices (0 picks a layout).'
-    )
-  data_shards = device_count // run_shards
-  for field, size in (
-      ('batch_size', batch_size),
-      ('eval_batch_size', eval_batch_size),
-  ):
-    if size % data_shards:
-      where = f'the {data_shards} devices'
-      if run_shards > 1:
-        where += (
-            f' of each run ({device_count} devices, {run_shards} run shards '
-            f'for config.num_runs={num_runs})'
-        )
-      raise RunLayoutError(
-          f'config.{field}={size} is not divisible by {where}; use a '
-          f'multiple of {data_shards}.'
-      )
-  if bn_scope == 'group':
-    try:
-      check_bn_group(bn_group_size, data_shards)
-    except ValueError as e:
-      each = ' of each run' if run_shards > 1 else ''
-      raise RunLayoutError(
-          f'config.{e}{each} (config.bn_scope=group).'
-      ) from None
-  return RunLayout(num_runs, run_shards, data_shards)
-
-
-def run_seeds(seed: int, num_runs: int) -> list[int]:
-  return [seed + k for k in range(num_runs)]
-
-
-def run_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, data key) of one run: split(key(seed)); of K > 1 runs, (K,)
-  keys each, run k's those of a single run with seed `seed + k`."""
-  if num_runs == 1:
-    init_key, data_key = jax.random.split(jax.random.key(seed))
-    return init_key, data_key
-  keys = jnp.stack(
-      [jax.random.split(jax.random.key(s)) for s in run_seeds(seed, num_runs)]
-  )
-  return keys[:, 0], keys[:, 1]
-
-
-def select_run(tree, k: int):
-  """Run k's slice of a stacked tree (a state, metrics, class hits)."""
-  return jax.tree.map(lambda x: x[k], tree)
-
-
-def default_run_axis() -> str:
-  """'unroll' on CPU (slow grouped convolutions), 'vmap' elsewhere."""
-  return 'unroll' if jax.default_backend() == 'cpu' else 'vmap'
-
-
-def map_runs(fn: Callable, in_axes, run_axis: str = 'vmap') -> Callable:
-  """`fn` of one run -> `fn` of K stacked runs (outputs stacked on axis 0).
-
-  Args:
-    fn: a function of one run's arguments.
-    in_axes: per positional argument, 0 (stacked over runs) or None
-      (shared by all runs), as in `jax.vmap`.
-    run_axis: 'vmap' (one batched program) or 'unroll' (a Python loop over
-      the runs, for backends where grouped convolutions are slow).
-  """
-  if run_axis == 'vmap':
-    # The run axis of every intermediate (and of shard_map's blocks) is
-    # split over 'runs'.
-    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=RUNS_AXIS)
-  if run_axis != 'unroll':
-    raise ValueError(f'run_axis={run_axis!r} is not one of {RUN_AXIS_MAPS}.')
-
-  def unrolled(*args):
-    stacked = [a for a, axis in zip(args, in_axes) if axis == 0]
-    count = jax.tree.leaves(stacked[0])[0].shape[0]
-    outputs = [
-        fn(*(
-            select_run(a, k) if axis == 0 else a
-            for a, axis in zip(args, in_axes)
-        ))
-        for k in range(count)
-    ]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
-
-  return unrolled
+from nbn_jax.training.run_axis import (
+    default_run_axis,
+    map_runs,
+    run_keys,
+    run_seeds,
+    select_run,
+)
+from nbn_jax.training.topology import Topology
 
 
 def _all_finite(tree) -> jax.Array:
@@ -544,7 +389,7 @@ class StackedRuns(Runs):
     return jax.jit(step, out_shardings=self.topology.replicated)
 
   def train_stream(self, split, preprocessing, sampler, first_step):
-    return train_batches(
+    return inputs.train_batches(
         split,
         preprocessing,
         sampler,
@@ -584,33 +429,3 @@ def make_runs(
       count=num_runs,
       run_axis=default_run_axis() if run_axis == 'auto' else run_axis,
   )
-
-
-def train_batches(
-    split: ip.Split,
-    preprocessing: ip.Preprocessing,
-    sampler: ip.SamplerSpec,
-    global_batch_size: int,
-    seeds: list[int],
-    first_step: int,
-) -> Iterator[dict[str, np.ndarray]]:
-  """K tf.data training streams, one per seed, stacked.
-
-  Stream k is `inputs.tf_data_stream` with `seeds[k]`, the one a single run
-  with that seed reads. Yields {'image': (K, per_host_batch, H, W, C)
-  uint8, 'label': (K, per_host_batch)}.
-  """
-  return stack_runs([
-      inputs.tf_data_stream(
-          split, preprocessing, sampler, global_batch_size, s, first_step
-      )
-      for s in seeds
-  ])
-
-
-def stack_runs(
-    streams: Iterable[Iterator[dict[str, np.ndarray]]],
-) -> Iterator[dict[str, np.ndarray]]:
-  """Zips per-run batch streams into batches with a leading run axis."""
-  for batches in zip(*streams):
-    yield {name: np.stack([b[name] for b in batches]) for name in batches[0]}

@@ -20,9 +20,14 @@ front: ('runs', 'data') or ('runs', 'replica', 'bn_group'). Stacked states
 and batches have a leading run axis split over 'runs'; each run's batch is
 split over the data axes, which leave 'runs' out, so the single-run step
 sees one run's topology.
+
+`run_layout` checks that the runs (one or K) fit the devices and batch
+sizes and says how they sit on them (`RunLayout`): by default the 'runs'
+axis has gcd(K, devices) devices. The config checks call it.
 """
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -118,7 +123,7 @@ def make_topology(
   """The mesh for `bn_scope` over `devices` (default: every device).
 
   `run_shards`: None for a single run; else the size of a leading 'runs'
-  axis (`runs.run_layout` picks it), the rest of the devices carrying each
+  axis (`run_layout` picks it), the rest of the devices carrying each
   run's batch.
 
   Raises:
@@ -141,3 +146,99 @@ def make_topology(
       shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices
   )
   return Topology(mesh, bn_scope)
+
+
+class RunLayoutError(ValueError):
+  """`num_runs` and the devices (or batch sizes) do not fit together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+  """How K runs sit on the devices.
+
+  Attributes:
+    num_runs: K.
+    run_shards: devices along the 'runs' mesh axis; each holds K /
+      run_shards runs.
+    data_shards: devices each run's batch is split over.
+  """
+
+  num_runs: int
+  run_shards: int
+  data_shards: int
+
+  @property
+  def mesh_run_shards(self) -> int | None:
+    """The 'runs' mesh axis size; None for one run (a mesh without one)."""
+    return self.run_shards if self.num_runs > 1 else None
+
+
+def run_layout(
+    num_runs: int,
+    device_count: int,
+    batch_size: int,
+    eval_batch_size: int,
+    bn_scope: str = 'global',
+    bn_group_size: int = 1,
+    run_shards: int = 0,
+    feeding_hosts: int = 1,
+) -> RunLayout:
+  """Checks that K runs (K = 1 included) fit the devices and batch sizes.
+
+  The one place these rules are written; the config checks call it.
+
+  Args:
+    num_runs: K (config.num_runs).
+    device_count: all devices of all hosts.
+    batch_size: each run's global training batch.
+    eval_batch_size: the evaluation batch (shared by all runs).
+    bn_scope, bn_group_size: the BN statistics scope.
+    run_shards: devices along the 'runs' axis; 0 picks gcd(K, devices), or
+      1 when several hosts feed the batches.
+    feeding_hosts: hosts that each feed a slice of every run's batch (the
+      tf.data input path on a pod). With more than one, the 'runs' axis
+      must have one shard: a host's slice holds examples of every run.
+
+  Raises:
+    RunLayoutError: a one-line message naming the config field to change.
+  """
+  if num_runs < 1:
+    raise RunLayoutError(f'config.num_runs={num_runs} must be >= 1.')
+  if run_shards == 0:
+    run_shards = 1 if feeding_hosts > 1 else math.gcd(num_runs, device_count)
+  if feeding_hosts > 1 and run_shards != 1:
+    raise RunLayoutError(
+        f'config.run_shards={run_shards} must be 1 (or 0) when '
+        f'{feeding_hosts} hosts feed the batches (config.input_path='
+        "'tf_data'): each host's slice holds examples of every run."
+    )
+  if run_shards < 1 or num_runs % run_shards or device_count % run_shards:
+    raise RunLayoutError(
+        f'config.run_shards={run_shards} must divide both config.num_runs='
+        f'{num_runs} and the {device_count} devices (0 picks a layout).'
+    )
+  data_shards = device_count // run_shards
+  for field, size in (
+      ('batch_size', batch_size),
+      ('eval_batch_size', eval_batch_size),
+  ):
+    if size % data_shards:
+      where = f'the {data_shards} devices'
+      if run_shards > 1:
+        where += (
+            f' of each run ({device_count} devices, {run_shards} run shards '
+            f'for config.num_runs={num_runs})'
+        )
+      raise RunLayoutError(
+          f'config.{field}={size} is not divisible by {where}; use a '
+          f'multiple of {data_shards}.'
+      )
+  if bn_scope == 'group':
+    try:
+      check_bn_group(bn_group_size, data_shards)
+    except ValueError as e:
+      each = ' of each run' if run_shards > 1 else ''
+      raise RunLayoutError(
+          f'config.{e}{each} (config.bn_scope=group).'
+      ) from None
+  return RunLayout(num_runs, run_shards, data_shards)

@@ -6,7 +6,8 @@ import jax
 import pytest
 
 from configs import default, imagenet_lt
-from nbn_jax.training import checks, plan
+from nbn_jax import models
+from nbn_jax.training import checks, losses, plan
 from nbn_jax.training.errors import ConfigError
 from tests.nbn_jax.training.builders import first_devices, tiny_config
 
@@ -198,3 +199,68 @@ def test_a_reweighting_epoch_after_the_run_is_refused():
   _check(config)
   # Without re-weighting the field is not read.
   _check(tiny_config(loss='ldam', num_epochs=90.0))
+
+
+# --- Losses: what the registry entry says -------------------------------------
+
+
+def _one_line_error(config):
+  with pytest.raises(ConfigError) as error:
+    _check(config)
+  assert '\n' not in str(error.value)
+  return str(error.value)
+
+
+def test_an_unknown_loss_is_refused_naming_the_registered_ones():
+  message = _one_line_error(tiny_config(loss='focal'))
+  assert message.startswith("config.loss='focal' is not one of (")
+  assert "'ldam_drw'" in message and "'ride'" in message
+
+
+@pytest.mark.parametrize(
+    'entry, message',
+    [
+        (
+            losses.LossSpec(lambda *_: None, settings=('focal_gamma',)),
+            "config.loss='focal' takes the setting 'focal_gamma', which the "
+            'config lacks; add config.focal_gamma to configs/default.py.',
+        ),
+        (
+            losses.LossSpec(lambda *_: None, switch_epoch='focal_epoch'),
+            "config.loss='focal' takes the setting 'focal_epoch', which the "
+            'config lacks; add config.focal_epoch to configs/default.py.',
+        ),
+        (
+            lambda outputs, labels, progress: None,
+            "config.loss='focal' is registered as a function, not a "
+            'losses.LossSpec; register LossSpec(its function, reads=..., '
+            'settings=...).',
+        ),
+    ],
+)
+def test_a_half_registered_loss_is_refused_in_one_line(
+    monkeypatch, entry, message
+):
+  monkeypatch.setitem(losses.LOSSES, 'focal', entry)
+  assert _one_line_error(tiny_config(loss='focal')) == message
+
+
+def test_a_loss_reading_an_output_no_network_returns_is_refused(monkeypatch):
+  entry = losses.LossSpec(lambda *_: None, reads=('logits', 'embeddings'))
+  monkeypatch.setitem(losses.LOSSES, 'contrastive', entry)
+  message = _one_line_error(tiny_config(loss='contrastive'))
+  assert message == (
+      "config.loss='contrastive' needs a network returning 'embeddings' (it "
+      "reads its output 'embeddings'); config.model='ResNet8' is not one. No "
+      'network registered returns it; choose another loss.'
+  )
+
+
+def test_an_ensemble_loss_names_the_networks_that_return_what_it_reads():
+  message = _one_line_error(tiny_config(loss='ride'))
+  assert message == (
+      "config.loss='ride' needs an ensemble model (it reads its per-expert "
+      "logits); config.model='ResNet8' is not one. Choose one of "
+      f'{[n for n in models.MODELS if n.startswith("RIDE")]}, or a loss for '
+      'one network (e.g. ldam_drw).'
+  )

@@ -16,9 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
+from nbn_jax import models
 from nbn_jax.training import losses, optim, steps
 from tests import torch_losses
 from tests.nbn_jax.training.builders import (
@@ -91,8 +93,26 @@ def test_adjusted_losses_add_tau_log_prior(name, tau, effective_tau):
   assert loss[1] > plain[1]
 
 
+ENSEMBLE_LOSSES = [
+    name
+    for name, spec in losses.LOSSES.items()
+    if models.EXPERT_LOGITS in spec.reads
+]
+REWEIGHTING_LOSSES = [
+    name for name, spec in losses.LOSSES.items() if spec.switch_epoch
+]
+
+
+def test_the_ride_losses_read_the_experts_and_switch_where_drw_does():
+  assert ENSEMBLE_LOSSES == ['ride', 'ride_balanced_softmax']
+  assert REWEIGHTING_LOSSES == ['ldam_drw', 'ride']
+  assert {losses.LOSSES[n].switch_epoch for n in REWEIGHTING_LOSSES} == {
+      'drw_epoch'
+  }
+
+
 @pytest.mark.parametrize(
-    'name', [n for n in losses.LOSSES if n not in losses.ENSEMBLE_LOSSES]
+    'name', [n for n in losses.LOSSES if n not in ENSEMBLE_LOSSES]
 )
 def test_a_loss_reads_the_logits_among_other_heads(name):
   loss = losses.make_loss(name, COUNTS, SETTINGS, STEPS_PER_EPOCH)
@@ -345,7 +365,7 @@ def test_ride_balanced_softmax_equals_pytorch(dtype, tolerance):
 # --- The re-weighting epoch ---------------------------------------------------
 
 
-@pytest.mark.parametrize('name', losses.REWEIGHTING_LOSSES)
+@pytest.mark.parametrize('name', REWEIGHTING_LOSSES)
 def test_the_value_changes_at_the_reweighting_epoch_and_not_before(name):
   expert_logits, labels = _random_ensemble(np.float32)
   loss_fn = losses.make_loss(name, CIFAR10_LT, SETTINGS, STEPS_PER_EPOCH)
@@ -374,11 +394,52 @@ def test_a_reweighting_loss_needs_the_steps_per_epoch():
     losses.make_loss('ldam_drw', CIFAR10_LT)
 
 
-@pytest.mark.parametrize('name', losses.ENSEMBLE_LOSSES)
+@pytest.mark.parametrize('name', ENSEMBLE_LOSSES)
 def test_an_ensemble_loss_on_plain_logits_says_it_needs_an_ensemble(name):
   loss_fn = losses.make_loss(name, COUNTS, SETTINGS, STEPS_PER_EPOCH)
   with pytest.raises(ValueError, match='needs the per-expert logits'):
     loss_fn(LOGITS, LABELS, AT_START)
+
+
+def test_the_deferred_switch_starts_where_the_schedule_starts_the_epoch():
+  switch = losses.EpochSwitch.at_epoch(3.0, STEPS_PER_EPOCH)
+  assert switch.step == REWEIGHT_STEP
+  before, after = jnp.array([1.0, 1.0]), jnp.array([2.0, 0.5])
+  for step in (0, REWEIGHT_STEP - 1):
+    assert not switch.reached(_progress(step))
+    np.testing.assert_array_equal(
+        switch.select(_progress(step), before, after), before
+    )
+  for step in (REWEIGHT_STEP, REWEIGHT_STEP + 10):
+    assert switch.reached(_progress(step))
+    np.testing.assert_array_equal(
+        switch.select(_progress(step), before, after), after
+    )
+
+
+def test_a_loss_is_given_only_the_settings_its_spec_names():
+  given = []
+  spec = losses.LossSpec(
+      lambda counts, settings, switch: given.append(settings),
+      settings=('ldam_scale',),
+  )
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(losses.LOSSES, 'spy', spec)
+    losses.make_loss('spy', COUNTS, SETTINGS)
+  assert given == [{'ldam_scale': 30.0}]
+
+
+def test_a_setting_the_loss_names_must_be_given():
+  spec = losses.LossSpec(
+      lambda counts, settings, switch: None, settings=('toy_factor',)
+  )
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(losses.LOSSES, 'toy', spec)
+    with pytest.raises(
+        ValueError, match=r"takes the settings \['toy_factor'\]"
+    ):
+      losses.make_loss('toy', COUNTS, SETTINGS)
+    assert losses.make_loss('toy', COUNTS, {'toy_factor': 2.0}) is not None
 
 
 # --- Through the real train step ----------------------------------------------
@@ -505,3 +566,40 @@ def test_the_weighted_mean_is_over_the_batch_the_loss_sees(bn_scope):
   assert reported == pytest.approx(np.mean(shard_means), rel=1e-5)
   if bn_scope == 'device':
     assert abs(np.mean(shard_means) - global_mean) > 1e-3 * global_mean
+
+
+# --- A loss registered here, with no other edit -------------------------------
+
+
+def _toy_deferred(train_counts, settings, switch):
+  """Cross-entropy, times `toy_factor` from the switch on."""
+
+  def toy_deferred(heads, labels, progress):
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        heads[models.LOGITS], labels
+    )
+    return ce * switch.select(progress, 1.0, settings['toy_factor'])
+
+  return toy_deferred
+
+
+TOY_DEFERRED = losses.LossSpec(
+    _toy_deferred, settings=('toy_factor',), switch_epoch='drw_epoch'
+)
+
+
+def test_a_new_loss_trains_through_the_train_step_from_its_entry_alone():
+  config = tiny_config(loss='toy_deferred', drw_epoch=1.0)
+  config.toy_factor = 3.0  # its new constant: a config field
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(losses.LOSSES, 'toy_deferred', TOY_DEFERRED)
+    core = tiny_step_plan(config, train_counts=TRAIN_COUNTS)  # the checks too
+  train_step = steps.make_train_step(core.step_config)
+  sharding = core.topology.batch_sharding
+  images, labels = (jax.device_put(a, sharding) for a in random_batches(1)[0])
+  reported = {}
+  for step in (0, STEP_REWEIGHT - 1, STEP_REWEIGHT):
+    state = core.runs.init_state().replace(step=jnp.int32(step))
+    reported[step] = float(train_step(state, images, labels)[1]['loss'])
+  assert reported[0] == reported[STEP_REWEIGHT - 1]
+  assert reported[STEP_REWEIGHT] == pytest.approx(3 * reported[0], rel=1e-6)

@@ -1,5 +1,6 @@
 """The run plan: every config field reaches the code that acts on it."""
 
+import dataclasses
 import itertools
 
 import flax.linen as nn
@@ -313,11 +314,21 @@ def test_the_losses_constants_are_config_fields():
       ride_diversity_temperature=1.5,
       ride_reweight_factor=0.02,
   )
-  assert plan.loss_settings(tiny_config(**values)) == losses.LossSettings(
-      **values
-  )
+  given = dataclasses.asdict(losses.LossSettings(**values))
+  # Each loss gets the fields its spec names: RIDE's all but the prior
+  # adjustment's strength, logit-adjusted cross-entropy that one.
+  assert plan.loss_settings(tiny_config(loss='ride', **values)) == {
+      field: given[field] for field in given if field != 'logit_adjust_tau'
+  }
+  assert plan.loss_settings(tiny_config(loss='logit_adjusted', **values)) == {
+      'logit_adjust_tau': 2.0
+  }
   # The defaults of the config and of the losses are the same (RIDE's).
-  assert plan.loss_settings(default.get_config()) == losses.LossSettings()
+  defaults = dataclasses.asdict(losses.LossSettings())
+  for name, spec in losses.LOSSES.items():
+    assert plan.loss_settings(tiny_config(loss=name)) == {
+        field: defaults[field] for field in spec.setting_names
+    }
 
 
 def test_the_plans_loss_reweights_from_the_schedules_epoch_start():

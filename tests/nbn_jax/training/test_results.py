@@ -52,13 +52,6 @@ def test_a_progress_summary_shows_percent_and_an_empty_group_as_not_available():
   )
 
 
-def test_a_record_from_before_k_runs_resumes_as_the_single_run():
-  one_run = {'history': [{'step': 4}], 'best': None}
-  assert results.resumed_record(one_run) == {'runs': [one_run]}
-  today = results.empty_record(2)
-  assert results.resumed_record(today) is today
-
-
 def test_stopped_runs_are_listed_and_left_out_of_the_statistics():
   nan_at_47 = {'step': 47, 'reason': 'the training loss is nan'}
   summary = results.summarize([
@@ -84,26 +77,3 @@ def test_one_finished_run_has_a_mean_and_no_spread():
   assert summary['last']['top1'] == {'mean': 0.5, 'std': None, 'runs': [0.5]}
   row = results.summary_table(summary).splitlines()[1]
   assert row.split()[:3] == ['last', 'test', '50.00']
-
-
-def test_a_record_marks_where_and_why_a_run_stopped():
-  record = results.empty_record(2)
-  assert results.stopped_at(record['runs'][0]) is None
-  results.record_stop(record['runs'][1], 12, 'the training loss is inf')
-  assert results.stopped_at(record['runs'][1]) == 12
-  assert record['runs'][1]['stopped']['reason'] == 'the training loss is inf'
-
-
-@pytest.mark.parametrize(
-    'split, best', [('val', 'best'), ('test', 'best_test_during_training')]
-)
-def test_a_tie_keeps_the_first_best(split, best):
-  """Equal accuracy later is no new best: the earlier checkpoint stands."""
-  record = results.empty_record(1)['runs'][0]
-  summary = {'top1': 0.5, 'many': 0.6, 'medium': 0.4, 'few': 0.3}
-  assert results.record_evaluation(record, 10, 1.0, split, summary) == (
-      split == 'val'
-  )
-  assert not results.record_evaluation(record, 20, 2.0, split, dict(summary))
-  assert record[best]['step'] == 10
-  assert len(record['history']) == 2

@@ -12,7 +12,8 @@ import input_pipeline as ip
 from input_pipeline import on_device
 from nbn_jax import models
 from nbn_jax.training import inputs, losses, runs, steps
-from nbn_jax.training.topology import make_topology
+from nbn_jax.training.run_axis import run_seeds, select_run
+from nbn_jax.training.topology import make_topology, run_layout
 
 BATCH = 16
 SEED = 5
@@ -58,7 +59,7 @@ def _toy_split():
 
 
 def _run_topology(num_runs, devices, bn_scope='global', group=1, shards=0):
-  layout = runs.run_layout(
+  layout = run_layout(
       num_runs, len(devices), BATCH, BATCH, bn_scope, group, shards
   )
   return make_topology(
@@ -127,7 +128,7 @@ def _runs_in_one_program(
   else:
     train = stacked.train_step()
     streams = [_host_stream(s) for s in stacked.seeds]
-    for step, batch in enumerate(runs.stack_runs(streams)):
+    for step, batch in enumerate(inputs.stack_runs(streams)):
       states, metrics = train(
           states,
           inputs.to_global(batch['image'], stacked.batch_sharding),
@@ -141,7 +142,7 @@ def _runs_in_one_program(
 def _assert_each_run_equals_its_separate_run(states, separate):
   """Parameters, BN statistics, optimiser state and step, to 1e-5."""
   for k, single in enumerate(separate):
-    run = runs.select_run(states, k)
+    run = select_run(states, k)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
         (run.params, run.batch_stats, run.opt_state, run.step),
@@ -159,7 +160,7 @@ def test_three_runs_in_one_program_equal_three_separate_runs(
   devices = jax.devices()[:num_devices]
   states = _runs_in_one_program(_run_topology(3, devices), 3, run_axis)
   separate = _separate_runs(
-      runs.run_seeds(SEED, 3), make_topology('global', devices=devices)
+      run_seeds(SEED, 3), make_topology('global', devices=devices)
   )
   _assert_each_run_equals_its_separate_run(states, separate)
   # The runs really differ: own initialisation, data and augmentation.
@@ -178,7 +179,7 @@ def test_runs_split_over_devices_equal_separate_runs(bn_scope, group):
   assert topology.run_shards == 2
   states = _runs_in_one_program(topology, 2, on_device_input=False)
   separate = _separate_runs(
-      runs.run_seeds(SEED, 2),
+      run_seeds(SEED, 2),
       make_topology(bn_scope, group, jax.devices()[:4]),
       on_device_input=False,
   )
@@ -206,8 +207,8 @@ def test_a_run_with_a_non_finite_loss_stops_alone(run_axis):
   np.testing.assert_array_equal(after.step, [2, 0, 2])
   jax.tree.map(
       np.testing.assert_array_equal,
-      runs.select_run(after, 1),
-      runs.select_run(before, 1),
+      select_run(after, 1),
+      select_run(before, 1),
   )
 
 
@@ -244,7 +245,7 @@ def test_an_update_to_non_finite_parameters_is_dropped_though_the_loss_is_finite
 
   before, after, metrics = _one_host_step(num_runs, poison_momentum)
   assert np.isfinite(metrics['loss']).all()
-  run_0 = lambda tree: runs.select_run(tree, 0) if num_runs > 1 else tree
+  run_0 = lambda tree: select_run(tree, 0) if num_runs > 1 else tree
   np.testing.assert_array_equal(np.ravel(after.step)[0], 0)
   jax.tree.map(
       np.testing.assert_array_equal, run_0(after.params), run_0(before.params)
@@ -263,8 +264,8 @@ def test_a_stopped_run_never_trains_again():
   np.testing.assert_array_equal(after.step, [2, 0])
   jax.tree.map(
       np.testing.assert_array_equal,
-      runs.select_run(after.params, 1),
-      runs.select_run(before.params, 1),
+      select_run(after.params, 1),
+      select_run(before.params, 1),
   )
 
 
@@ -285,7 +286,7 @@ def test_eval_step_counts_each_runs_hits():
   single_step = steps.make_eval_step(_step_config(single))
   for k in range(2):
     expected = single_step(
-        jax.device_put(runs.select_run(states, k), single.replicated),
+        jax.device_put(select_run(states, k), single.replicated),
         *(jax.device_put(batch[n], single.batch_sharding) for n in names),
     )
     np.testing.assert_array_equal(correct[k], expected[0])
@@ -315,75 +316,10 @@ def test_stack_runs_puts_the_run_axis_first():
       iter([{'label': np.full(4, k * 10 + step)} for step in range(2)])
       for k in range(3)
   ]
-  stacked = list(runs.stack_runs(streams))
+  stacked = list(inputs.stack_runs(streams))
   assert len(stacked) == 2
   np.testing.assert_array_equal(stacked[1]['label'][:, 0], [1, 11, 21])
   assert stacked[0]['label'].shape == (3, 4)
-
-
-def test_run_keys_are_each_seeds_single_run_keys():
-  init_keys, data_keys = runs.run_keys(7, 3)
-  single = runs.run_keys(7, 1)  # one run: unstacked keys
-  assert single[0].shape == single[1].shape == ()
-  for k in range(3):
-    init_key, data_key = jax.random.split(jax.random.key(7 + k))
-    if k == 0:
-      for ours, expected in zip(single, (init_key, data_key)):
-        np.testing.assert_array_equal(
-            jax.random.key_data(ours), jax.random.key_data(expected)
-        )
-    np.testing.assert_array_equal(
-        jax.random.key_data(init_keys[k]), jax.random.key_data(init_key)
-    )
-    np.testing.assert_array_equal(
-        jax.random.key_data(data_keys[k]), jax.random.key_data(data_key)
-    )
-
-
-def test_default_layouts():
-  assert runs.run_layout(4, 8, 16, 16) == runs.RunLayout(4, 4, 2)
-  assert runs.run_layout(3, 8, 16, 16) == runs.RunLayout(3, 1, 8)
-  assert runs.run_layout(16, 8, 16, 16) == runs.RunLayout(16, 8, 1)
-  assert runs.run_layout(4, 8, 16, 16, 'device') == runs.RunLayout(4, 4, 2)
-  # Hosts that feed slices of every run's batch: the runs share all devices.
-  assert runs.run_layout(4, 8, 16, 16, feeding_hosts=2) == runs.RunLayout(
-      4, 1, 8
-  )
-
-
-@pytest.mark.parametrize(
-    'kwargs, message',
-    [
-        (dict(num_runs=0), r'config.num_runs=0 must be >= 1'),
-        (dict(num_runs=4, run_shards=3), r'config.run_shards=3 must divide'),
-        (dict(num_runs=16, run_shards=16), r'config.run_shards=16 must divide'),
-        (
-            dict(num_runs=4, run_shards=2, feeding_hosts=2),
-            r'config.run_shards=2 must be 1 \(or 0\) when 2 hosts feed',
-        ),
-        (
-            dict(num_runs=3, batch_size=12),
-            r'config.batch_size=12 is not divisible by the 8 devices',
-        ),
-        (
-            dict(num_runs=2, eval_batch_size=6),
-            r'config.eval_batch_size=6 .* multiple of 4',
-        ),
-        (
-            dict(num_runs=2, bn_scope='group', bn_group_size=8),
-            r'config.bn_group_size=8 must divide the 4 devices of each run',
-        ),
-        (
-            dict(num_runs=1, bn_scope='group', bn_group_size=3),
-            r'config.bn_group_size=3 must divide the 8 devices',
-        ),
-    ],
-)
-def test_runs_that_do_not_fit_the_devices_get_a_one_line_error(kwargs, message):
-  settings = dict(device_count=8, batch_size=16, eval_batch_size=16) | kwargs
-  with pytest.raises(runs.RunLayoutError, match=message) as error:
-    runs.run_layout(**settings)
-  assert '\n' not in str(error.value)
 
 
 @pytest.mark.slow
@@ -391,7 +327,7 @@ def test_tf_data_feed_stacks_each_seeds_own_stream():
   from input_pipeline import tf_pipeline  # imports TensorFlow
 
   kwargs = dict(global_batch_size=BATCH, process_index=0, process_count=1)
-  stacked = runs.train_batches(
+  stacked = inputs.train_batches(
       _toy_split(),
       PREPROCESSING,
       SAMPLER,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nbn_jax.training import comparison, results
+from nbn_jax.analysis import comparison
+from nbn_jax.training import results
 
 
 def _summary(seeds, top1, stopped=()):

@@ -7,7 +7,8 @@ import pytest
 
 from configs import quickstart
 from nbn_jax import models
-from nbn_jax.training import features, loop, plan, trained
+from nbn_jax.analysis import features
+from nbn_jax.training import loop, plan, trained
 
 DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
 

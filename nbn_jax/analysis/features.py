@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nbn_jax.models import CLASSIFIER
 from nbn_jax.training import plan, trained
 
 EVAL_BATCH = 500
@@ -38,25 +39,36 @@ EVAL_BATCH = 500
 def pooled_features(
     model: nn.Module, variables, prepare: Callable, images: np.ndarray
 ) -> np.ndarray:
-  """(N, D) inputs of the classifier `fc` for uint8 images, in eval mode.
+  """(N, D) inputs of the classifier for uint8 images, in eval mode.
 
-  An ensemble's experts each have an `fc`: their inputs, concatenated in
-  expert order, (N, E * D).
+  The classifier is the module named `models.CLASSIFIER`; an ensemble's
+  experts each have one: their inputs, concatenated in expert order,
+  (N, E * D).
 
   `prepare`: uint8 images -> model inputs (`trained.Trained.prepare`).
+
+  Raises:
+    ValueError: the model has no module of that name.
   """
 
   @jax.jit
   def features(batch):
     captured = []
 
-    def grab_fc_input(next_fun, args, kwargs, context):
-      if context.module.name == 'fc' and context.method_name == '__call__':
+    def grab_classifier_input(next_fun, args, kwargs, context):
+      if context.module.name == CLASSIFIER and (
+          context.method_name == '__call__'
+      ):
         captured.append(args[0])
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(grab_fc_input):
+    with nn.intercept_methods(grab_classifier_input):
       model.apply(variables, prepare(batch), train=False)
+    if not captured:
+      raise ValueError(
+          f'{type(model).__name__} calls no module named {CLASSIFIER!r} '
+          '(models.CLASSIFIER): the features are what its classifier reads.'
+      )
     return jnp.concatenate(captured, axis=-1)
 
   return np.concatenate([
