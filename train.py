@@ -155,6 +155,7 @@ def run(values: flags.FlagValues) -> int:
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {extra_flags}'
   distributed = values.multihost or values.coordinator_address is not None
   config = values.config
+  plan.check_workdir(config, workdir)
   with preemption.run_signals(distributed) as signals:
     if distributed:
       jax.distributed.initialize(

@@ -198,6 +198,18 @@ BAD_INPUTS = [
         None,
     ),
     (
+        'second_stage_in_its_first_stage_s_workdir',
+        lambda t: [
+            f'--config={ROOT / "configs" / "crt.py"}:quickstart',
+            f'--config.finetune_from={t / "workdir"}',
+        ],
+        [
+            "config.finetune_from is this run's --workdir",
+            'a second stage needs a workdir of its own',
+        ],
+        _record([]),
+    ),
+    (
         'config_file_sets_an_unknown_field',
         lambda t: [
             '--config='

@@ -57,8 +57,8 @@ import numpy as np
 
 from nbn_jax.folding import unfold_bn
 from nbn_jax.models.cifar_resnet import CifarResNet
-from nbn_jax.models.common import MODELS, NBN_ALPHA
-from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM
+from nbn_jax.models.common import NBN_ALPHA
+from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM, MODELS
 
 Path = tuple[str, ...]
 # The reference's NBN scalars; entry 0 is the one its ResNets read, entries
@@ -164,9 +164,7 @@ def _to_flax(
     array = entries[entry]
   elif array.ndim == 4:  # conv (O, I/g, kh, kw) -> (kh, kw, I/g, O)
     array = array.transpose(2, 3, 1, 0)
-  elif array.ndim == 2 and not (
-      cosine and path[-2:] == (CLASSIFIER, 'kernel')
-  ):
+  elif array.ndim == 2 and not (cosine and path[-2:] == (CLASSIFIER, 'kernel')):
     array = array.T  # linear (out, in) -> (in, out)
   if array.shape != like.shape:
     raise CheckpointMismatchError(

@@ -592,6 +592,15 @@ class Checkpoints:
           manager.close()
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of a workdir's newest checkpoint, or None if it has none."""
+  manager = _manager(storage.join(storage.resolve(workdir), 'checkpoints'), 1)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def latest_params(workdir: str) -> dict:
   """The parameters of a workdir's newest checkpoint, as NumPy arrays.
 

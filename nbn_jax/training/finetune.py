@@ -30,7 +30,9 @@ from flax import traverse_util
 
 from nbn_jax.models import CLASSIFIER, LOGIT_NORM
 from nbn_jax.training import steps, storage
-from nbn_jax.training.checkpoints import latest_variables, structure_difference
+from nbn_jax.training import workdir as workdir_lib
+from nbn_jax.training.checkpoints import latest_step, latest_variables
+from nbn_jax.training.checkpoints import structure_difference
 from nbn_jax.training.errors import ConfigError
 
 HEAD = (CLASSIFIER, LOGIT_NORM)  # reinitialised together
@@ -148,15 +150,63 @@ def start_from(
   )
 
 
-def first_stage_results(workdir: str, run_dir: str) -> dict[str, Any]:
-  """What the first stage was and reported for one run.
+def check_own_workdir(finetune_from: str, workdir: str):
+  """ConfigError if a second stage would run in its first stage's workdir."""
+  setting = 'config.finetune_from'
+  if finetune_from and storage.resolve(finetune_from, setting) == (
+      storage.resolve(workdir)
+  ):
+    raise ConfigError(
+        f"{setting} is this run's --workdir ({workdir}); a second stage "
+        "needs a workdir of its own (the first stage's is only read): give "
+        'another --workdir.'
+    )
 
-  Its folder; the file it was converted from and how, for a workdir the
-  converter wrote (`CONVERTED_FILE`); and 'last', the result of its run
-  folder `run_dir` (the workdir itself for a single run), for a workdir
-  train.py finished. A stage stopped early has no results.json.
+
+def first_stage_step(finetune_from: str) -> int:
+  """The step of the first stage's checkpoint a second stage starts from.
+
+  Raises:
+    ConfigError: `finetune_from` is no workdir, its run is still training
+      (its lock is held), or it holds no checkpoint (one line each).
   """
-  summary = {'workdir': storage.resolve(workdir, 'config.finetune_from')}
+  setting = f'config.finetune_from={finetune_from}'
+  workdir = storage.resolve(finetune_from, 'config.finetune_from')
+  if workdir_lib.recorded_config(workdir) is None:
+    raise ConfigError(
+        f'{setting} is not a workdir that train.py or the converter wrote '
+        "(it has no config.json); give the first stage's --workdir."
+    )
+  holder = workdir_lib.in_use_by(workdir)
+  if holder is not None:
+    raise ConfigError(
+        f'{setting} is still training ({holder}); start the second stage '
+        'once it has ended, from its last checkpoint.'
+    )
+  step = latest_step(workdir)
+  if step is None:
+    raise ConfigError(
+        f'{setting} holds no checkpoint yet; train (or convert) it first.'
+    )
+  return step
+
+
+def first_stage_results(
+    workdir: str, run_dir: str, step: int | None
+) -> dict[str, Any]:
+  """What the first stage was and reported, for one run of a second stage.
+
+  Its folder; the step of its checkpoint this stage started from (`step`;
+  None in runs recorded before it was); the file it was converted from and
+  how, for a workdir the converter wrote (`CONVERTED_FILE`); its status
+  and 'last' result from its run folder `run_dir` (the workdir itself for a
+  single run) when that result is of the checkpoint this stage started
+  from. A first stage stopped before its end has no results.json.
+  """
+  summary = {
+      'workdir': storage.resolve(workdir, 'config.finetune_from'),
+      'step': step,
+  }
   try:
     summary['converted_from'] = json.loads(
         storage.read_text(storage.join(workdir, CONVERTED_FILE))
@@ -164,8 +214,12 @@ def first_stage_results(workdir: str, run_dir: str) -> dict[str, Any]:
   except FileNotFoundError:
     pass
   try:
-    text = storage.read_text(storage.join(run_dir, 'results.json'))
+    reported = json.loads(
+        storage.read_text(storage.join(run_dir, 'results.json'))
+    )
   except FileNotFoundError:
     return summary
-  summary['last'] = json.loads(text)['last']
+  if step is None or reported['last']['step'] == step:
+    summary['status'] = reported.get('status')
+    summary['last'] = reported['last']
   return summary

@@ -31,7 +31,8 @@ from absl import logging
 
 from input_pipeline import image_check
 from nbn_jax.training import plan as plan_lib
-from nbn_jax.training import metrics, preemption, records, reporting, results
+from nbn_jax.training import finetune, metrics, preemption, records
+from nbn_jax.training import reporting, results
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.context import RunContext
@@ -96,6 +97,15 @@ def run(
           'checkpoint to evaluate.'
       )
     else:
+      if plan.finetune_from:  # a second stage: from which checkpoint
+        step = finetune.first_stage_step(plan.finetune_from)
+        logging.info(
+            'Second stage: starting from %s, its checkpoint at step %d.',
+            plan.finetune_from,
+            step,
+        )
+        for record in run_records:
+          record.first_stage_step = step
       state = plan.start(state)
     if signals is not None:
       signals.terminate_if_requested()  # all processes, before any write

@@ -45,6 +45,12 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
   return DETERMINISTIC_XLA_FLAGS if config.deterministic else ''
 
 
+def check_workdir(config: ml_collections.ConfigDict, workdir: str):
+  """ConfigError if `workdir` cannot hold this config's run, before it is
+  claimed: a second stage in its first stage's workdir."""
+  finetune.check_own_workdir(config.finetune_from, workdir)
+
+
 # --- Builders -----------------------------------------------------------------
 
 

@@ -5,9 +5,11 @@ checkpoint as JSON (`to_checkpoint`), in the layout checkpoints have held
 since K runs exist:
 
     {'runs': [{'history': [...], 'best': ..., 'best_test_during_training':
-     ..., 'stopped': {'step': ..., 'reason': ...}}, ...]}
+     ..., 'stopped': {'step': ..., 'reason': ...}, 'first_stage_step':
+     ...}, ...]}
 
-('stopped' only for a run that stopped). `from_checkpoint` reads it back,
+('stopped' only for a run that stopped, 'first_stage_step' only for a
+second stage). `from_checkpoint` reads it back,
 and a checkpoint written before K runs existed (one run's record itself)
 as that single run's.
 """
@@ -46,12 +48,15 @@ class RunRecord:
     best_test_during_training: without a validation split, the best
       evaluation on test (selected on test, and labelled so).
     stop: where and why it stopped; None while it trains.
+    first_stage_step: a second stage's: the step of the first stage's
+      checkpoint it started from; None otherwise.
   """
 
   history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   best: dict[str, Any] | None = None
   best_test_during_training: dict[str, Any] | None = None
   stop: Stop | None = None
+  first_stage_step: int | None = None
 
   @property
   def status(self) -> str:
@@ -87,6 +92,8 @@ class RunRecord:
     }
     if self.stop is not None:
       data['stopped'] = dataclasses.asdict(self.stop)
+    if self.first_stage_step is not None:
+      data['first_stage_step'] = self.first_stage_step
     return data
 
   @classmethod
@@ -98,6 +105,7 @@ class RunRecord:
         best=data.get('best'),
         best_test_during_training=data.get('best_test_during_training'),
         stop=None if stopped is None else Stop(**stopped),
+        first_stage_step=data.get('first_stage_step'),
     )
 
 

@@ -67,7 +67,9 @@ def finish(
     run_results['seed'] = runs.seeds[k]
     if plan.finetune_from:  # a second stage: the first one's result too
       first = finetune.first_stage_results(
-          plan.finetune_from, runs.run_dir(plan.finetune_from, k)
+          plan.finetune_from,
+          runs.run_dir(plan.finetune_from, k),
+          context.records[k].first_stage_step,
       )
       run_results['first_stage'] = first
       if 'last' in first:

@@ -99,8 +99,8 @@ def resolve(path: str, setting: str = '--workdir') -> str:
         f'{setting} is empty; give a local folder or gs://BUCKET/PATH.'
     )
   found = scheme(path)
-  if found is None:
-    return os.fspath(pathlib.Path(path).absolute())
+  if found is None:  # absolute, without '.' and '..'
+    return os.path.normpath(pathlib.Path(path).absolute())
   if found not in REMOTE_SCHEMES:
     raise WorkdirError(
         f'{setting}={path}: {found}:// is not supported; give a local folder '

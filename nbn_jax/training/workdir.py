@@ -390,6 +390,23 @@ class _ObjectLock(_Lock):
       storage.delete_if(self.path, self._generation)
 
 
+def in_use_by(workdir: str) -> str | None:
+  """'pid P on host H' of a run holding a live lock in `workdir`, or None.
+
+  A lock that `claim` would replace as stale counts as none.
+  """
+  lock_class = _ObjectLock if storage.is_remote(workdir) else _FileLock
+  for name in storage.listdir(workdir):
+    index = name.removeprefix('lock.')
+    if not (name.startswith('lock.') and index.isdigit()):
+      continue
+    found = lock_class(workdir, int(index))._read()
+    if found is not None and not _stale(found[0], found[1]):
+      holder = found[0]
+      return f'pid {holder.get("pid")} on host {holder.get("host")}'
+  return None
+
+
 def _create_folders(workdir: str) -> list[str]:
   """Makes a local `workdir` and missing parents; returns those made,
   deepest first."""

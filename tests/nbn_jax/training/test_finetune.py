@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import input_pipeline as ip
 from configs import crt, quickstart
 from nbn_jax.training import conversion, finetune, loop
 from nbn_jax.training import plan as plan_lib
+from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_variables
 from nbn_jax.training.errors import ConfigError
 
@@ -103,7 +105,9 @@ def test_a_second_stage_trains_only_the_classifier_and_the_alphas(tmp_path):
   )
   first_results = json.loads((first / 'results.json').read_text())
   assert results['first_stage'] == {
-      'workdir': os.path.abspath(first),
+      'workdir': str(first),
+      'step': 2,
+      'status': 'finished',
       'last': first_results['last'],
   }
   assert results['last']['step'] == 3
@@ -196,8 +200,9 @@ def test_the_old_classifier_needs_the_old_class_count(first_stage):
 
 def test_the_first_stage_of_a_converted_workdir_names_its_file(tmp_path):
   conversion.record_source(str(tmp_path), 'weights/resnet152.pth', 'plain_bn')
-  assert finetune.first_stage_results(str(tmp_path), str(tmp_path)) == {
+  assert finetune.first_stage_results(str(tmp_path), str(tmp_path), 0) == {
       'workdir': str(tmp_path),
+      'step': 0,
       'converted_from': {
           'checkpoint': os.path.abspath('weights/resnet152.pth'),
           'source': 'plain_bn',
@@ -222,3 +227,61 @@ def test_a_first_stage_of_another_network_is_one_line(tmp_path):
 def test_training_only_the_classifier_needs_a_first_stage(tmp_path):
   with pytest.raises(ConfigError, match='set config.finetune_from'):
     _stage(tmp_path, 1, trainable='classifier')
+
+
+class TestTheFirstStage:
+  """A second stage reads a finished first stage, names the checkpoint it
+  starts from, and never shares or races its workdir."""
+
+  @pytest.mark.parametrize('spelling', ['{}', '{}/', '{}/../first'])
+  def test_its_own_workdir_is_refused_however_spelt(self, tmp_path, spelling):
+    first = tmp_path / 'first'
+    first.mkdir()
+    with pytest.raises(ConfigError) as error:
+      finetune.check_own_workdir(spelling.format(first), str(first))
+    assert str(error.value) == (
+        f"config.finetune_from is this run's --workdir ({first}); a second "
+        "stage needs a workdir of its own (the first stage's is only read): "
+        'give another --workdir.'
+    )
+    finetune.check_own_workdir(str(first), str(tmp_path / 'second'))
+
+  def test_a_folder_that_is_no_workdir_says_so(self, tmp_path):
+    with pytest.raises(ConfigError) as error:
+      finetune.first_stage_step(str(tmp_path / 'missing'))
+    assert str(error.value) == (
+        f'config.finetune_from={tmp_path / "missing"} is not a workdir that '
+        'train.py or the converter wrote (it has no config.json); give the '
+        "first stage's --workdir."
+    )
+
+  def test_a_first_stage_still_training_is_refused(self, tmp_path):
+    config = _config(1).to_dict()
+    with workdir_lib.claim(str(tmp_path), config):
+      workdir_lib.record_config(str(tmp_path), config)
+      with pytest.raises(ConfigError) as error:
+        finetune.first_stage_step(str(tmp_path))
+    assert str(error.value) == (
+        f'config.finetune_from={tmp_path} is still training (pid '
+        f'{os.getpid()} on host {socket.gethostname()}); start the second '
+        'stage once it has ended, from its last checkpoint.'
+    )
+
+  def test_a_first_stage_without_checkpoints_is_refused(self, tmp_path):
+    workdir_lib.record_config(str(tmp_path), _config(1).to_dict())
+    with pytest.raises(ConfigError, match='holds no checkpoint yet'):
+      finetune.first_stage_step(str(tmp_path))
+
+  def test_the_step_is_its_newest_checkpoint_s(self, first_stage):
+    assert finetune.first_stage_step(str(first_stage)) == 1
+
+  def test_its_results_are_reported_only_for_that_checkpoint(self, first_stage):
+    reported = finetune.first_stage_results(
+        str(first_stage), str(first_stage), 1
+    )
+    assert (reported['step'], reported['status']) == (1, 'finished')
+    assert reported['last']['step'] == 1
+    # The first stage was continued after this stage started from step 1:
+    # its results are another checkpoint's.
+    later = finetune.first_stage_results(str(first_stage), str(first_stage), 0)
+    assert later == {'workdir': str(first_stage), 'step': 0}
