@@ -236,6 +236,46 @@ def test_the_plans_optimiser_carries_nesterov_and_decay_alpha(
   assert not np.allclose(updates['w'], updates_plan['w'])
 
 
+def test_classifier_training_moves_only_the_heads_and_the_alphas():
+  """cRT's optimiser (trainable='classifier'): gradients and weight decay
+  reach every expert's fc and alpha; the rest stays exactly as it was."""
+  config = tiny_config(
+      model='RIDEResNet8',
+      trainable='classifier',
+      finetune_from='/first/stage',
+      weight_decay=0.1,
+      momentum=0.0,
+  )
+  core = tiny_step_plan(config)
+  shapes = jax.eval_shape(
+      lambda: core.model.init(
+          jax.random.key(0), jnp.zeros((1, *core.image_shape)), train=False
+      )
+  )['params']
+  params = jax.tree.map(lambda s: jnp.full(s.shape, 1.5, s.dtype), shapes)
+  rate = float(core.learning_rate(0))
+  heads_and_alphas = {
+      f"['expert_{e}']{leaf}"
+      for e in range(3)
+      for leaf in ("['fc']['kernel']", "['nbn_alpha']")
+  }
+  for gradient in (0.0, 1.0):  # weight decay alone, then with a gradient
+    grads = jax.tree.map(lambda p: jnp.full_like(p, gradient), params)
+    updates, _ = core.tx.update(grads, core.tx.init(params), params)
+    new = jax.tree_util.tree_flatten_with_path(
+        optax.apply_updates(params, updates)
+    )[0]
+    assert heads_and_alphas < {jax.tree_util.keystr(p) for p, _ in new}
+    for path, value in new:
+      name = jax.tree_util.keystr(path)
+      expected = (
+          1.5 - rate * (gradient + 0.1 * 1.5)
+          if name in heads_and_alphas
+          else 1.5
+      )
+      np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
+
+
 def test_the_schedule_follows_the_config():
   config = tiny_config(
       learning_rate=0.2,
