@@ -57,8 +57,8 @@ import numpy as np
 
 from nbn_jax.folding import unfold_bn
 from nbn_jax.models.cifar_resnet import CifarResNet
-from nbn_jax.models.common import MODELS, NBN_ALPHA
-from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM
+from nbn_jax.models.common import NBN_ALPHA
+from nbn_jax.models.network import CLASSIFIER, LOGIT_NORM, MODELS
 
 Path = tuple[str, ...]
 # The reference's NBN scalars; entry 0 is the one its ResNets read, entries
