@@ -572,6 +572,13 @@ class Checkpoints:
     self.confirm(agree=False)
     return time.perf_counter() - start
 
+  def __enter__(self) -> 'Checkpoints':
+    return self
+
+  def __exit__(self, *exc_info):
+    """Closes the folders (`close`) however the block ends."""
+    self.close()
+
   def close(self):
     """Confirms pending writes on this host (`wait`) and closes the folders.
 

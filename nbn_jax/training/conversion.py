@@ -225,13 +225,10 @@ def write_workdir(
   ):
     state = converted_state(config, state_dict, source)
     workdir_lib.record_config(workdir, config.to_dict())
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    try:
+    with Checkpoints(workdir, config.keep_checkpoints) as checkpoints:
       checkpoints.save(
           state, records.to_checkpoint([records.RunRecord()]), wait=True
       )
-    finally:
-      checkpoints.close()
     if checkpoint is not None:
       record_source(workdir, checkpoint, source)
 

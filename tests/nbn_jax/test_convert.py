@@ -22,6 +22,7 @@ from nbn_jax.convert import (
     from_torch_bn_state_dict,
     from_torch_state_dict,
     looks_like,
+    strip_prefix,
     torch_name,
 )
 from tests import torch_models, torch_resnet32, torch_ride
@@ -348,6 +349,16 @@ class TestMismatch:
   def test_a_shape_mismatch_names_the_key(self):
     with pytest.raises(CheckpointMismatchError, match="'fc.bias' has shape"):
       from_torch_state_dict(models.ResNet14(100), self._resnet14_state())
+
+  def test_a_prefix_on_only_some_keys_is_left_for_the_check(self):
+    """DataParallel prefixes every key; a checkpoint where only some carry
+    `module.` is not one of its, and no key is cut short."""
+    state = {f'module.{k}': v for k, v in self._resnet14_state().items()}
+    state['scale_factor'] = state.pop('module.scale_factor')
+    assert strip_prefix(state) == state
+    with pytest.raises(CheckpointMismatchError) as error:
+      from_torch_state_dict(models.ResNet14(NUM_CLASSES), state)
+    assert "'bn1.bias' is missing from the checkpoint" in str(error.value)
 
   def test_a_ride_checkpoint_for_a_plain_resnet_says_ride(self):
     """The authors' resnet50_ride_NBN with ride_nbn_lr's head."""

@@ -237,14 +237,29 @@ def test_nnx_precise_statistics_pass_the_hand_check():
     del model
     net, _ = _nnx_net()
     assert precise_bn.update_bn_stats_nnx(net, batches) == 2
-    assert net.bn.momentum == net.nbn.momentum == 0.9  # restored
-    assert net.bn.use_running_average is False
     return {
         name: {'mean': layer.mean[...], 'var': layer.var[...]}
         for name, layer in (('bn', net.bn), ('nbn', net.nbn))
     }
 
   _hand_check(estimate)
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_nnx_estimate_from_either_mode_leaves_the_mode_as_it_was(mode):
+  """The statistics are train-mode ones; the layers' mode and momentum
+  are restored."""
+  net, variables = _nnx_net()
+  getattr(net, mode)()
+  (x,) = _batches(1)
+  precise_bn.update_bn_stats_nnx(net, [x])
+  in_eval_mode = mode == 'eval'
+  for name, layer in (('bn', net.bn), ('nbn', net.nbn)):
+    assert layer.use_running_average is in_eval_mode, name
+    assert layer.momentum == 0.9, name
+    mean, var = _hand_statistics(variables['params'], x)[name]
+    np.testing.assert_allclose(layer.mean[...], mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.var[...], var, rtol=1e-4, atol=1e-4)
 
 
 def test_nnx_eval_mode_equals_train_mode_on_the_batch():

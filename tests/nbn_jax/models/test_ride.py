@@ -78,15 +78,21 @@ class TestParameterCounts:
   @pytest.mark.parametrize('num_experts', [1, 3, 4])
   def test_nbn_adds_one_alpha_per_expert(self, num_experts):
     """The reference's scale_factor holds 111 entries; 3 are read."""
-    count = lambda norm: param_count(
-        abstract_variables(
-            models.RIDEResNet14(10, norm=norm, num_experts=num_experts),
-            IMAGENET_STYLE,
-        )
-    )
-    assert count('nbn') == count('bn') + num_experts
-    reference = torch_ride.RIDEResNet(num_classes=10, num_experts=3)
-    assert reference.scale_factor.shape == (111,)
+    shapes = lambda norm: {
+        jax.tree_util.keystr(path): leaf.shape
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            abstract_variables(
+                models.RIDEResNet14(10, norm=norm, num_experts=num_experts),
+                IMAGENET_STYLE,
+            )['params']
+        )[0]
+    }
+    nbn, bn = shapes('nbn'), shapes('bn')
+    added = {path: nbn[path] for path in nbn.keys() - bn.keys()}
+    assert added == {
+        f"['expert_{e}']['nbn_alpha']": () for e in range(num_experts)
+    }
+    assert bn.keys() <= nbn.keys()
 
 
 def _reference_sites(stage, blocks, norms, shortcut, num_experts=3):
@@ -260,13 +266,33 @@ class TestOutputs:
 
   def test_cifar_ensemble_has_a_cosine_head_scaled_by_30(self, images):
     model = models.RIDEResNet8(10)
-    assert (model.classifier, model.cosine_scale) == ('cosine', 30.0)
+    assert model.classifier == 'cosine'
+    assert models.RIDEResNet50(10).classifier == 'linear'
     x = images((4, 32, 32, 3))
     variables = _init(model, x)
     assert set(variables['params']['expert_0']['fc']) == {'kernel'}
-    logits = model.apply(variables, x, train=False)['expert_logits']
-    assert float(jnp.abs(logits).max()) <= 30.0 + 1e-4
-    assert models.RIDEResNet50(10).classifier == 'linear'
+    expert_logits = lambda m: m.apply(variables, x, train=False)[
+        'expert_logits'
+    ]
+    cosines = expert_logits(model.clone(cosine_scale=1.0))
+    assert float(jnp.abs(cosines).max()) <= 1.0 + 1e-6
+    np.testing.assert_allclose(
+        expert_logits(model), 30 * cosines, rtol=1e-5, atol=1e-5
+    )
+
+  def test_every_experts_cosine_head_takes_the_cosine_scale(self, images):
+    """The head is the families' own (`classifier_head`): one ensemble."""
+    model = models.RIDEResNet8(10, num_experts=2)
+    x = images((2, 32, 32, 3))
+    variables = _init(model, x)
+    outputs = lambda scale: model.clone(cosine_scale=scale).apply(
+        variables, x, train=False
+    )
+    scaled, cosines = outputs(16.0), outputs(1.0)
+    for name in ('expert_logits', 'logits'):
+      np.testing.assert_allclose(
+          scaled[name], 16 * cosines[name], rtol=1e-5, atol=1e-5
+      )
 
   def test_logit_rectification_per_expert(self, images):
     x = images((16, 32, 32, 3))

@@ -7,7 +7,7 @@ import pytest
 
 from configs import default, imagenet_lt
 from nbn_jax import models
-from nbn_jax.training import checks, losses, plan
+from nbn_jax.training import checks, losses, plan, topology
 from nbn_jax.training.errors import ConfigError
 from tests.nbn_jax.training.builders import first_devices, tiny_config
 
@@ -189,16 +189,31 @@ def test_the_ride_losses_need_an_ensemble_model(loss):
   assert '\n' not in str(e.value)
 
 
-def test_a_reweighting_epoch_after_the_run_is_refused():
-  config = tiny_config(loss='ldam_drw', num_epochs=90.0)  # drw_epoch 160
-  with pytest.raises(
-      ConfigError, match='config.drw_epoch=160.0 is not before the end'
-  ):
+@pytest.mark.parametrize(
+    'model, loss', [('ResNet8', 'ldam_drw'), ('RIDEResNet8', 'ride')]
+)
+@pytest.mark.parametrize('drw_epoch', [160.0, 90.0])
+def test_a_reweighting_epoch_at_or_after_the_end_is_refused(
+    model, loss, drw_epoch
+):
+  """At epoch 90 of a 90-epoch run no step is left to re-weight."""
+  config = tiny_config(
+      model=model, loss=loss, num_epochs=90.0, drw_epoch=drw_epoch
+  )
+  with pytest.raises(ConfigError) as error:
     _check(config)
-  config.drw_epoch = 80.0
-  _check(config)
+  assert str(error.value).startswith(
+      f'config.drw_epoch={drw_epoch} is not before the end of the run '
+      '(config.num_epochs=90.0)'
+  )
+  assert '\n' not in str(error.value)
+
+
+def test_a_reweighting_epoch_inside_the_run_passes():
+  _check(tiny_config(loss='ldam_drw', num_epochs=90.0, drw_epoch=89.0))
+  _check(tiny_config(loss='ldam_drw', num_epochs=90.0, drw_epoch=0.0))
   # Without re-weighting the field is not read.
-  _check(tiny_config(loss='ldam', num_epochs=90.0))
+  _check(tiny_config(loss='ldam', num_epochs=90.0, drw_epoch=160.0))
 
 
 # --- Losses: what the registry entry says -------------------------------------
@@ -264,3 +279,36 @@ def test_an_ensemble_loss_names_the_networks_that_return_what_it_reads():
       f'{[n for n in models.MODELS if n.startswith("RIDE")]}, or a loss for '
       'one network (e.g. ldam_drw).'
   )
+
+
+def test_drw_beta_0_passes():
+  """0 is documented as no re-weighting (weights all 1), not refused."""
+  _check(tiny_config(loss='ldam_drw', drw_epoch=0.0, drw_beta=0.0))
+
+
+@pytest.mark.parametrize('threshold', [20, 100])
+def test_equal_few_and_many_thresholds_pass(threshold):
+  """Few < t, Medium = t, Many > t: three groups still."""
+  _check(tiny_config(few_threshold=threshold, many_threshold=threshold))
+
+
+def test_a_few_threshold_above_the_many_one_is_refused_naming_both():
+  with pytest.raises(ConfigError) as error:
+    _check(tiny_config(few_threshold=101, many_threshold=100))
+  assert str(error.value) == (
+      'config.few_threshold must not exceed config.many_threshold.'
+  )
+
+
+@pytest.mark.parametrize(
+    'input_path, run_shards', [('on_device', 4), ('tf_data', 1)]
+)
+def test_only_hosts_feeding_tf_data_batches_keep_the_runs_together(
+    input_path, run_shards
+):
+  """2 hosts, 8 devices, 4 runs: each tf.data host feeds a slice of every
+  run's batch, so the runs share all devices (1 run shard); on-device input
+  holds the whole split on every host: the runs are laid out as on one."""
+  config = tiny_config(num_runs=4, input_path=input_path)
+  layout = checks.check_config(config, device_count=8, process_count=2)
+  assert layout == topology.RunLayout(4, run_shards, 8 // run_shards)

@@ -21,11 +21,12 @@ class CountingEvalStep:
   """An eval program that predicts class 0 for every image, counting calls.
 
   Returns per-class (correct, total) over the unmasked examples, (C,) each,
-  as the trainer's eval step does for one run.
+  as the trainer's eval step does for one run; (K, C) for `num_runs` K.
   """
 
-  def __init__(self):
+  def __init__(self, num_runs=None):
     self.calls = 0
+    self.num_runs = num_runs
 
   def __call__(self, state, images, labels, mask):
     del state, images
@@ -33,7 +34,10 @@ class CountingEvalStep:
     labels, mask = np.asarray(labels), np.asarray(mask)
     total = np.bincount(labels[mask], minlength=NUM_CLASSES)
     correct = np.bincount(labels[mask & (labels == 0)], minlength=NUM_CLASSES)
-    return correct, total
+    if self.num_runs is None:
+      return correct, total
+    every_run = (self.num_runs, 1)  # each run predicts the same
+    return np.tile(correct, every_run), np.tile(total, every_run)
 
 
 def _evaluator(eval_step) -> evaluation.Evaluator:
@@ -54,7 +58,8 @@ def _split(labels, name='test') -> ip.Split:
 
 
 def _state(step):
-  return types.SimpleNamespace(step=np.int32(step))
+  """A train state at `step`: one run's, or K runs' for a list of steps."""
+  return types.SimpleNamespace(step=np.asarray(step, np.int32))
 
 
 # 11 examples: 3 batches of 4, the last padded with one masked example.
@@ -85,6 +90,29 @@ def test_a_split_is_evaluated_once_per_step():
   assert eval_step.calls == 10
 
 
+def test_each_split_of_a_step_is_remembered_until_the_step_moves():
+  eval_step = CountingEvalStep()
+  evaluator = _evaluator(eval_step)
+  test, val = _split(LABELS), _split(LABELS[:4], name='val')
+  first = evaluator(_state(5), test)  # 3 batches
+  evaluator(_state(5), val)  # 1 batch
+  assert evaluator(_state(5), test) is first  # still remembered
+  assert eval_step.calls == 4
+
+
+def test_k_runs_are_evaluated_again_when_any_run_moves_on():
+  """Run 0 stopped at step 3; the others' steps decide what is new."""
+  eval_step = CountingEvalStep(num_runs=3)
+  evaluator = _evaluator(eval_step)
+  test = _split(LABELS)
+  assert len(evaluator(_state([3, 5, 5]), test)) == 3
+  assert eval_step.calls == 3
+  evaluator(_state([3, 5, 5]), test)
+  assert eval_step.calls == 3
+  evaluator(_state([3, 6, 6]), test)  # run 0 has not moved, the others have
+  assert eval_step.calls == 6
+
+
 def test_long_evaluations_log_progress(monkeypatch, caplog):
   monkeypatch.setattr(evaluation, 'PROGRESS_SECONDS', 0.0)
   with caplog.at_level(logging.INFO):
@@ -106,3 +134,13 @@ def test_a_count_that_misses_examples_is_an_error():
 
   with pytest.raises(RuntimeError, match='evaluated 8 of 11 examples of test'):
     _evaluator(DroppingEvalStep())(_state(5), _split(LABELS))
+
+
+def test_a_count_that_includes_the_padding_is_an_error():
+  class PaddingEvalStep(CountingEvalStep):
+
+    def __call__(self, state, images, labels, mask):
+      return super().__call__(state, images, labels, np.ones_like(mask))
+
+  with pytest.raises(RuntimeError, match='evaluated 12 of 11 examples of test'):
+    _evaluator(PaddingEvalStep())(_state(5), _split(LABELS))

@@ -84,6 +84,11 @@ def _list_dataset(tmp_path, num_classes, test_size, distinct=12):
   )
 
 
+def _latest_checkpoint_step(workdir) -> int | None:
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    return manager.latest_step()
+
+
 def _check_outputs(workdir, results, steps, checkpoints=True):
   assert 0.0 <= results['last']['test']['top1'] <= 1.0
   assert results['last']['step'] == steps
@@ -96,12 +101,7 @@ def _check_outputs(workdir, results, steps, checkpoints=True):
   assert os.listdir(os.path.join(workdir, 'metrics'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   if checkpoints:
-    assert (
-        ocp.CheckpointManager(
-            os.path.join(workdir, 'checkpoints')
-        ).latest_step()
-        == steps
-    )
+    assert _latest_checkpoint_step(workdir) == steps
   records = reporting.read_metrics(str(workdir))
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
   assert losses and all(math.isfinite(l) for l in losses)
@@ -505,10 +505,7 @@ def test_runs_side_by_side_write_each_runs_outputs_and_a_summary(tmp_path):
   assert summary['last']['top1']['runs'] == pytest.approx(top1)
   assert summary['last']['top1']['mean'] == pytest.approx(np.mean(top1))
   assert summary['last']['top1']['std'] == pytest.approx(np.std(top1, ddof=1))
-  assert (
-      ocp.CheckpointManager(os.path.join(tmp_path, 'checkpoints')).latest_step()
-      == 2
-  )
+  assert _latest_checkpoint_step(tmp_path) == 2
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,17 @@ def test_shot_group_boundaries():
   assert 'Many (> 19' in metrics.describe_shot_groups(custom, 19, 6)
 
 
+def test_equal_thresholds_leave_medium_the_classes_at_the_threshold():
+  groups = metrics.shot_groups(np.array([51, 50, 49, 50]), many=50, few=50)
+  assert {g: ids.tolist() for g, ids in groups.items()} == {
+      'many': [0],
+      'medium': [1, 3],
+      'few': [2],
+  }
+  with pytest.raises(ValueError, match='few <= many, got few=51, many=50'):
+    metrics.shot_groups(np.array([51]), many=50, few=51)
+
+
 def test_classes_without_a_known_count_are_in_no_group():
   counts = np.array([101, 0, 50, 0, 5])
   groups = metrics.shot_groups(counts, counted=counts > 0)

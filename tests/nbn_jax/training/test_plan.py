@@ -167,6 +167,22 @@ def test_the_ensemble_and_head_fields_reach_the_model_when_set():
   assert (plain.classifier, plain.cosine_scale) == ('cosine', 30.0)
 
 
+def test_the_configs_cosine_scale_scales_every_experts_cosines():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)))
+
+  def expert_logits(cosine_scale):
+    config = tiny_config(model='RIDEResNet8', cosine_scale=cosine_scale)
+    model = plan.build_model(config, 10)
+    variables = model.init(jax.random.key(0), x, train=False)
+    return model.apply(variables, x, train=False)['expert_logits']
+
+  cosines = expert_logits(1.0)
+  assert float(jnp.abs(cosines).max()) <= 1.0 + 1e-6
+  np.testing.assert_allclose(
+      expert_logits(16.0), 16 * cosines, rtol=1e-5, atol=1e-5
+  )
+
+
 def test_a_config_recorded_before_the_ensemble_fields_still_builds():
   """trained.load of an older workdir: its config.json lacks them."""
   config = tiny_config().to_dict()
@@ -282,6 +298,46 @@ def test_the_backbone_steps_at_backbone_lr_factor_times_the_rate():
     )
 
 
+def test_classifier_training_moves_only_the_heads_and_the_alphas():
+  """cRT's optimiser (trainable='classifier'): gradients and weight decay
+  reach every expert's fc and alpha; the rest stays exactly as it was."""
+  config = tiny_config(
+      model='RIDEResNet8',
+      trainable='classifier',
+      finetune_from='/first/stage',
+      weight_decay=0.1,
+      momentum=0.0,
+  )
+  core = tiny_step_plan(config)
+  shapes = jax.eval_shape(
+      lambda: core.model.init(
+          jax.random.key(0), jnp.zeros((1, *core.image_shape)), train=False
+      )
+  )['params']
+  params = jax.tree.map(lambda s: jnp.full(s.shape, 1.5, s.dtype), shapes)
+  rate = float(core.learning_rate(0))
+  heads_and_alphas = {
+      f"['expert_{e}']{leaf}"
+      for e in range(3)
+      for leaf in ("['fc']['kernel']", "['nbn_alpha']")
+  }
+  for gradient in (0.0, 1.0):  # weight decay alone, then with a gradient
+    grads = jax.tree.map(lambda p: jnp.full_like(p, gradient), params)
+    updates, _ = core.tx.update(grads, core.tx.init(params), params)
+    new = jax.tree_util.tree_flatten_with_path(
+        optax.apply_updates(params, updates)
+    )[0]
+    assert heads_and_alphas < {jax.tree_util.keystr(p) for p, _ in new}
+    for path, value in new:
+      name = jax.tree_util.keystr(path)
+      expected = (
+          1.5 - rate * (gradient + 0.1 * 1.5)
+          if name in heads_and_alphas
+          else 1.5
+      )
+      np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
+
+
 def test_the_schedule_follows_the_config():
   config = tiny_config(
       learning_rate=0.2,
@@ -345,6 +401,22 @@ def test_the_plans_loss_reweights_from_the_schedules_epoch_start():
       ).mean()
   )
   assert value(0) == value(5) != value(6)
+
+
+@pytest.mark.parametrize('drw_beta, reweights', [(0.0, False), (0.9999, True)])
+def test_drw_beta_0_is_no_reweighting(drw_beta, reweights):
+  """Beta 0 weighs every class 1: from drw_epoch on the loss is LDAM's."""
+  counts = np.array([40, 20, 10, 10, 5, 5, 4, 3, 2, 1])
+  config = tiny_config(loss='ldam_drw', drw_epoch=1.0, drw_beta=drw_beta)
+  core = tiny_step_plan(config, train_counts=counts)  # epoch 1: step 6
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(16, 10)))
+  labels = jnp.arange(16) % 10
+  value = lambda step: float(
+      core.step_config.loss_fn(
+          logits, labels, steps.progress(core.step_config, jnp.int32(step))
+      ).mean()
+  )
+  assert (value(6) != value(0)) == reweights
 
 
 def test_a_reweight_factor_the_class_counts_refuse_is_a_config_error():

@@ -1,6 +1,7 @@
 """K runs in one program train exactly as K separate runs (8 CPU devices)."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -293,6 +294,36 @@ def test_eval_step_counts_each_runs_hits():
     np.testing.assert_array_equal(total[k], expected[1])
 
 
+def test_k_runs_start_from_their_seeds_single_run_parameters():
+  """Run k's initial state is that of a single run with seed + k."""
+  devices = jax.devices()[:1]
+  variables = lambda state: (state.params, state.batch_stats)
+  stacked = _runs(_run_topology(2, devices), SEED, 2, 'unroll')
+  states = jax.device_get(variables(stacked.init_state()))
+  for k in range(2):
+    single = _runs(make_topology('global', devices=devices), SEED + k)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        select_run(states, k),
+        jax.device_get(variables(single.init_state())),
+    )
+  kernels = states[0]['layer1_0']['conv1']['kernel']
+  assert np.abs(kernels[0] - kernels[1]).max() > 1e-3  # different seeds
+
+
+def test_the_stopped_runs_are_those_behind_the_loops_step():
+  def state(step):
+    return types.SimpleNamespace(step=np.asarray(step, np.int32))
+
+  k_runs = _runs(_run_topology(3, jax.devices()[:1]), SEED, 3)
+  assert k_runs.stopped(state([4, 4, 4]), 4) == {}
+  assert k_runs.stopped(state([4, 2, 4]), 4) == {1: 2}
+  assert k_runs.stopped(state([0, 2, 4]), 4) == {0: 0, 1: 2}
+  one = _runs(make_topology('global', devices=jax.devices()[:1]))
+  assert one.stopped(state(4), 4) == {}
+  assert one.stopped(state(3), 4) == {0: 3}
+
+
 def test_one_run_and_k_runs_lay_out_their_outputs():
   one = _runs(make_topology('global', devices=jax.devices()[:1]))
   k_runs = _runs(_run_topology(2, jax.devices()[:2]), SEED, 2)
@@ -323,19 +354,16 @@ def test_stack_runs_puts_the_run_axis_first():
 
 
 @pytest.mark.slow
-def test_tf_data_feed_stacks_each_seeds_own_stream():
+def test_k_runs_read_each_seeds_own_tf_data_stream():
+  """Run k's batches are those tf.data gives a single run with seed + k."""
   from input_pipeline import tf_pipeline  # imports TensorFlow
 
   kwargs = dict(global_batch_size=BATCH, process_index=0, process_count=1)
-  stacked = inputs.train_batches(
-      _toy_split(),
-      PREPROCESSING,
-      SAMPLER,
-      BATCH,
-      [SEED, SEED + 1],
-      first_step=0,
+  stacked = _runs(_run_topology(2, jax.devices()[:2]), SEED, 2)
+  stream = stacked.train_stream(
+      _toy_split(), PREPROCESSING, SAMPLER, first_step=0
   )
-  first, second = next(stacked), next(stacked)
+  first, second = next(stream), next(stream)
   assert first['image'].shape == (2, BATCH, 8, 8, 3)
   for k in range(2):
     alone = tf_pipeline.as_numpy(

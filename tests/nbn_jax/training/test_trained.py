@@ -30,9 +30,8 @@ def test_a_trained_workdir_gives_the_trainers_own_evaluation(tmp_path):
   test = plan.benchmark.test
   logits = run.logits(test.images)
   # The trainer's eval program on its own restored state, logit for logit.
-  checkpoints = Checkpoints(str(tmp_path), 1)
-  state, _ = checkpoints.restore_latest(plan.runs.init_state())
-  checkpoints.close()
+  with Checkpoints(str(tmp_path), 1) as checkpoints:
+    state, _ = checkpoints.restore_latest(plan.runs.init_state())
   cfg = plan.core.step_config
   ours = cfg.model.apply(
       {'params': state.params, 'batch_stats': state.batch_stats},
