@@ -124,6 +124,7 @@ def test_places_lt_fine_tunes_converted_imagenet_weights(tmp_path):
   results = json.loads((places / 'results.json').read_text())
   assert results['first_stage'] == {
       'workdir': str(imagenet),
+      'step': 0,  # the converted checkpoint's
       'converted_from': {'checkpoint': str(checkpoint), 'source': 'plain_bn'},
   }
   assert results['dataset'] == 'places_lt:train'
