@@ -72,26 +72,28 @@ class Server:
   def __init__(self, url: str):
     self.url = url
 
-  def new_bucket(self) -> str:
-    """A new empty bucket's name."""
+  def _client(self):
+    """A client of this server (whatever this process's environment)."""
+    from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
+    return storage.Client(
+        project='test',
+        credentials=AnonymousCredentials(),
+        client_options={'api_endpoint': self.url},
+    )
+
+  def new_bucket(self) -> str:
+    """A new empty bucket's name."""
     name = f'test-{uuid.uuid4().hex[:12]}'
-    storage.Client(
-        project='test', client_options={'api_endpoint': self.url}
-    ).create_bucket(name)
+    self._client().create_bucket(name)
     return name
 
   def objects(self, bucket: str) -> dict[str, bytes]:
     """{name: bytes} of every object in `bucket`."""
-    from google.cloud import storage
-
-    client = storage.Client(
-        project='test', client_options={'api_endpoint': self.url}
-    )
     return {
         blob.name: blob.download_as_bytes()
-        for blob in client.list_blobs(bucket)
+        for blob in self._client().list_blobs(bucket)
     }
 
 
