@@ -630,9 +630,10 @@ class TestStopAndResume:
   ]
 
   @pytest.fixture(scope='class')
-  def uninterrupted(self, tmp_path_factory) -> pathlib.Path:
+  @classmethod
+  def uninterrupted(cls, tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp('uninterrupted')
-    result = _train(workdir, *self.RUN, devices=1)
+    result = _train(workdir, *cls.RUN, devices=1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _checkpoint_dirs(workdir) == ['4', '8']
     return workdir
