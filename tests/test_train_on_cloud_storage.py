@@ -49,6 +49,23 @@ def _run(workdir, *flags, server, cwd, devices=1, timeout=300):
   )
 
 
+def _training(workdir: str, server, cwd: pathlib.Path) -> subprocess.Popen:
+  """train.py running RUN in `cwd`, once it logged its first progress line
+  (its stderr's later lines are left to read)."""
+  cwd.mkdir(parents=True, exist_ok=True)
+  run = subprocess.Popen(
+      [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *RUN],
+      cwd=cwd,
+      env=_bucket_environment(server),
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  for line in run.stderr:
+    if re.search(r'step \d+/8 ', line):
+      return run
+  raise AssertionError(f'train.py ended before training: {run.wait()}')
+
+
 def _results(workdir: str, name: str = 'results.json') -> dict:
   return json.loads(storage.read_text(f'{workdir}/{name}'))
 
@@ -113,18 +130,8 @@ class TestQuickstartInABucket:
       self, cloud_storage, tmp_path, uninterrupted
   ):
     workdir = f'gs://{cloud_storage.new_bucket()}/run'
-    (tmp_path / 'cwd').mkdir()
-    run = subprocess.Popen(
-        [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *RUN],
-        cwd=tmp_path / 'cwd',
-        env=_bucket_environment(cloud_storage),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in run.stderr:
-      if re.search(r'step \d+/8 ', line):
-        run.send_signal(signal.SIGTERM)
-        break
+    run = _training(workdir, cloud_storage, tmp_path / 'cwd')
+    run.send_signal(signal.SIGTERM)
     stderr = run.communicate(timeout=300)[1]
     assert run.returncode == 75, stderr[-3000:]
     stopped = re.search(r'stopped on SIGTERM after step (\d+);', stderr)
@@ -169,18 +176,8 @@ class TestQuickstartInABucket:
       self, cloud_storage, tmp_path
   ):
     workdir = f'gs://{cloud_storage.new_bucket()}/run'
-    (tmp_path / 'cwd').mkdir()
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *RUN],
-        cwd=tmp_path / 'cwd',
-        env=_bucket_environment(cloud_storage),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _training(workdir, cloud_storage, tmp_path / 'cwd')
     try:
-      for line in first.stderr:
-        if re.search(r'step \d+/8 ', line):
-          break
       second = _run(workdir, *RUN, server=cloud_storage, cwd=tmp_path / 'cwd')
     finally:
       first.kill()

@@ -5,12 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import quickstart
 from nbn_jax import models
 from nbn_jax.analysis import features
 from nbn_jax.training import loop, plan, trained
-
-DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
+from tests.nbn_jax.training.builders import quickstart_steps
 
 
 @pytest.fixture(scope='module')
@@ -18,16 +16,7 @@ def workdirs(tmp_path_factory):
   """{'bn': workdir, 'nbn': workdir}: two quickstart steps each."""
   result = {}
   for norm in ('bn', 'nbn'):
-    config = quickstart.get_config()
-    config.update(
-        norm=norm,
-        batch_size=16,
-        lr_batch_size=16,
-        eval_batch_size=32,
-        steps_per_dispatch=1,
-        warmup_epochs=0.0,
-        num_epochs=2 * 16 / DIGITS_TRAIN_SIZE,
-    )
+    config = quickstart_steps(2, norm=norm)
     workdir = str(tmp_path_factory.mktemp(norm))
     loop.train_and_evaluate(config, workdir)
     result[norm] = workdir

@@ -16,7 +16,6 @@ import numpy as np
 import optax
 import pytest
 
-from configs import quickstart
 from nbn_jax import models
 from nbn_jax.analysis import features
 from nbn_jax.normalization import NormalizedBatchNorm
@@ -24,13 +23,14 @@ from nbn_jax.training import checks, finetune, loop, plan, steps
 from nbn_jax.training.checkpoints import latest_variables
 from nbn_jax.training.errors import ConfigError
 from tests.nbn_jax.training.builders import (
+    DIGITS_TRAIN_SIZE,
+    quickstart_steps,
     random_batches,
     tiny_config,
     tiny_step_plan,
 )
 
 TINY = 'TinyConvNet'
-DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
 
 
 class TinyConvNet(nn.Module):
@@ -218,27 +218,12 @@ def test_it_trains_and_evaluates_through_the_plans_steps(tiny_network):
   assert int(total.sum()) == len(labels) and correct.shape == (10,)
 
 
-def _config(steps, **overrides):
-  config = quickstart.get_config()
-  config.update(
-      model=TINY,
-      batch_size=16,
-      lr_batch_size=16,
-      eval_batch_size=32,
-      steps_per_dispatch=1,
-      warmup_epochs=0.0,
-      num_epochs=steps * 16 / DIGITS_TRAIN_SIZE,
-      **overrides,
-  )
-  return config
-
-
 @pytest.mark.slow
 def test_it_trains_retrains_its_classifier_and_reports_features(
     tiny_network, tmp_path
 ):
   first, second = tmp_path / 'first', tmp_path / 'second'
-  results = loop.train_and_evaluate(_config(2), str(first))
+  results = loop.train_and_evaluate(quickstart_steps(2, model=TINY), str(first))
   assert results['last']['step'] == 2
   assert results['nbn_sites'] == ['norm']
   assert json.loads((first / 'results.json').read_text())['status'] == (
@@ -246,7 +231,9 @@ def test_it_trains_retrains_its_classifier_and_reports_features(
   )
   # cRT: only the classifier and the alpha move.
   loop.train_and_evaluate(
-      _config(2, finetune_from=str(first), trainable='classifier'),
+      quickstart_steps(
+          2, model=TINY, finetune_from=str(first), trainable='classifier'
+      ),
       str(second),
   )
   before, after = (
@@ -255,9 +242,7 @@ def test_it_trains_retrains_its_classifier_and_reports_features(
   moved = {
       '/'.join(k.key for k in path)
       for path, leaf in jax.tree_util.tree_flatten_with_path(after)[0]
-      if not np.array_equal(
-          leaf, _at(before, [k.key for k in path])
-      )
+      if not np.array_equal(leaf, _at(before, [k.key for k in path]))
   }
   assert moved == {'fc/kernel', 'fc/bias', 'norm/alpha'}
   # Its features are what its classifier reads.

@@ -4,11 +4,12 @@ import jax
 import numpy as np
 
 import input_pipeline as ip
-from configs import default
+from configs import default, quickstart
 from nbn_jax.training import plan
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 10  # CIFAR-10's spec
+DIGITS_TRAIN_SIZE = 503  # the quickstart's long-tailed digits
 
 
 def tiny_config(**overrides):
@@ -20,6 +21,21 @@ def tiny_config(**overrides):
   config.warmup_epochs = 0.0
   for field, value in overrides.items():
     config[field] = value
+  return config
+
+
+def quickstart_steps(steps: int, **overrides):
+  """The quickstart (digits), `steps` steps of batch 16, no warm-up."""
+  config = quickstart.get_config()
+  config.update(
+      batch_size=16,
+      lr_batch_size=16,
+      eval_batch_size=32,
+      steps_per_dispatch=1,
+      warmup_epochs=0.0,
+      num_epochs=steps * 16 / DIGITS_TRAIN_SIZE,
+      **overrides,
+  )
   return config
 
 

@@ -14,15 +14,14 @@ import optax
 import pytest
 
 import input_pipeline as ip
-from configs import crt, quickstart
+from configs import crt
 from input_pipeline import on_device
 from nbn_jax.training import conversion, finetune, loop
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_variables
 from nbn_jax.training.errors import ConfigError
-
-DIGITS_TRAIN_SIZE = 503
+from tests.nbn_jax.training.builders import quickstart_steps
 
 
 def test_train_only_moves_the_chosen_parameters_and_decays_nothing_else():
@@ -50,22 +49,10 @@ def test_the_classifier_is_every_module_named_fc():
   assert not finetune.in_classifier(('fc_like',))  # a parameter, no module
 
 
-def _config(steps, **overrides):
-  config = quickstart.get_config()
-  config.update(
-      batch_size=16,
-      lr_batch_size=16,
-      eval_batch_size=32,
-      steps_per_dispatch=1,
-      warmup_epochs=0.0,
-      num_epochs=steps * 16 / DIGITS_TRAIN_SIZE,
-      **overrides,
-  )
-  return config
-
-
 def _stage(workdir, steps, **overrides):
-  return loop.train_and_evaluate(_config(steps, **overrides), str(workdir))
+  return loop.train_and_evaluate(
+      quickstart_steps(steps, **overrides), str(workdir)
+  )
 
 
 def _snapshot(path: pathlib.Path):
@@ -134,7 +121,7 @@ def test_the_second_stage_starts_from_the_first_stages_variables(
   first = tmp_path / 'first'
   _stage(first, 1, logit_norm=True)
   stage1 = latest_variables(str(first))
-  config = _config(
+  config = quickstart_steps(
       1,
       logit_norm=True,
       finetune_from=str(first),
@@ -174,7 +161,9 @@ def first_stage(tmp_path_factory):
 
 def _second_stage_state(first, num_classes, reinit):
   """The state a second stage of `num_classes` classes starts from."""
-  config = _config(1, finetune_from=str(first), reinit_classifier=reinit)
+  config = quickstart_steps(
+      1, finetune_from=str(first), reinit_classifier=reinit
+  )
   spec = dataclasses.replace(ip.DATASETS['digits'], num_classes=num_classes)
   core = plan_lib.build_step_plan(
       config, spec, np.full(num_classes, 50), (8, 8, 1)
@@ -273,7 +262,7 @@ class TestTheFirstStage:
     )
 
   def test_a_first_stage_still_training_is_refused(self, tmp_path):
-    config = _config(1).to_dict()
+    config = quickstart_steps(1).to_dict()
     with workdir_lib.claim(str(tmp_path), config):
       workdir_lib.record_config(str(tmp_path), config)
       with pytest.raises(ConfigError) as error:
@@ -285,7 +274,7 @@ class TestTheFirstStage:
     )
 
   def test_a_first_stage_without_checkpoints_is_refused(self, tmp_path):
-    workdir_lib.record_config(str(tmp_path), _config(1).to_dict())
+    workdir_lib.record_config(str(tmp_path), quickstart_steps(1).to_dict())
     with pytest.raises(ConfigError, match='holds no checkpoint yet'):
       finetune.first_stage_step(str(tmp_path))
 
