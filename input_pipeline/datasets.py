@@ -251,8 +251,7 @@ def _load_lists(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
   missing = [field for field, value in required.items() if not value]
   if missing:
     raise DataError(
-        f'{name} from list files needs {", ".join(missing)} (see README, '
-        '"Data").'
+        f'{name} from list files needs {", ".join(missing)} (see docs/data.md).'
     )
 
   def load(list_file, kind, all_classes=False, check_images=s.check_images):
