@@ -144,4 +144,6 @@ def test_the_digits_are_named_by_their_digit():
 
 def test_class_names_must_name_every_class():
   with pytest.raises(ValueError, match='3 class names for 10 classes'):
-    ip.DatasetSpec(10, (0.5,), (0.5,), ip.Preprocessing(), ('digits',), 'abc')
+    ip.DatasetSpec(
+        10, (0.5,), (0.5,), ip.Preprocessing(), ('digits',), ('a', 'b', 'c')
+    )
