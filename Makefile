@@ -1,4 +1,4 @@
-# The two commands of a fresh clone (README, "Set up, try, test"):
+# The two commands of a fresh clone (README, "Set up and test"):
 #
 #   make quickstart   creates $(VENV) if it is missing, installs
 #                     requirements.txt and this package, trains the quickstart

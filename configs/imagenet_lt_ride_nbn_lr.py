@@ -20,7 +20,7 @@ Sources of the numbers:
 * The loss: the reference's config names plain cross-entropy, which cannot
   take the ensemble's per-expert logits, and its copy of RIDE's loss fails
   with its default re-weighting epoch; which loss was meant is unknown (see
-  README, "Where this differs"). This config trains with RIDE's own loss
+  docs/differences.md). This config trains with RIDE's own loss
   (`loss='ride'`: LDAM + DRW + diversity, summed over experts) with RIDE's
   ImageNet-LT constants (config_imagenet_lt_resnet50_ride.json: re-weighting
   at epoch 80, reweight factor 0.02, diversity factor -0.2; LDAM max margin

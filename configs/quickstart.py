@@ -5,8 +5,10 @@
 scikit-learn's bundled 8x8 digits, made long-tailed (imbalance factor 10:
 124 training images of digit 0 down to 12 of digit 9; 50 test images per
 digit), a ResNet-8 with NBN on its last stage, 60 epochs with the on-device
-input path. Runs in under a minute on a 2-core CPU (measured: 27 s wall,
-idle Intel Xeon at 2.5 GHz). The baseline is `--config.norm=bn`.
+input path. Runs in under a minute on a 2-core CPU (measured: 16 s wall,
+start-up included, on an idle 2-core Intel Xeon at 2.5 GHz; 28 to 57 s on
+2-core machines shared with other jobs). The baseline is
+`--config.norm=bn`.
 """
 
 from configs import default

@@ -57,22 +57,53 @@ class Preprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """Fixed facts of a dataset: classes, per-channel mean/std, augmentation."""
+  """Fixed facts of a dataset: classes, per-channel mean/std, augmentation.
+
+  Attributes:
+    class_names: the name of each class id, in id order, for people (plots);
+      empty where the dataset has none short enough to show.
+  """
 
   num_classes: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   preprocessing: Preprocessing
   sources: tuple[str, ...]
+  class_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(
+          f'{len(self.class_names)} class names for {self.num_classes} classes.'
+      )
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
+# CIFAR-10's label names, in the order of its label ids (the dataset's
+# batches.meta, TFDS's label feature, the JPEG copy's README).
+CIFAR10_CLASSES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 
 DATASETS = {
     'cifar10': DatasetSpec(
-        10, CIFAR_MEAN, CIFAR_STD, Preprocessing('cifar'), ('tfds', 'jpeg')
+        10,
+        CIFAR_MEAN,
+        CIFAR_STD,
+        Preprocessing('cifar'),
+        ('tfds', 'jpeg'),
+        CIFAR10_CLASSES,
     ),
     'cifar100': DatasetSpec(
         100, CIFAR_MEAN, CIFAR_STD, Preprocessing('cifar'), ('tfds',)
@@ -96,7 +127,12 @@ DATASETS = {
     ),
     # Mean and std of the digit pixels (one channel).
     'digits': DatasetSpec(
-        10, (0.3053,), (0.3759,), Preprocessing('none'), ('digits',)
+        10,
+        (0.3053,),
+        (0.3759,),
+        Preprocessing('none'),
+        ('digits',),
+        tuple(str(digit) for digit in range(10)),
     ),
 }
 
@@ -215,8 +251,7 @@ def _load_lists(name: str, spec: DatasetSpec, s: SourceSettings) -> Splits:
   missing = [field for field, value in required.items() if not value]
   if missing:
     raise DataError(
-        f'{name} from list files needs {", ".join(missing)} (see README, '
-        '"Data").'
+        f'{name} from list files needs {", ".join(missing)} (see docs/data.md).'
     )
 
   def load(list_file, kind, all_classes=False, check_images=s.check_images):

@@ -88,7 +88,7 @@ class Split:
 LIST_FILE_HELP = (
     'List files have one "relative/path label" per line. ImageNet-LT, '
     'iNaturalist 2018 and Places-LT lists come with the classifier-balancing '
-    'release (see README, "Data").'
+    'release (see docs/data.md).'
 )
 
 

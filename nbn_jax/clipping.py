@@ -5,7 +5,7 @@ reference's `torch.norm`): at step 0 the raw bias gets ``alpha / 1e-6`` times
 the gradient of the effective bias. With the reference's plain SGD that is
 harmless (only the bias direction depends on it, and it is fixed by that
 first update), but the global gradient norm is then dominated by it: 2.3e4
-against 0.32 for plain BN at step 0 of a CIFAR ResNet-32 (issue 11). So:
+against 0.32 for plain BN at step 0 of a CIFAR ResNet-32. So:
 
 * `optax.clip_by_global_norm(c)` divides every other parameter's first
   update by about 1e4 or more;

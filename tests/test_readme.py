@@ -1,10 +1,19 @@
-"""The README's code runs as written."""
+"""The README's and the docs pages' code runs as written.
 
+Every Python block of README.md and docs/*.md runs on its own, twice (a
+block that saves to a fixed place fails the second time), and prints what
+it computes; each command line of a program of this repository parses and
+names what exists; every page under docs/ is linked from the README, and
+every link between the pages leads somewhere.
+"""
+
+import importlib.util
 import os
 import pathlib
 import re
 import shlex
 import subprocess
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,86 +26,158 @@ from nbn_jax.training import checks, conversion, loop
 
 ROOT = pathlib.Path(__file__).parents[1]
 README = ROOT / 'README.md'
+DOCS = ROOT / 'docs'
+PAGES = [README, *sorted(DOCS.glob('*.md'))]
+# Pages the README links that another branch adds: once it is merged, the
+# link test fails until the page is taken off this list.
+PAGES_TO_COME = {(DOCS / 'evaluation.md').resolve()}
+QUICKSTART_WORKDIR = '/tmp/quickstart'  # what the blocks load
 
 
-def test_readme_example_trains_with_shared_alpha():
-  code = re.search(r'```python\n(.*?)```', README.read_text(), re.S).group(1)
+def _name(page: pathlib.Path) -> str:
+  return str(page.relative_to(ROOT))
+
+
+def python_blocks(page: pathlib.Path) -> list[str]:
+  return re.findall(r'```python\n(.*?)```', page.read_text(), re.S)
+
+
+def _run(code: str) -> dict[str, Any]:
   namespace = {}
-  exec(code, namespace)  # noqa: S102  (our own README)
-  head, x = namespace['Head'](), jnp.ones((4, 8, 8, 3))
-  variables = head.init(jax.random.key(0), x, train=False)
+  exec(code, namespace)  # noqa: S102  (our own documentation)
+  return namespace
+
+
+# --- What particular blocks compute ------------------------------------------
+
+
+def _head_shares_one_alpha(ns):
+  variables, updates = ns['variables'], ns['updates']
   assert variables['params']['nbn_alpha'].shape == ()
   assert not any(
       'alpha' in layer
       for name, layer in variables['params'].items()
       if name != 'nbn_alpha'
   )
-  logits, updates = head.apply(
-      variables, x, train=True, mutable=['batch_stats']
-  )
-  assert logits.shape == (4, 10)
+  assert ns['logits'].shape == (4, 10)
   assert set(updates['batch_stats']) == {
       'NormalizedBatchNorm_0',
       'NormalizedBatchNorm_1',
   }
 
 
-def _section(title: str) -> str:
-  text = README.read_text()
-  start = text.index(f'## {title}\n')
-  end = text.find('\n## ', start + 1)
-  return text[start:end]
+def _quickstart_predicts_its_test_digits(ns):
+  assert ns['logits'].shape == (500, 10)
+  run, test = ns['run'], ns['test']
+  by_hand = run.model.apply(
+      run.variables, run.prepare(test.images), train=False
+  )
+  np.testing.assert_allclose(ns['logits'], by_hand, atol=1e-5)
 
 
-def _blocks(title: str, tmp_path) -> list[str]:
-  """The section's Python blocks, each to run on its own, in `tmp_path`."""
-  blocks = re.findall(r'```python\n(.*?)```', _section(title), re.S)
-  return [block.replace('/tmp/', f'{tmp_path}/') for block in blocks]
-
-
-def _run(code: str) -> dict:
-  namespace = {}
-  exec(code, namespace)  # noqa: S102  (our own README)
-  return namespace
-
-
-@pytest.mark.slow
-def test_use_it_in_your_model_runs_as_written(tmp_path):
-  """The linen walk-through, the NNX one, loading a trained workdir and
-  precise BN, each on its own (a fresh namespace apiece)."""
-  linen, nnx, load, precise = _blocks('Use it in your model', tmp_path)
-  ns = _run(linen)
+def _linen_restores_what_it_saved(ns):
   assert ns['eval_logits'].shape == (8, 10)
   assert ns['num_params'] == 464_155  # ResNet-32 and its one shared alpha
-  jax.tree.map(
-      lambda a, b: np.testing.assert_array_equal(a, b),
-      ns['restored'],
-      ns['variables'],
-  )
-  ns = _run(nnx)
+  jax.tree.map(np.testing.assert_array_equal, ns['restored'], ns['variables'])
+
+
+def _nnx_shares_one_alpha_and_restores(ns):
   assert ns['nnx_params'] == 3 * 3 * (3 + 16) * 16 + 2 * 2 * 16 + 1 + 170
   restored_net, net = ns['restored_net'], ns['net']
   np.testing.assert_array_equal(restored_net.bn1.mean[...], net.bn1.mean[...])
   assert 'alpha' not in ns['nnx'].state(net.bn1)
+
+
+def _precise_bn_evaluates_near_train_mode(ns):
+  # The batches' own statistics: eval mode on one of them is near train mode.
+  eval_error = np.abs(ns['eval_logits'] - ns['train_logits']).max()
+  stale_error = np.abs(ns['stale_logits'] - ns['train_logits']).max()
+  assert eval_error < 0.5 * stale_error
+
+
+# {a line only that block has: what it must compute}
+BLOCK_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    'class Head(nn.Module):': _head_shares_one_alpha,
+    "run = trained.load('/tmp/quickstart')": (
+        _quickstart_predicts_its_test_digits
+    ),
+    'model = models.ResNet32(10)': _linen_restores_what_it_saved,
+    'class Net(nnx.Module):': _nnx_shares_one_alpha_and_restores,
+    'stats = precise_bn.precise_batch_stats(': (
+        _precise_bn_evaluates_near_train_mode
+    ),
+}
+
+
+def _blocks_with(line: str) -> list[tuple[pathlib.Path, str]]:
+  return [
+      (page, block)
+      for page in PAGES
+      for block in python_blocks(page)
+      if line in block
+  ]
+
+
+@pytest.mark.parametrize('line', list(BLOCK_CHECKS))
+def test_each_checked_block_is_on_one_page_once(line):
+  assert len(_blocks_with(line)) == 1
+
+
+def test_the_readme_head_trains_with_one_shared_alpha(capsys):
+  [(_, block)] = _blocks_with('class Head(nn.Module):')
+  _head_shares_one_alpha(_run(block))
+  assert 'alpha 1.0' in capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def quickstart_workdir(tmp_path_factory) -> str:
+  """A quickstart workdir (2 steps) for the blocks that load one."""
+  workdir = str(tmp_path_factory.mktemp('docs') / 'quickstart')
   config = quickstart.get_config()
   config.update(num_train_steps=2, steps_per_dispatch=1)
-  loop.train_and_evaluate(config, str(tmp_path / 'quickstart'))
-  assert _run(load)['logits'].shape == (4, 10)
-  ns = _run(precise)
-  # The batches' own statistics: eval mode on one of them is near train mode.
-  train_logits, _ = ns['model'].apply(
-      ns['variables'], ns['batches'][0], train=True, mutable=['batch_stats']
-  )
-  stale_logits = ns['model'].apply(
-      ns['variables'], ns['batches'][0], train=False
-  )
-  eval_error = np.abs(ns['eval_logits'] - train_logits).max()
-  assert eval_error < 0.5 * np.abs(stale_logits - train_logits).max()
+  loop.train_and_evaluate(config, workdir)
+  return workdir
 
 
-def _indented_blocks(title: str) -> list[list[str]]:
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'page, index',
+    [
+        (_name(page), index)
+        for page in PAGES
+        for index in range(len(python_blocks(page)))
+    ],
+)
+def test_every_python_block_runs_twice_and_prints_what_it_computes(
+    page, index, capsys, request
+):
+  block = python_blocks(ROOT / page)[index]
+  code = block
+  if QUICKSTART_WORKDIR in block:
+    workdir = request.getfixturevalue('quickstart_workdir')
+    code = block.replace(QUICKSTART_WORKDIR, workdir)
+  capsys.readouterr()
+  for _ in range(2):
+    namespace = _run(code)
+    assert capsys.readouterr().out.strip(), 'the block printed nothing'
+  for line, check in BLOCK_CHECKS.items():
+    if line in block:
+      check(namespace)
+
+
+# --- Command lines ------------------------------------------------------------
+
+
+def _section(page: pathlib.Path, title: str) -> str:
+  text = page.read_text()
+  start = text.index(f'## {title}\n')
+  end = text.find('\n## ', start + 1)
+  return text[start:] if end < 0 else text[start:end]
+
+
+def _indented_blocks(page: pathlib.Path, title: str) -> list[list[str]]:
   """The section's indented (shell) blocks, each a list of its lines."""
-  blocks = re.findall(r'\n\n((?:    .*\n)+)', _section(title))
+  blocks = re.findall(r'\n\n((?:    .*\n)+)', _section(page, title))
   return [[line.strip() for line in block.splitlines()] for block in blocks]
 
 
@@ -126,22 +207,24 @@ def _make_dry_run(target: str, venv: pathlib.Path) -> list[str]:
 
 
 def test_the_two_commands_are_the_ones_ci_runs():
-  """The README's first block is what .ci/run runs, in the same order."""
-  two = _indented_blocks('Set up, try, test')[0]
+  """The README's first set-up block is what .ci/run runs, in order."""
+  two = _indented_blocks(README, 'Set up and test')[0]
   ci = [
       line.strip()
       for line in (ROOT / '.ci' / 'run').read_text().splitlines()
       if line.startswith('make ')
   ]
   assert len(two) == 2 and ci == two
+  development = _indented_blocks(DOCS / 'development.md', 'The two commands')
+  assert development[0] == two
 
 
 def test_the_two_commands_run_the_manual_steps(tmp_path):
-  """From nothing, `make quickstart` and `make test` run the README's steps
-  "by hand" that follow creating and entering the environment, in order
-  (`make test` all but the quickstart); with an environment in place, only
-  the quickstart or the suite."""
-  blocks = _indented_blocks('Set up, try, test')
+  """From nothing, `make quickstart` and `make test` run the steps "by hand"
+  of docs/development.md that follow creating and entering the environment,
+  in order (`make test` all but the quickstart); with an environment in
+  place, only the quickstart or the suite."""
+  blocks = _indented_blocks(DOCS / 'development.md', 'The two commands')
   [manual] = [b for b in blocks if b[0].startswith('python3.12 -m venv')]
   steps = _commands(manual)[2:]
   [train] = [c for c in steps if c.startswith('python train.py')]
@@ -171,20 +254,82 @@ def command_lines(
   return [shlex.split(command)[len(program.split()) - 1 :] for command in found]
 
 
+def _every_page(program: str) -> list[tuple[str, list[str]]]:
+  return [
+      (_name(page), argv)
+      for page in PAGES
+      for argv in command_lines(program, page)
+  ]
+
+
 def test_the_train_commands_are_valid_command_lines():
-  """Each README train.py command parses and passes the config checks on
-  8 devices (its data is not here)."""
-  commands = command_lines('python train.py')
-  assert len(commands) >= 8
-  for argv in commands:
+  """Each train.py command parses and passes the config checks on 8
+  devices (its data is not here)."""
+  commands = _every_page('python train.py')
+  assert len({page for page, _ in commands}) >= 6
+  for page, argv in commands:
     values = train.parse_flags(argv)
     checks.check_config(values.config, device_count=8, process_count=1)
 
 
 def test_the_convert_commands_are_valid_command_lines():
-  commands = command_lines('python -m nbn_jax.convert')
-  assert len(commands) == 2  # the ResNets' and RIDE's
-  for argv in commands:
+  commands = _every_page('python -m nbn_jax.convert')
+  assert {argv[1] for _, argv in commands} >= {
+      '--checkpoint=resnet50_nbn.pth',  # the reference's ResNets'
+      '--checkpoint=ride_nbn_lr.pth',  # and RIDE's
+  }
+  for page, argv in commands:
     values = conversion.parse_flags(argv)
-    assert values.checkpoint.endswith('.pth')
+    assert values.checkpoint.endswith('.pth'), page
     checks.check_config(values.config, device_count=8, process_count=1)
+
+
+def test_the_benchmark_commands_name_modules_and_scripts_that_exist():
+  modules = [argv[1] for _, argv in _every_page('python -m')]
+  bench = [m for m in modules if m.startswith('bench.')]
+  assert len(set(bench)) >= 15
+  for module in modules:
+    assert importlib.util.find_spec(module) is not None, module
+  scripts = [argv[1] for _, argv in _every_page('bash')]
+  assert 'bench/gpu/gpu_evidence.sh' in scripts
+  for script in scripts:
+    assert (ROOT / script).is_file(), script
+
+
+# --- Links --------------------------------------------------------------------
+
+
+def _links(page: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+  """(file, anchor or '') of each relative link of `page` (`#anchor`
+  alone: to the page itself)."""
+  targets = re.findall(r'\]\(([^)#\s]*)(?:#([^)]*))?\)', page.read_text())
+  return [
+      ((page.parent / target).resolve() if target else page.resolve(), anchor)
+      for target, anchor in targets
+      if '://' not in target
+  ]
+
+
+def _anchors(page: pathlib.Path) -> set[str]:
+  """The anchors GitHub gives the page's headings."""
+  titles = re.findall(r'^#+ (.*)$', page.read_text(), re.M)
+  return {
+      re.sub(r'[^\w\- ]', '', title.lower()).replace(' ', '-')
+      for title in titles
+  }
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+  linked = {target for target, _ in _links(README)}
+  assert [p.name for p in PAGES[1:] if p.resolve() not in linked] == []
+
+
+@pytest.mark.parametrize('page', [_name(page) for page in PAGES])
+def test_every_link_leads_to_a_file_and_its_heading(page):
+  for target, anchor in _links(ROOT / page):
+    if target in PAGES_TO_COME:
+      assert not target.exists(), f'{target.name} is here: unlist it'
+      continue
+    assert target.exists(), f'{page} links to {target}, which is missing'
+    if anchor:
+      assert anchor in _anchors(target), f'{page}: no #{anchor} in {target}'

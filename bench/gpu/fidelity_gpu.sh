@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13, part 2 (the fidelity evidence), on one GPU, in priority order
+# The fidelity evidence, on one GPU, in priority order
 # under one deadline, so that a time-limited machine always hands back
 # whole results:
 #
@@ -24,7 +24,7 @@
 #     then ResNet-50 bf16 training images/s (and NBN/BN step time), then,
 #     if time is left, K runs in one program against one (bench/timing/many_runs.py).
 #
-# Estimates from measured numbers (README, docs/results, one H200): a JAX
+# Estimates from measured numbers (docs/benchmarks.md, one H200): a JAX
 # 200-epoch run took 106 s alone (3 sharing the GPU: 277 s); PyTorch eager
 # takes 12.3 ms a step against our 3.9, so an oracle run is about 19,400 x
 # 12.3 ms = 240 s of mostly launch-bound work, plus 200 evaluations. (a):
@@ -46,7 +46,7 @@ part_a_oracle() {
     commands+=("python3 -m bench.gpu.fidelity_gpu oracle --data-dir='$data_dir' \
       --cache-dir='$out/cache' --out='$out/oracle/seed$seed' --seed=$seed \
       --deadline=$deadline >>'$out/oracle/seed$seed.log' 2>&1")
-    # Our trainer, the README's recipe, the test set every epoch.
+    # Our trainer, the CIFAR recipe (docs/method.md), the test set every epoch.
     commands+=("XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 python3 \
       -m bench.experiments.cifar10_lt_accuracy run --root='$out/ours' \
       --data-dir='$data_dir' --epochs=200 --arms=bn --seeds=$seed \
@@ -102,7 +102,7 @@ part_c_speed() {
   bounded $(( $(left) - 5 )) python3 -m bench.timing.nbn_overhead \
     --models=resnet50 --resnet50-batch=256 --bf16 --rounds=5 \
     --steps-per-round=10
-  stamp '(c) with what time is left: K ResNet-32 runs in one program (issue 12)'
+  stamp '(c) with what time is left: K ResNet-32 runs in one program'
   bounded $(( $(left) - 5 )) python3 -m bench.timing.many_runs \
     --runs=2,4,8,16 --run-axis=vmap,unroll --rounds=3
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of the README's "Results", in one go on one GPU:
+# The GPU evidence of docs/benchmarks.md's "Results", on one GPU:
 #
 #   bash bench/gpu/gpu_evidence.sh DATA_DIR OUT_DIR [SECONDS]
 #
@@ -8,7 +8,9 @@
 # the whole script: what has not finished by then is stopped, so that a
 # time-limited machine still hands back everything done so far. Running it
 # again with the same OUT_DIR skips finished runs and resumes stopped ones
-# from their checkpoints. One H200 needed about 13 minutes in all.
+# from their checkpoints. On one H200 the first call took 8 minutes and
+# stopped the two seed-1 runs at epoch 80; a second call finished them
+# (docs/results/gpu_evidence_h200.log).
 #
 # 1. CIFAR-10-LT (IF 100), ResNet-32, the full 200-epoch recipe: BN and NBN
 #    with seeds 0 and 1, NBN + logit-adjusted CE with seed 0, several runs

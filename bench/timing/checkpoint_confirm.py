@@ -19,7 +19,7 @@ as after training) and gap, the median seconds the training thread was
 blocked per checkpoint over `--rounds` rounds, the designs interleaved.
 A gap of 0 is a progress line right after the save (log_every_steps=1).
 
-Measured on the 2-core CPU of README "Results" while other jobs ran (load
+Measured on the 2-core CPU of docs/benchmarks.md while other jobs ran (load
 7 to 10), `--rounds=3 --gaps=0,0.5,2`, seconds:
 
     state          MB  gap s       save waits  next log learns
@@ -31,8 +31,8 @@ Measured on the 2-core CPU of README "Results" while other jobs ran (load
     ResNet-50     190    2.0            1.286            0.335
 
 So the trainer confirms at the next progress line: a progress line comes
-every 50 to 100 steps in the configs (0.3 to 8 s on the GPU of README
-"Results"), by which time the write is usually done.
+every 50 to 100 steps in the configs (0.3 to 8 s on the GPU of
+docs/benchmarks.md), by which time the write is usually done.
 """
 
 import argparse

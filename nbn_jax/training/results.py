@@ -231,6 +231,7 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
       test.per_class(),
       plan.benchmark.train_counts(),
       f'{plan.label}, seed {results["seed"]}, step {step}',
+      plan.benchmark.spec.class_names,
   )
   if scales:
     reporting.plot_scale_spread(

@@ -123,3 +123,27 @@ def test_bad_settings_name_what_to_fix(kwargs, message):
   dataset = kwargs.pop('dataset')
   with pytest.raises(ip.DataError, match=message):
     ip.load_benchmark(dataset, **kwargs)
+
+
+def test_cifar10_class_names_are_those_of_its_label_ids(shared_data):
+  """The JPEG copy files each image under its class's name, beside its id."""
+  lines = (shared_data / 'cifar10-jpeg' / 'train.txt').read_text().split('\n')
+  folder_of = {
+      int(label): path.split('/')[1]
+      for path, label in (line.split() for line in lines if line)
+  }
+  assert ip.DATASETS['cifar10'].class_names == tuple(
+      folder_of[label] for label in range(10)
+  )
+
+
+def test_the_digits_are_named_by_their_digit():
+  """scikit-learn's digits: the label of an image of digit d is d."""
+  assert ip.DATASETS['digits'].class_names == tuple('0123456789')
+
+
+def test_class_names_must_name_every_class():
+  with pytest.raises(ValueError, match='3 class names for 10 classes'):
+    ip.DatasetSpec(
+        10, (0.5,), (0.5,), ip.Preprocessing(), ('digits',), ('a', 'b', 'c')
+    )

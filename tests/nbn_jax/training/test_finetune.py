@@ -164,7 +164,9 @@ def _second_stage_state(first, num_classes, reinit):
   config = quickstart_steps(
       1, finetune_from=str(first), reinit_classifier=reinit
   )
-  spec = dataclasses.replace(ip.DATASETS['digits'], num_classes=num_classes)
+  spec = dataclasses.replace(
+      ip.DATASETS['digits'], num_classes=num_classes, class_names=()
+  )
   core = plan_lib.build_step_plan(
       config, spec, np.full(num_classes, 50), (8, 8, 1)
   )
