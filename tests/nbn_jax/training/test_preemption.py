@@ -91,3 +91,37 @@ def test_outside_training_a_sigterm_stops_the_program_where_it_is():
   )
   assert not isinstance(stopped.value, Exception)  # no handler takes it
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+class TestRunSignals:
+  """A distributed run's processes share one StopSignals from before the
+  distributed start: outside the training steps they stop together."""
+
+  def test_one_process_keeps_stopping_at_once(self):
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.run_signals(distributed=False) as signals:
+      assert signals is None
+      assert signal.getsignal(signal.SIGTERM) == before
+
+  def test_a_signal_is_kept_until_every_process_asks(self):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    with preemption.run_signals(distributed=True) as signals:
+      # JAX's own preemption notifier would take SIGTERM over in C.
+      assert not jax.config.jax_enable_preemption_service
+      os.kill(os.getpid(), signal.SIGTERM)  # no exception: only noted
+      with pytest.raises(preemption.Terminated) as stopped:
+        signals.terminate_if_requested()
+    assert stopped.value.signal_name == 'SIGTERM'
+
+  def test_a_process_not_signalled_stops_with_the_one_that_was(self):
+    with preemption.StopSignals(agree=lambda local: True) as signals:
+      with pytest.raises(preemption.Terminated) as stopped:
+        signals.terminate_if_requested()
+    assert str(stopped.value).startswith(
+        'stopped on a signal to another host outside the training steps'
+    )
+
+  def test_without_a_signal_nothing_stops(self):
+    with preemption.StopSignals(agree=lambda local: local) as signals:
+      signals.terminate_if_requested()
