@@ -143,8 +143,7 @@ def report(args):
       for arm, summary in arms.items():
         cells_text = [_mean_std(summary[result][g]) for g in results.GROUPS]
         lines.append(
-            f'| {LABELS[arm]} |'
-            f' {len(summary.get("finished_seeds", summary["seeds"]))} | '
+            f'| {LABELS[arm]} | {len(results.counted_seeds(summary))} | '
             + ' | '.join(cells_text)
             + ' |'
         )

@@ -106,6 +106,7 @@ def run(
         )
         for record in run_records:
           record.first_stage_step = step
+        _warn_if_unfinished(plan, step)
       state = plan.start(state)
     if signals is not None:
       signals.terminate_if_requested()  # all processes, before any write
@@ -146,6 +147,19 @@ def run(
         writer.close()
   finally:
     checkpoints.close()  # once pending writes are confirmed
+
+
+def _warn_if_unfinished(plan: Plan, step: int):
+  """One warning per run whose first stage is not a finished run."""
+  runs = plan.runs
+  for k in range(runs.num_runs):
+    first = finetune.first_stage_results(
+        plan.finetune_from, runs.run_dir(plan.finetune_from, k), step
+    )
+    if warning := finetune.unfinished_warning(first):
+      logging.warning(
+          '%s%s', f'{runs.name(k)}: ' if runs.name(k) else '', warning
+      )
 
 
 def _log_uncounted_classes(plan: Plan):

@@ -564,13 +564,24 @@ def test_a_model_with_two_alphas_logs_and_reports_both(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
+def test_a_step_limit_stops_early_and_a_later_run_continues(
+    tmp_path, caplog, capsys
+):
   config = _tiny(
       quickstart.get_config(), num_train_steps=2, num_epochs=_epochs_for(4, 503)
   )
   with caplog.at_level('INFO'):
     first = loop.train_and_evaluate(config, str(tmp_path))
   assert first['last']['step'] == 2
+  # Not finished: in results.json and under its table.
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['status'] == first['status'] == 'stopped_early'
+  assert written['stopped_early'] == {'step': 2, 'planned_steps': 4}
+  assert written['accuracy_unit'] == 'fraction'  # the tables: percent
+  assert (
+      'stopped early at step 2 of the 4 planned: not a finished run'
+      in capsys.readouterr().out
+  )
   # The shot groups are said at the start (the quickstart's thresholds).
   assert any(
       'Many (> 60 train images): 3 classes, Medium (20 to 60): 5, Few (< 20): 2'
@@ -580,6 +591,8 @@ def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
   config.num_train_steps = -1
   resumed = loop.train_and_evaluate(config, str(tmp_path))
   assert resumed['last']['step'] == 4
+  assert resumed['status'] == 'finished' and 'stopped_early' not in resumed
+  assert 'not a finished run' not in capsys.readouterr().out
   logged = [
       row['step']
       for row in reporting.read_metrics(str(tmp_path))
@@ -613,7 +626,7 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   for k in (0, 2):
     assert results['runs'][k]['status'] == 'finished'
   summary = json.loads((tmp_path / 'summary.json').read_text())
-  assert summary['finished_seeds'] == [0, 2]
+  assert summary['counted_seeds'] == [0, 2]
   assert summary['stopped'] == [
       {'run': 1, 'seed': 1, 'step': 1, 'reason': 'the training loss is nan'}
   ]
