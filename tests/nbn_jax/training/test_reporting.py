@@ -28,6 +28,23 @@ def test_an_empty_shot_group_is_not_available_rather_than_nan():
   assert table.splitlines()[1].split()[-1] == 'n/a'
 
 
+@pytest.mark.parametrize(
+    'num_runs, live_runs, says',
+    [
+        (1, None, 'train acc 25.0% lr'),  # one run: its own loss
+        (3, None, 'train acc 25.0% (means over 3 runs) lr'),
+        (3, 2, 'train acc 25.0% (means over 2 of 3 runs) lr'),  # one stopped
+    ],
+)
+def test_the_progress_line_says_when_it_shows_means_over_runs(
+    num_runs, live_runs, says
+):
+  progress = reporting.Progress(100, 10.0, batch_size=32, num_runs=num_runs)
+  progress.start(0)
+  line, _ = progress.line(5, 2.5, 0.25, 0.1, live_runs)
+  assert line.startswith(f'step 5/100 (epoch 0.5) loss 2.5000 {says} 0.1 ')
+
+
 def _block(scale, bias, alpha=None):
   layer = {
       'scale': np.asarray(scale, np.float32),
