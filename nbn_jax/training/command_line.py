@@ -6,15 +6,26 @@ overridden with ``--config.<field>=value``, must be a field of
 `configs.default` (a misspelt one is named, with the closest field), and
 the config must have every field the trainer reads. Each problem is one
 `UsageError` line.
+
+An evaluation of a workdir needs no config file: ``train.py --workdir=W
+--config.eval_only=True`` evaluates from the config W recorded
+(`workdir_config`), with overrides of the fields an evaluation may set
+alone (`workdir.EVALUATION_FIELDS`: where the data is, batch sizes).
 """
 
 import difflib
 import importlib.util
 import os
+from typing import Any, Mapping
 
 import ml_collections
 
 from configs import default
+from nbn_jax.training import storage
+from nbn_jax.training import workdir as workdir_lib
+
+# The values absl reads as True for a boolean flag (any case).
+TRUE_WORDS = ('true', 't', '1')
 
 
 class UsageError(ValueError):
@@ -120,3 +131,75 @@ def check_override_names(argv: list[str], config: ml_collections.ConfigDict):
       field = arg[len('--config.') :].split('=', 1)[0]
       if field not in known:
         raise UsageError(_unknown(field, known))
+
+
+def asks_to_evaluate(argv: list[str]) -> bool:
+  """Whether argv sets --config.eval_only to True."""
+  value = flag_value(argv, 'config.eval_only')
+  return value is not None and value.lower() in TRUE_WORDS
+
+
+def config_of_record(
+    recorded: Mapping[str, Any], source: str
+) -> ml_collections.ConfigDict:
+  """The config a workdir recorded (config.json's fields), as a ConfigDict.
+
+  A field added to `configs.default` since the run was recorded takes its
+  default (the behaviour before it existed); lists become the tuples of
+  tuple fields.
+
+  Args:
+    recorded: config.json's fields.
+    source: where they come from, for the error message.
+
+  Raises:
+    UsageError: it has a field `configs.default` no longer has.
+  """
+  config = default.get_config()
+  known = fields(config)
+  for field, value in recorded.items():
+    if field not in known:
+      raise UsageError(
+          f'{source} sets config.{field}, a field this version of the trainer '
+          'does not have; give the config to use with --config.'
+      )
+    config[field] = value
+  return config
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config `workdir` recorded (train.py's or the converter's).
+
+  Raises:
+    UsageError: it recorded none (not a workdir), or one with a field this
+      trainer lacks.
+    WorkdirError: the --workdir flag is bad, or config.json is unreadable.
+  """
+  resolved = storage.resolve(workdir)
+  recorded = workdir_lib.recorded_config(resolved)
+  if recorded is None:
+    raise UsageError(
+        f'--workdir={workdir} holds no {workdir_lib.CONFIG_FILE}: it is not a '
+        'workdir that train.py or the converter wrote, so there is no config '
+        'to evaluate it with; give --config.'
+    )
+  return config_of_record(
+      recorded, storage.join(resolved, workdir_lib.CONFIG_FILE)
+  )
+
+
+def check_evaluation_overrides(argv: list[str]):
+  """UsageError for a --config.<field> an evaluation from a workdir's own
+  config does not take (`workdir.EVALUATION_FIELDS`)."""
+  check_override_names(argv, default.get_config())
+  allowed = sorted(workdir_lib.EVALUATION_FIELDS)
+  for arg in argv:
+    if arg.startswith('--config.'):
+      field = arg[len('--config.') :].split('=', 1)[0]
+      if field not in allowed:
+        raise UsageError(
+            f'--config.{field}: an evaluation from the config the --workdir '
+            f'recorded takes only {", ".join(allowed)}; to evaluate with '
+            'another value of a field that changes the results, give --config '
+            '(and --allow_config_change).'
+        )

@@ -96,7 +96,10 @@ def run(
     if restored is not None:
       state, run_records = restored[0], records.from_checkpoint(restored[1])
       logging.info(
-          'Resuming from the checkpoint at step %d.', furthest_step(state)
+          '%s the checkpoint at step %d of %s.',
+          'Evaluating' if plan.eval_only else 'Resuming from',
+          furthest_step(state),
+          workdir,
       )
     elif plan.eval_only:
       raise ConfigError(
