@@ -228,6 +228,7 @@ def main(argv: list[str]) -> int:
 
   Every error a user can cause ends in one line on stderr, ``error: ...``.
   """
+  command_line.quiet_tensorflow_start()
   try:
     with preemption.terminate_outside_training():
       return run(parse_flags(argv))
@@ -256,7 +257,7 @@ def _absl_flags_only(argv: list[str]) -> list[str]:
   if any(arg in ('-h', '--help', '--helpfull', '-?') for arg in argv[1:]):
     values = flags.FlagValues()
     define_flags(values, argv[:1])
-    print(f'{__doc__}\n{values.get_help()}')
+    print(f'{__doc__}\n{values.get_help()}\n\n{command_line.fields_help()}')
     sys.exit(0)
   return flags.FLAGS(argv, known_only=True)
 

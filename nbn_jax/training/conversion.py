@@ -306,6 +306,7 @@ HELP_FLAGS = ('-h', '--help', '--helpfull', '-?')
 
 def main(argv: list[str]) -> int:
   """Converts; returns the exit status (errors: one line on stderr)."""
+  command_line.quiet_tensorflow_start()
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     values = flags.FlagValues()
     define_flags(values, argv[:1])

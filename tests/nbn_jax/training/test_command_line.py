@@ -1,6 +1,10 @@
 """command_line: config files checked as the command line's overrides are."""
 
+import importlib.machinery
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +138,84 @@ def test_an_evaluation_from_the_recorded_config_takes_the_data_fields_only():
       command_line.UsageError, match='did you mean config.data_dir'
   ):
     command_line.check_evaluation_overrides(['train.py', '--config.data_dri=x'])
+
+
+# A library's start-up: absl's notice, an INFO record, a warning, a
+# multi-line INFO record of TensorFlow's CPU check, and an error.
+START_UP = (
+    'WARNING: All log messages before absl::InitializeLog() is called are '
+    'written to STDERR\n'
+    'I0000 00:00:1796594064.662938   28174 port.cc:153] oneDNN custom '
+    'operations are on.\n'
+    'W0000 00:00:1796594064.7 28174 gpu.cc:9] no GPU found\n'
+    'I0000 00:00:1796594064.730542   28174 cpu_feature_guard.cc:227] This '
+    'TensorFlow binary is optimized to use available CPU instructions in '
+    'performance-critical operations.\n'
+    'To enable the following instructions: AVX2 FMA, in other operations, '
+    'rebuild TensorFlow with the appropriate compiler flags.\n'
+    'E0000 00:00:1796594064.8 28174 real.cc:1] a real error\n'
+)
+
+
+def test_tensorflows_start_up_lines_are_left_out_and_the_rest_kept(
+    tmp_path, monkeypatch, capfd
+):
+  """A module printing START_UP from C (file descriptor 2) as it loads."""
+  (tmp_path / 'noisy_library.py').write_text(
+      f'import os\nos.write(2, {START_UP.encode()!r})\n'
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setattr(sys, 'meta_path', list(sys.meta_path))
+  sys.meta_path.insert(
+      0,
+      command_line.QuietImport(
+          'noisy_library', command_line.TENSORFLOW_START_NOISE
+      ),
+  )
+  capfd.readouterr()
+  import noisy_library  # pylint: disable=import-outside-toplevel
+
+  assert capfd.readouterr().err == (
+      'W0000 00:00:1796594064.7 28174 gpu.cc:9] no GPU found\n'
+      'E0000 00:00:1796594064.8 28174 real.cc:1] a real error\n'
+  )
+  assert isinstance(
+      noisy_library.__loader__, importlib.machinery.SourceFileLoader
+  )
+  assert not any(isinstance(f, command_line.QuietImport) for f in sys.meta_path)
+  monkeypatch.delitem(sys.modules, 'noisy_library')
+
+
+@pytest.mark.slow  # imports TensorFlow in a fresh process
+@pytest.mark.parametrize(
+    'command, error',
+    [
+        (
+            'import train\ntrain.main(["train.py"])',
+            'error: --config is required',
+        ),
+        (
+            (
+                'from nbn_jax.training import conversion\n'
+                'conversion.main(["convert"])'
+            ),
+            'error: --checkpoint, --config and --workdir are required.',
+        ),
+    ],
+)
+def test_train_py_and_the_converter_start_tensorflow_quietly(command, error):
+  """Each command, then TensorFlow (as a pipeline imports it): the
+  command's own line alone on stderr."""
+  environment = dict(os.environ, JAX_PLATFORMS='cpu')
+  environment.pop('TF_CPP_MIN_LOG_LEVEL', None)  # tests/conftest.py's
+  result = subprocess.run(
+      [sys.executable, '-c', f'{command}\nimport tensorflow\n'],
+      cwd=ROOT,
+      env=environment,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.splitlines() == [result.stderr.splitlines()[0]]
+  assert result.stderr.startswith(error), result.stderr
