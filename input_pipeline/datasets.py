@@ -57,13 +57,23 @@ class Preprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """Fixed facts of a dataset: classes, per-channel mean/std, augmentation."""
+  """Fixed facts of a dataset: classes, per-channel mean/std, augmentation.
+
+  Attributes:
+    num_classes: C.
+    mean, std: per-channel normalisation, of pixels in [0, 1].
+    preprocessing: its augmentation recipe.
+    sources: where it can be read from (keys of `SOURCES`).
+    reports_top5: its results include top-5 accuracy, as the literature
+      reports it for the ImageNet-scale benchmarks.
+  """
 
   num_classes: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   preprocessing: Preprocessing
   sources: tuple[str, ...]
+  reports_top5: bool = False
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -83,9 +93,15 @@ DATASETS = {
         IMAGENET_STD,
         Preprocessing('imagenet', color_jitter=0.4),
         ('lists',),
+        reports_top5=True,
     ),
     'inat2018': DatasetSpec(
-        8142, INAT_MEAN, INAT_STD, Preprocessing('imagenet'), ('lists',)
+        8142,
+        INAT_MEAN,
+        INAT_STD,
+        Preprocessing('imagenet'),
+        ('lists',),
+        reports_top5=True,
     ),
     'places_lt': DatasetSpec(
         365,
@@ -93,6 +109,7 @@ DATASETS = {
         IMAGENET_STD,
         Preprocessing('imagenet', color_jitter=0.4),
         ('lists',),
+        reports_top5=True,
     ),
     # Mean and std of the digit pixels (one channel).
     'digits': DatasetSpec(

@@ -124,12 +124,14 @@ def test_places_lt_fine_tunes_converted_imagenet_weights(tmp_path):
   results = json.loads((places / 'results.json').read_text())
   assert results['first_stage'] == {
       'workdir': str(imagenet),
+      'step': 0,  # the converter's checkpoint
       'converted_from': {'checkpoint': str(checkpoint), 'source': 'plain_bn'},
   }
   assert results['dataset'] == 'places_lt:train'
   assert results['last']['step'] == 2
   assert set(results['best_on_val']['test']) == {
       'top1',
+      'top5',
       'many',
       'medium',
       'few',

@@ -558,6 +558,7 @@ class Plan:
         self.preprocessing,
         self.eval_batch_size,
         self.groups,
+        self.benchmark.spec.reports_top5,
     )
 
 

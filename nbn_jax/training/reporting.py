@@ -345,13 +345,24 @@ def percent(fraction: float | None) -> str:
   return f'{100 * fraction:.2f}'
 
 
+# The accuracies tables show, in this order, where the results have them:
+# top-5 only for the benchmarks that report it (`DatasetSpec.reports_top5`).
+ACCURACY_COLUMNS = ('top1', 'top5', 'many', 'medium', 'few')
+
+
+def columns_of(results: list[dict[str, float]]) -> list[str]:
+  """The `ACCURACY_COLUMNS` any of `results` has."""
+  return [c for c in ACCURACY_COLUMNS if any(c in r for r in results)]
+
+
 def summary_table(rows: dict[str, dict[str, float]]) -> str:
-  """A text table: one row per result, columns top-1 and the shot groups."""
-  columns = ('top1', 'many', 'medium', 'few')
+  """A text table: one row per result, columns top-1 (top-5 where the
+  results have it) and the shot groups; a result without a column: n/a."""
+  columns = columns_of(list(rows.values()))
   width = max(len(name) for name in rows) + 2
   lines = [f'{"":{width}}' + ''.join(f'{c:>9}' for c in columns)]
   for name, metrics in rows.items():
-    cells = ''.join(f'{percent(metrics[c]):>9}' for c in columns)
+    cells = ''.join(f'{percent(metrics.get(c)):>9}' for c in columns)
     lines.append(f'{name:{width}}' + cells)
   return '\n'.join(lines) + '\n(accuracy in %)'
 

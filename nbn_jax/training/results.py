@@ -38,6 +38,8 @@ RESULTS_SCHEMA = 5
 # What every accuracy in results.json and summary.json is: correct / total
 # (0.5 is half the examples); the printed tables show percent.
 ACCURACY_UNIT = 'fraction'
+# The accuracies every benchmark's results have (top-5 only some:
+# `reporting.ACCURACY_COLUMNS`), which comparisons of arms read.
 GROUPS = ('top1', 'many', 'medium', 'few')
 # The results `summarize` gathers over runs, where every run has them.
 SUMMARIZED = ('last', 'best_on_val', 'best_test_during_training')
@@ -175,7 +177,7 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   (`records.STOPPED_EARLY`) are counted and listed under 'stopped_early'
   with their step and the planned steps. Results: 'last' test and, where
   the runs have them, 'best_on_val' test and 'best_test_during_training'
-  test; each over top-1 and the groups.
+  test; each over top-1, top-5 where every run has it, and the groups.
   """
   counted = [r for r in per_run if r.get('status') != STOPPED]
   summary = {
@@ -198,8 +200,11 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
     if not counted or not all(name in r for r in counted):
       continue
     summary[name] = {}
-    for group in GROUPS:
-      values = np.array([r[name]['test'][group] for r in counted], float)
+    tests = [r[name]['test'] for r in counted]
+    for group in reporting.ACCURACY_COLUMNS:
+      if not all(group in test for test in tests):
+        continue  # top-5, on benchmarks that do not report it
+      values = np.array([test[group] for test in tests], float)
       summary[name][group] = {
           'mean': float(np.mean(values)),
           'std': float(np.std(values, ddof=1)) if len(values) > 1 else None,
@@ -255,9 +260,10 @@ def summary_table(summary: dict[str, Any]) -> str:
   lines = []
   if names:
     width = max(len(n) for n in names) + 7
-    lines.append(' ' * width + ''.join(f'{g:>17}' for g in GROUPS))
+    columns = reporting.columns_of([summary[name] for name in names])
+    lines.append(' ' * width + ''.join(f'{g:>17}' for g in columns))
     for name in names:
-      cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in GROUPS)
+      cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in columns)
       lines.append(f'{name + " test":{width}}' + cells)
   else:
     lines.append('no run finished')

@@ -123,3 +123,12 @@ def test_bad_settings_name_what_to_fix(kwargs, message):
   dataset = kwargs.pop('dataset')
   with pytest.raises(ip.DataError, match=message):
     ip.load_benchmark(dataset, **kwargs)
+
+
+def test_the_imagenet_scale_benchmarks_report_top5():
+  """As their literature does; CIFAR-LT's and the digits' report top-1."""
+  assert {name for name, spec in ip.DATASETS.items() if spec.reports_top5} == {
+      'imagenet_lt',
+      'inat2018',
+      'places_lt',
+  }

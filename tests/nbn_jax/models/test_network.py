@@ -212,7 +212,7 @@ def test_it_trains_and_evaluates_through_the_plans_steps(tiny_network):
     )
     assert np.isfinite(float(metrics['loss']))
   assert int(state.step) == 2
-  correct, total = core.runs.eval_step()(
+  correct, total, _ = core.runs.eval_step()(
       state, images, labels, np.ones(len(labels), bool)
   )
   assert int(total.sum()) == len(labels) and correct.shape == (10,)
@@ -255,9 +255,7 @@ def test_it_trains_retrains_its_classifier_and_reports_features(
   moved = {
       '/'.join(k.key for k in path)
       for path, leaf in jax.tree_util.tree_flatten_with_path(after)[0]
-      if not np.array_equal(
-          leaf, _at(before, [k.key for k in path])
-      )
+      if not np.array_equal(leaf, _at(before, [k.key for k in path]))
   }
   assert moved == {'fc/kernel', 'fc/bias', 'norm/alpha'}
   # Its features are what its classifier reads.

@@ -189,6 +189,9 @@ class TestEveryBenchmarkConfig:
       assert 'val' in results['last']
     else:
       assert 'best_on_val' not in results
+    # The ImageNet-scale benchmarks report top-5 too.
+    test = results['last']['test']
+    assert test['top1'] <= test['top5'] <= 1.0
 
 
 @pytest.mark.slow
@@ -341,7 +344,9 @@ class TestEvalOnlyNeedsTheTrainListOnlyForTheShotGroups:
         trained_list_workdir, caplog, train_list=str(partial)
     )
     assert results['shot_groups'] == {'many': [0], 'medium': [1], 'few': [2]}
-    assert results['last']['test'] == {
+    test = results['last']['test']
+    assert 0.5 <= test.pop('top5') <= 1.0  # class 0, and others below it
+    assert test == {
         'top1': 0.5,  # over every test image
         'many': 1.0,  # class 0's 20 images
         'medium': 0.0,  # class 1's one

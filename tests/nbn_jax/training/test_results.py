@@ -141,3 +141,15 @@ def test_a_table_says_what_is_not_a_finished_run(status, evaluation, line):
       'stopped_early': {'step': 22, 'planned_steps': 19385},
   }
   assert results.status_line(run, evaluation) == line
+
+
+def test_top5_is_summarised_where_every_run_has_it():
+  with_top5 = [_run(seed, 0.5, 0.1) for seed in (0, 1)]
+  for run, top5 in zip(with_top5, (0.8, 0.9)):
+    run['last']['test'] = {'top1': 0.5, 'top5': top5} | run['last']['test']
+  summary = results.summarize(with_top5)
+  assert summary['last']['top5']['mean'] == pytest.approx(0.85)
+  header = results.summary_table(summary).splitlines()[0]
+  assert header.split() == ['top1', 'top5', 'many', 'medium', 'few']
+  cifar = results.summarize([_run(0, 0.5, 0.1), _run(1, 0.7, 0.3)])
+  assert 'top5' not in cifar['last']
