@@ -18,6 +18,7 @@ import train
 from configs import quickstart
 from nbn_jax.training import preemption
 from nbn_jax.training import workdir as workdir_lib
+from tests.test_readme import command_lines
 
 ROOT = pathlib.Path(__file__).parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart.py')
@@ -603,6 +604,21 @@ class TestPendingLoopWiring:
     line = capfd.readouterr().err.strip()
     assert status == 1 and f'{bad}: truncated JPEG' in line
     assert not (tmp_path / 'workdir').exists()
+
+
+def test_the_evaluation_guides_commands_are_valid_command_lines(tmp_path):
+  """docs/evaluation.md's train.py commands parse, on a workdir that
+  recorded the quickstart's config, into evaluations of that config."""
+  workdir = tmp_path / 'workdir'
+  _record([])(workdir, None)
+  commands = command_lines('python train.py', ROOT / 'docs' / 'evaluation.md')
+  assert len(commands) == 2
+  for argv in commands:
+    values = train.parse_flags(
+        [arg.replace('WORKDIR', str(workdir)) for arg in argv]
+    )
+    assert values.config.eval_only
+    assert values.config.model == quickstart.get_config().model
 
 
 @pytest.mark.slow
