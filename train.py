@@ -120,7 +120,8 @@ def define_flags(
   flags.DEFINE_string(
       'workdir',
       None,
-      'Checkpoints, TensorBoard and results.',
+      'Checkpoints, TensorBoard and results; with --config.eval_only=True '
+      'and no --config, the workdir to evaluate from the config it recorded.',
       flag_values=values,
   )
   flags.DEFINE_bool(
