@@ -112,8 +112,9 @@ def test_the_commands_are_found():
 
 def _collapsed_continuation(text: str) -> str | None:
   """A usage line whose ``\\`` continuation Python joined to the next line
-  (a docstring that is not raw), or None."""
-  found = re.search(r'^ *python .*\S {5,}\S.*$', text, re.M)
+  (a docstring that is not raw), or None. A comment aligned after a usage
+  line is no continuation."""
+  found = re.search(r'^ *python [^#\n]*\S {5,}[^\s#].*$', text, re.M)
   return found and found.group(0)
 
 
@@ -147,6 +148,7 @@ def test_a_joined_usage_line_is_found():
   assert (
       _collapsed_continuation('    python train.py \\\n        [--x]\n') is None
   )
+  assert _collapsed_continuation('    python -m a.b          # K = 2') is None
 
 
 def test_train_py_help_lists_every_config_field():
