@@ -1,15 +1,24 @@
-"""Trains and evaluates NBN (or its BN baseline) on a long-tailed benchmark.
+r"""Trains and evaluates NBN (or its BN baseline) on a long-tailed benchmark.
 
     python train.py --config=configs/cifar100_lt.py --workdir=/tmp/c100 \
         [--config.field=value ...] [--allow_config_change]
+    python train.py --workdir=/tmp/c100 --config.eval_only=True \
+        [--config.data_dir=... (where the data moved)]
 
 Parses the flags, checks the config file and the workdir, and hands over to
 `nbn_jax.training.train_and_evaluate`. On several hosts, start the same
 command on each; `--multihost` initialises `jax.distributed` (auto-detected
 on Cloud TPU pods and SLURM, or give the coordinator explicitly).
 
+The second command evaluates the workdir's newest checkpoint from the
+config the workdir recorded (config.json, train.py's or the converter's):
+no --config, and only the fields that say where the data is may be given
+(docs/evaluation.md). Its outputs end in _eval (results_eval.json, ...).
+
 Exit status:
-  0   the run finished (results.json written).
+  0   results written: results.json (its "status" says whether the run
+      finished or stopped early at config.num_train_steps), or an
+      evaluation's results_eval.json.
   1   a bad flag, config, workdir or data, a diverged loss, or no readable
       checkpoint: one line on stderr says what and how to fix it, and a
       refused run leaves nothing in the workdir.
@@ -49,6 +58,7 @@ if __name__ == '__main__':  # the imports below take seconds
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -79,20 +89,39 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING and not record.exc_info
 
 
-def define_flags(values: flags.FlagValues, argv: list[str]):
-  """train.py's flags, on `values` (a fresh set per `main` call)."""
-  config_flags.DEFINE_config_file(
-      'config',
-      None,
-      'Path to a configs/*.py file.',
-      flag_values=values,
-      lock_config=True,
-      sys_argv=argv,  # the --config.<field> overrides are defined from it
-  )
+def define_flags(
+    values: flags.FlagValues,
+    argv: list[str],
+    recorded: ml_collections.ConfigDict | None = None,
+):
+  """train.py's flags, on `values` (a fresh set per `main` call).
+
+  `recorded`: the config a --workdir recorded, in place of a --config file
+  (an evaluation from it).
+  """
+  if recorded is None:
+    config_flags.DEFINE_config_file(
+        'config',
+        None,
+        'Path to a configs/*.py file (every field: configs/default.py).',
+        flag_values=values,
+        lock_config=True,
+        sys_argv=argv,  # the --config.<field> overrides are defined from it
+    )
+  else:
+    config_flags.DEFINE_config_dict(
+        'config',
+        recorded,
+        "The --workdir's recorded config (config.json).",
+        flag_values=values,
+        lock_config=True,
+        sys_argv=argv,
+    )
   flags.DEFINE_string(
       'workdir',
       None,
-      'Checkpoints, TensorBoard and results.',
+      'Checkpoints, TensorBoard and results; with --config.eval_only=True '
+      'and no --config, the workdir to evaluate from the config it recorded.',
       flag_values=values,
   )
   flags.DEFINE_bool(
@@ -123,15 +152,28 @@ def define_flags(values: flags.FlagValues, argv: list[str]):
 
 
 def parse_flags(argv: list[str]) -> flags.FlagValues:
-  """train.py's flags from argv; UsageError (one line) for bad ones."""
+  """train.py's flags from argv; UsageError (one line) for bad ones.
+
+  Without --config, --config.eval_only=True evaluates the --workdir from
+  the config it recorded.
+  """
   config_path = command_line.flag_value(argv, 'config')
-  if config_path is None:
-    raise UsageError('--config is required (a configs/*.py file).')
-  command_line.check_override_names(
-      argv, command_line.load_config_file(config_path)
-  )
+  workdir = command_line.flag_value(argv, 'workdir')
+  recorded = None
+  if config_path is not None:
+    command_line.check_override_names(
+        argv, command_line.load_config_file(config_path)
+    )
+  elif command_line.asks_to_evaluate(argv) and workdir is not None:
+    command_line.check_evaluation_overrides(argv)
+    recorded = command_line.workdir_config(workdir)
+  else:
+    raise UsageError(
+        '--config is required (a configs/*.py file); only an evaluation, '
+        '--workdir=W --config.eval_only=True, reads the config W recorded.'
+    )
   values = flags.FlagValues()
-  define_flags(values, argv)
+  define_flags(values, argv, recorded)
   try:
     rest = values(argv)
   except flags.Error as e:
@@ -187,6 +229,7 @@ def main(argv: list[str]) -> int:
 
   Every error a user can cause ends in one line on stderr, ``error: ...``.
   """
+  command_line.quiet_tensorflow_start()
   try:
     with preemption.terminate_outside_training():
       return run(parse_flags(argv))
@@ -215,7 +258,7 @@ def _absl_flags_only(argv: list[str]) -> list[str]:
   if any(arg in ('-h', '--help', '--helpfull', '-?') for arg in argv[1:]):
     values = flags.FlagValues()
     define_flags(values, argv[:1])
-    print(f'{__doc__}\n{values.get_help()}')
+    print(f'{__doc__}\n{values.get_help()}\n\n{command_line.fields_help()}')
     sys.exit(0)
   return flags.FLAGS(argv, known_only=True)
 

@@ -60,8 +60,14 @@ class DatasetSpec:
   """Fixed facts of a dataset: classes, per-channel mean/std, augmentation.
 
   Attributes:
+    num_classes: C.
+    mean, std: per-channel normalisation, of pixels in [0, 1].
+    preprocessing: its augmentation recipe.
+    sources: where it can be read from (keys of `SOURCES`).
     class_names: the name of each class id, in id order, for people (plots);
       empty where the dataset has none short enough to show.
+    reports_top5: its results include top-5 accuracy, as the literature
+      reports it for the ImageNet-scale benchmarks.
   """
 
   num_classes: int
@@ -70,6 +76,7 @@ class DatasetSpec:
   preprocessing: Preprocessing
   sources: tuple[str, ...]
   class_names: tuple[str, ...] = ()
+  reports_top5: bool = False
 
   def __post_init__(self):
     if self.class_names and len(self.class_names) != self.num_classes:
@@ -114,9 +121,15 @@ DATASETS = {
         IMAGENET_STD,
         Preprocessing('imagenet', color_jitter=0.4),
         ('lists',),
+        reports_top5=True,
     ),
     'inat2018': DatasetSpec(
-        8142, INAT_MEAN, INAT_STD, Preprocessing('imagenet'), ('lists',)
+        8142,
+        INAT_MEAN,
+        INAT_STD,
+        Preprocessing('imagenet'),
+        ('lists',),
+        reports_top5=True,
     ),
     'places_lt': DatasetSpec(
         365,
@@ -124,6 +137,7 @@ DATASETS = {
         IMAGENET_STD,
         Preprocessing('imagenet', color_jitter=0.4),
         ('lists',),
+        reports_top5=True,
     ),
     # Mean and std of the digit pixels (one channel).
     'digits': DatasetSpec(

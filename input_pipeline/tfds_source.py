@@ -2,18 +2,31 @@
 
 TFDS stores examples in its own shuffled order but keeps the official index
 in the ``id`` feature (``train_00042``); sorting by it recovers the order the
-LDAM long-tail protocol indexes into. Never downloads: offline, a download
-would retry for minutes, so missing data fails at once with instructions.
+LDAM long-tail protocol indexes into.
+
+A dataset not yet prepared in the data_dir is downloaded and prepared there
+on first use (as flax's examples and big_vision do) when the machine can
+reach the files' host; offline, where TFDS would retry for minutes, it
+fails at once with instructions (`can_download` decides, in a few
+seconds). On several hosts, prepare it beforehand: each host would
+download its own copy.
 """
 
 import re
+import socket
 
 import numpy as np
+from absl import logging
 
 from input_pipeline.files import is_url, tensorflow_error_reason
 from input_pipeline.sources import DataError, Split
 
 _ID = re.compile(r'^(?:train|test)_(\d+)$')
+# Where TFDS downloads CIFAR-10 and CIFAR-100 from (its cifar.py), and how
+# long a connection to it may take to open before the machine counts as
+# offline.
+CIFAR_HOST = ('www.cs.toronto.edu', 443)
+CONNECT_SECONDS = 5.0
 
 
 def official_order(ids: np.ndarray, name: str) -> np.ndarray:
@@ -42,8 +55,51 @@ def official_order(ids: np.ndarray, name: str) -> np.ndarray:
   return np.argsort(indices)
 
 
+def can_download(
+    host: tuple[str, int] = CIFAR_HOST, timeout: float = CONNECT_SECONDS
+) -> bool:
+  """Whether a connection to `host` (name, port) opens within `timeout`."""
+  try:
+    with socket.create_connection(host, timeout=timeout):
+      return True
+  except OSError:  # no route, refused, timed out, or no name resolution
+    return False
+
+
+def prepare(name: str, data_dir: str | None):
+  """Downloads and prepares TFDS dataset `name` in `data_dir` (None: TFDS's
+  default folder).
+
+  Raises:
+    DataError: the download or the preparation failed (one line).
+  """
+  import tensorflow_datasets as tfds  # slow to import; only here
+
+  where = data_dir or '~/tensorflow_datasets'
+  logging.info(
+      'TFDS dataset %s is not prepared in %s: downloading it from %s and '
+      'preparing it there, once (about 160 MB).',
+      name,
+      where,
+      CIFAR_HOST[0],
+  )
+  try:
+    tfds.builder(name, data_dir=data_dir).download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except  # network, disk, ...
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise DataError(
+        f'preparing TFDS dataset {name} in data_dir={where} failed '
+        f'({type(e).__name__}: {message}); check the network and the free '
+        f'space, or prepare it on another machine (`tfds build {name} '
+        '--data_dir=DIR`) and pass data_dir=DIR.'
+    ) from None
+
+
 def load_tfds_cifar(name: str, split: str, data_dir: str | None) -> Split:
-  """Loads a prepared TFDS CIFAR split into memory, in official order.
+  """Loads a TFDS CIFAR split into memory, in official order.
+
+  A dataset not prepared in `data_dir` is prepared there first if the
+  machine can download it (`can_download`, `prepare`).
 
   Args:
     name: 'cifar10' or 'cifar100'.
@@ -51,12 +107,14 @@ def load_tfds_cifar(name: str, split: str, data_dir: str | None) -> Split:
     data_dir: TFDS data directory (local or gs://); None for the default.
 
   Raises:
-    DataError: the dataset is not prepared in `data_dir`.
+    DataError: the dataset is not prepared in `data_dir` and cannot be
+      downloaded here, or its preparation failed.
   """
   import tensorflow_datasets as tfds  # slow to import; only here
 
+  load = lambda: tfds.load(name, split=split, data_dir=data_dir, download=False)
   try:
-    dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    dataset = load()
   except RuntimeError as e:  # TFDS's wrapping of a file-system error
     if not (data_dir and is_url(data_dir)):
       raise
@@ -66,13 +124,16 @@ def load_tfds_cifar(name: str, split: str, data_dir: str | None) -> Split:
         'the credentials (gcloud auth application-default login).'
     ) from None
   except AssertionError as e:  # TFDS's "could not find data" error
-    raise DataError(
-        f'TFDS dataset {name} is not prepared in data_dir={data_dir!r} '
-        '(nothing is downloaded at training time). Prepare it once on a '
-        f'machine with internet access: `tfds build {name} '
-        '--data_dir=DIR`, copy DIR here (or to a bucket) and pass '
-        f'data_dir=DIR. TFDS said: {e}'
-    ) from None
+    if not can_download():
+      raise DataError(
+          f'TFDS dataset {name} is not prepared in data_dir={data_dir!r} and '
+          f'cannot be downloaded here (no connection to {CIFAR_HOST[0]}). '
+          'Prepare it once on a machine with internet access: `tfds build '
+          f'{name} --data_dir=DIR`, copy DIR here (or to a bucket) and pass '
+          f'data_dir=DIR. TFDS said: {e}'
+      ) from None
+    prepare(name, data_dir)
+    dataset = load()
   columns = {'image': [], 'label': [], 'id': []}
   for batch in tfds.as_numpy(dataset.batch(10_000)):
     for key, values in columns.items():

@@ -43,6 +43,15 @@ import pytest  # noqa: E402
 from tests import cloud_storage as cloud_storage_lib  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+  """No test touches the network: TFDS's CIFAR host counts as unreachable
+  (a test of the download decision sets its own answer)."""
+  from input_pipeline import tfds_source  # noqa: PLC0415  (after jax's set-up)
+
+  monkeypatch.setattr(tfds_source, 'can_download', lambda *args: False)
+
+
 @pytest.fixture(scope='session')
 def cloud_storage():
   """A local Cloud Storage server (`tests.cloud_storage`) for this worker;

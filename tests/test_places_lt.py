@@ -131,6 +131,7 @@ def test_places_lt_fine_tunes_converted_imagenet_weights(tmp_path):
   assert results['last']['step'] == 2
   assert set(results['best_on_val']['test']) == {
       'top1',
+      'top5',
       'many',
       'medium',
       'few',

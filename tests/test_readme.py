@@ -30,7 +30,6 @@ DOCS = ROOT / 'docs'
 PAGES = [README, *sorted(DOCS.glob('*.md'))]
 # Pages the README links that another branch adds: once it is merged, the
 # link test fails until the page is taken off this list.
-PAGES_TO_COME = {(DOCS / 'evaluation.md').resolve()}
 QUICKSTART_WORKDIR = '/tmp/quickstart'  # what the blocks load
 
 
@@ -327,9 +326,6 @@ def test_every_docs_page_is_linked_from_the_readme():
 @pytest.mark.parametrize('page', [_name(page) for page in PAGES])
 def test_every_link_leads_to_a_file_and_its_heading(page):
   for target, anchor in _links(ROOT / page):
-    if target in PAGES_TO_COME:
-      assert not target.exists(), f'{target.name} is here: unlist it'
-      continue
     assert target.exists(), f'{page} links to {target}, which is missing'
     if anchor:
       assert anchor in _anchors(target), f'{page}: no #{anchor} in {target}'

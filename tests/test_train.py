@@ -18,6 +18,7 @@ import train
 from configs import quickstart
 from nbn_jax.training import preemption
 from nbn_jax.training import workdir as workdir_lib
+from tests.test_readme import command_lines
 
 ROOT = pathlib.Path(__file__).parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart.py')
@@ -314,6 +315,41 @@ BAD_INPUTS = [
         _record([]),
     ),
     (
+        'evaluation_with_a_config_another_network_than_the_workdirs',
+        lambda t: [
+            f'--config={QUICKSTART}',
+            '--config.eval_only=True',
+            '--config.num_runs=3',
+        ],
+        [
+            (
+                'was trained with another config; these fields differ: num_runs'
+                ' (1 -> 3). To evaluate it as it was trained, leave out'
+                ' --config: python train.py --workdir={t}/workdir'
+                ' --config.eval_only=True'
+            ),
+        ],
+        _record([]),
+    ),
+    (
+        'evaluation_of_a_folder_that_recorded_no_config',
+        lambda t: ['--config.eval_only=True'],
+        ['--workdir={t}/workdir holds no config.json', 'give --config'],
+        None,
+    ),
+    (
+        'evaluation_from_the_recorded_config_with_a_result_field',
+        lambda t: ['--config.eval_only=True', '--config.seed=3'],
+        [
+            (
+                '--config.seed: an evaluation from the config the --workdir '
+                'recorded takes only cache_dir,'
+            ),
+            'give --config (and --allow_config_change)',
+        ],
+        _record([]),
+    ),
+    (
         'unreadable_recorded_config',
         lambda t: [f'--config={QUICKSTART}'],
         ['config.json cannot be read'],
@@ -568,6 +604,61 @@ class TestPendingLoopWiring:
     line = capfd.readouterr().err.strip()
     assert status == 1 and f'{bad}: truncated JPEG' in line
     assert not (tmp_path / 'workdir').exists()
+
+
+def test_the_evaluation_guides_commands_are_valid_command_lines(tmp_path):
+  """docs/evaluation.md's train.py commands parse, on a workdir that
+  recorded the quickstart's config, into evaluations of that config."""
+  workdir = tmp_path / 'workdir'
+  _record([])(workdir, None)
+  commands = command_lines('python train.py', ROOT / 'docs' / 'evaluation.md')
+  assert len(commands) == 2
+  for argv in commands:
+    values = train.parse_flags(
+        [arg.replace('WORKDIR', str(workdir)) for arg in argv]
+    )
+    assert values.config.eval_only
+    assert values.config.model == quickstart.get_config().model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('num_runs', [1, 2])
+def test_a_workdir_evaluates_from_the_config_it_recorded(
+    tmp_path, caplog, num_runs
+):
+  """--workdir and --config.eval_only=True alone: the recorded config
+  (its num_runs included), the eval batch given, config.json untouched."""
+  workdir = tmp_path / 'workdir'
+  trained = [
+      'train.py',
+      f'--workdir={workdir}',
+      f'--config={QUICKSTART}',
+      *FAST,
+      '--config.num_epochs=0.125',
+      f'--config.num_runs={num_runs}',
+  ]
+  assert train.main(trained) == 0
+  recorded = (workdir / 'config.json').read_text()
+  with caplog.at_level('INFO'):
+    status = train.main([
+        'train.py',
+        f'--workdir={workdir}',
+        '--config.eval_only=True',
+        '--config.eval_batch_size=128',
+    ])
+  assert status == 0
+  assert f'Evaluating the checkpoint at step 2 of {workdir}.' in caplog.text
+  assert 'Resuming' not in caplog.text
+  run_dirs = [workdir / f'run_{k}' for k in range(num_runs)]
+  for run_dir in run_dirs if num_runs > 1 else [workdir]:
+    results = json.loads((run_dir / 'results.json').read_text())
+    evaluated = json.loads((run_dir / 'results_eval.json').read_text())
+    assert evaluated['last'] == results['last']
+    assert evaluated['config']['eval_batch_size'] == 128
+    assert evaluated['status'] == results['status'] == 'finished'
+  if num_runs > 1:
+    assert (workdir / 'summary_eval.json').exists()
+  assert (workdir / 'config.json').read_text() == recorded
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""BN against NBN on CIFAR-10-LT from the real images: train, then report.
+r"""BN against NBN on CIFAR-10-LT from the real images: train, then report.
 
     python -m bench.experiments.cifar10_lt_accuracy run --root=/tmp/evidence \
         --data-dir=../shared/data/cifar10-jpeg --epochs=200 --seeds=0,1
@@ -304,22 +304,79 @@ def report(args):
   print(text)
 
 
+RUN_DESCRIPTION = """Trains every arm (--arms) with every seed (--seeds), each as
+`python train.py --config=configs/cifar10_lt.py` on the CIFAR-10 JPEG copy
+(--data-dir) in its own workdir ROOT/if<IF>/<arm>/seed<S>, the 200-epoch
+schedule compressed to --epochs. Finished runs are skipped, stopped ones
+resume. Flags --config.<field>=value go to train.py.
+"""
+REPORT_DESCRIPTION = """Gathers the runs under --root (results.json, metrics/, the final
+checkpoints) into OUT/cifar10_lt_if<IF>.md, a table of mean and spread
+over seeds, and three PNG plots beside it: per-class accuracy, the spread
+of the last-stage BN scales, and learning curves.
+"""
+
+
 def main():
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+      prog='python -m bench.experiments.cifar10_lt_accuracy',
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  parser.add_argument('command', choices=('run', 'report'))
-  parser.add_argument('--root', required=True, help='folder of the runs')
-  parser.add_argument('--data-dir', help='the CIFAR-10 JPEG folder')
-  parser.add_argument('--imbalance-factor', type=float, default=100.0)
-  parser.add_argument('--epochs', type=float, default=200.0)
-  parser.add_argument(
-      '--seeds', type=lambda s: [int(x) for x in s.split(',')], default=[0, 1]
+  commands = parser.add_subparsers(dest='command', required=True)
+  run_parser = commands.add_parser(
+      'run',
+      help='train every arm with every seed',
+      description=RUN_DESCRIPTION,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  parser.add_argument('--arms', type=lambda s: s.split(','), default=list(ARMS))
-  parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'results'))
+  report_parser = commands.add_parser(
+      'report',
+      help='tables and plots of the runs',
+      description=REPORT_DESCRIPTION,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  for command in (run_parser, report_parser):
+    command.add_argument('--root', required=True, help='folder of the runs')
+    command.add_argument(
+        '--imbalance-factor',
+        type=float,
+        default=100.0,
+        help='the CIFAR-10-LT imbalance factor (default 100)',
+    )
+  run_parser.add_argument(
+      '--data-dir', required=True, help='the CIFAR-10 JPEG folder'
+  )
+  run_parser.add_argument(
+      '--epochs',
+      type=float,
+      default=200.0,
+      help='epochs of each run (default 200, the recipe)',
+  )
+  run_parser.add_argument(
+      '--seeds',
+      type=lambda s: [int(x) for x in s.split(',')],
+      default=[0, 1],
+      metavar='S1,S2,...',
+      help='a comma-separated list of seeds, e.g. 0,1,2 (default 0,1)',
+  )
+  run_parser.add_argument(
+      '--arms',
+      type=lambda s: s.split(','),
+      default=list(ARMS),
+      help=f'a comma-separated list of arms of {list(ARMS)} (default all)',
+  )
+  report_parser.add_argument(
+      '--out',
+      default=os.path.join(ROOT, 'docs', 'results'),
+      help='where the table and plots go (default docs/results)',
+  )
   args, args.extra = parser.parse_known_args()  # --config.field=value ...
-  unknown = [flag for flag in args.extra if not flag.startswith('--config.')]
+  unknown = [
+      flag
+      for flag in args.extra
+      if args.command == 'report' or not flag.startswith('--config.')
+  ]
   if unknown:
     parser.error(f'unknown arguments {unknown}')
   run(args) if args.command == 'run' else report(args)

@@ -1,4 +1,4 @@
-"""Per-class strength of the last-stage features, BN against NBN (CPU).
+r"""Per-class strength of the last-stage features, BN against NBN (CPU).
 
     python -m bench.experiments.feature_magnitude WORKDIR [WORKDIR ...] \
         [--data-dir=DIR --cache-dir=DIR] [--out=report.md]

@@ -1,4 +1,4 @@
-"""Arms x imbalance factors x seeds on CIFAR-10-LT, and the paired report.
+r"""Arms x imbalance factors x seeds on CIFAR-10-LT, and the paired report.
 
     python -m bench.experiments.sweep run --root=/tmp/sweep \
         --data-dir=../shared/data/cifar10-jpeg --seeds=5 \
@@ -143,8 +143,7 @@ def report(args):
       for arm, summary in arms.items():
         cells_text = [_mean_std(summary[result][g]) for g in results.GROUPS]
         lines.append(
-            f'| {LABELS[arm]} |'
-            f' {len(summary.get("finished_seeds", summary["seeds"]))} | '
+            f'| {LABELS[arm]} | {len(results.counted_seeds(summary))} | '
             + ' | '.join(cells_text)
             + ' |'
         )
@@ -183,31 +182,81 @@ def report(args):
   print('\n'.join(lines))
 
 
+RUN_DESCRIPTION = """Trains each (imbalance factor, arm) cell as one program of K runs
+(--seeds K: seeds 0 .. K-1) in its own workdir ROOT/if<IF>/<arm>; a
+finished cell is skipped, a stopped one resumes. Other flags go to train.py
+(e.g. --config.deterministic=True).
+"""
+REPORT_DESCRIPTION = """Reads each cell's summary.json under --root into OUT/sweep.md and
+OUT/sweep.json: mean +- std over seeds per cell, and the paired
+differences by seed of NBN against BN (and NBN + LA against BN + LA) with
+their 95% intervals.
+"""
+
+
 def main():
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+      prog='python -m bench.experiments.sweep',
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   commands = parser.add_subparsers(dest='command', required=True)
-  run_parser = commands.add_parser('run')
-  run_parser.add_argument('--root', required=True)
-  run_parser.add_argument('--data-dir', required=True)
-  run_parser.add_argument('--cache-dir', default='')
-  run_parser.add_argument('--seeds', type=int, default=5)
+  run_parser = commands.add_parser(
+      'run',
+      help='train every cell',
+      description=RUN_DESCRIPTION,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  run_parser.add_argument('--root', required=True, help='folder of the cells')
+  run_parser.add_argument(
+      '--data-dir', required=True, help='the CIFAR-10 JPEG folder'
+  )
+  run_parser.add_argument(
+      '--cache-dir', default='', help='decoded images (default ROOT/cache)'
+  )
+  run_parser.add_argument(
+      '--seeds',
+      type=int,
+      default=5,
+      metavar='K',
+      help=(
+          'how many seeds per cell, a count K: seeds 0 .. K-1, run side by'
+          ' side in one program (default 5)'
+      ),
+  )
   run_parser.add_argument(
       '--imbalance-factors',
       type=lambda s: [float(v) for v in s.split(',')],
       default=[100.0, 50.0, 10.0],
+      help='a comma-separated list (default 100,50,10)',
   )
   run_parser.add_argument(
-      '--arms', type=lambda s: s.split(','), default=list(ARMS)
+      '--arms',
+      type=lambda s: s.split(','),
+      default=list(ARMS),
+      help=f'a comma-separated list of arms of {list(ARMS)} (default all)',
   )
-  run_parser.add_argument('--epochs', type=float, default=200.0)
   run_parser.add_argument(
-      '--deadline', type=float, default=0.0, help='Unix time; 0: none'
+      '--epochs', type=float, default=200.0, help='epochs (default 200)'
   )
-  report_parser = commands.add_parser('report')
-  report_parser.add_argument('--root', required=True)
-  report_parser.add_argument('--out', required=True)
+  run_parser.add_argument(
+      '--deadline',
+      type=float,
+      default=0.0,
+      help='Unix time to stop by (checkpointing); 0: none',
+  )
+  report_parser = commands.add_parser(
+      'report',
+      help='tables of the finished cells',
+      description=REPORT_DESCRIPTION,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  report_parser.add_argument(
+      '--root', required=True, help='folder of the cells'
+  )
+  report_parser.add_argument(
+      '--out', required=True, help='where sweep.md and sweep.json go'
+  )
   # Flags this script does not know go to train.py (e.g. --config.x=y).
   args, args.extra = parser.parse_known_args()
   bad = [arm for arm in getattr(args, 'arms', []) if arm not in ARMS]

@@ -1,4 +1,4 @@
-"""LDAM-DRW's CIFAR-10-LT training end to end in PyTorch, and the comparison.
+r"""LDAM-DRW's CIFAR-10-LT training end to end in PyTorch, and the comparison.
 
     python -m bench.gpu.fidelity_gpu oracle --data-dir=../shared/data/cifar10-jpeg \
         --cache-dir=/tmp/fid/cache --out=/tmp/fid/oracle --seed=0
@@ -280,7 +280,9 @@ def summary(args):
 
 def main():
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+      prog='python -m bench.gpu.fidelity_gpu',
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('oracle', help='train the PyTorch oracle as LDAM does')

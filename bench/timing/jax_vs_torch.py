@@ -1,4 +1,4 @@
-"""Our jitted ResNet-32 NBN train step against the same step in PyTorch.
+r"""Our jitted ResNet-32 NBN train step against the same step in PyTorch.
 
     pip install -r requirements-test.txt   # PyTorch: test/bench only
     python -m bench.timing.jax_vs_torch [--bf16] [--batch=128] [--rounds=7]

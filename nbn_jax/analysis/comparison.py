@@ -42,20 +42,21 @@ def _t_975_expansion(df: int) -> float:
 def paired_differences(treatment: dict, baseline: dict, result: str) -> dict:
   """Per-seed differences treatment - baseline, in points, paired by seed.
 
-  Over the seeds both finished (summary.json's `finished_seeds`; a stopped
-  run has no pair), with their mean and 95% interval, per group.
+  Over the seeds both counted (`results.counted_seeds`; a run stopped on a
+  non-finite value has no pair), with their mean and 95% interval, per
+  group.
 
   Args:
     treatment, baseline: two `results.summarize` summaries.
     result: 'last', 'best_on_val' or 'best_test_during_training'.
   """
-  finished = lambda s: s.get('finished_seeds', s['seeds'])
-  seeds = [s for s in finished(treatment) if s in finished(baseline)]
+  counted = results.counted_seeds
+  seeds = [s for s in counted(treatment) if s in counted(baseline)]
   out = {'seeds': seeds}
   for group in results.GROUPS:
     a, b = treatment[result][group]['runs'], baseline[result][group]['runs']
     pairs = [
-        (a[finished(treatment).index(s)], b[finished(baseline).index(s)])
+        (a[counted(treatment).index(s)], b[counted(baseline).index(s)])
         for s in seeds
     ]
     if any(x is None or y is None or not np.isfinite(x - y) for x, y in pairs):

@@ -8,8 +8,7 @@ trainer's (`nbn_jax.training.conversion`):
 
     python -m nbn_jax.convert --checkpoint=resnet50_nbn.pth \\
         --config=configs/imagenet_lt.py --workdir=WORKDIR [--config.field=...]
-    python train.py --config=configs/imagenet_lt.py --workdir=WORKDIR \\
-        --config.eval_only=True [...]
+    python train.py --workdir=WORKDIR --config.eval_only=True [...]
 
 Names read (method.md, "The reference's checkpoints"):
 

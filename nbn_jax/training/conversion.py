@@ -2,8 +2,8 @@
 
     python -m nbn_jax.convert --checkpoint=resnet50_nbn.pth \\
         --config=configs/imagenet_lt.py --workdir=WORKDIR [--config.field=...]
-    python train.py --config=configs/imagenet_lt.py --workdir=WORKDIR \\
-        --config.eval_only=True [...]
+    python train.py --workdir=WORKDIR --config.eval_only=True \\
+        [--config.test_list=... (the data fields, docs/evaluation.md)]
 
     # torchvision's ImageNet ResNet-152 (plain BN) into the NBN placement:
     python -m nbn_jax.convert --checkpoint=resnet152-394f9c45.pth \\
@@ -24,10 +24,13 @@ the two are the same).
 
 The command writes a step-0 checkpoint into WORKDIR, built by the run plan
 as the trainer builds its train state, that `train.py` evaluates (or
-fine-tunes from), and records the config there (config.json), as train.py
-does, so `nbn_jax.training.trained.load` rebuilds the model, and which file
-it converted, and how (`finetune.CONVERTED_FILE`), which the results of a
-second stage started from it name. Reading the ``.pth`` file needs PyTorch;
+fine-tunes from). It records the config there (config.json), as train.py
+does: `nbn_jax.training.trained.load` rebuilds the model from it, and an
+evaluation needs no --config, only the fields that say where the data is
+(e.g. ``--config.data_source=jpeg --config.data_dir=...``; see
+docs/evaluation.md). It also records which file it converted, and how
+(`finetune.CONVERTED_FILE`), which the results of a second stage started
+from it name. Reading the ``.pth`` file needs PyTorch;
 the name mapping (`nbn_jax.convert`) does not.
 """
 
@@ -306,6 +309,7 @@ HELP_FLAGS = ('-h', '--help', '--helpfull', '-?')
 
 def main(argv: list[str]) -> int:
   """Converts; returns the exit status (errors: one line on stderr)."""
+  command_line.quiet_tensorflow_start()
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     values = flags.FlagValues()
     define_flags(values, argv[:1])

@@ -21,7 +21,7 @@ import input_pipeline as ip
 from input_pipeline.evaluation import eval_batches
 from nbn_jax.training import reporting, steps
 from nbn_jax.training.inputs import to_global
-from nbn_jax.training.metrics import LongTailAccuracy
+from nbn_jax.training.metrics import ClassHits, LongTailAccuracy
 
 PROGRESS_SECONDS = 30.0  # a progress line at most this often
 
@@ -31,12 +31,14 @@ class Evaluator:
   """Exact long-tail accuracy of each run of a train state on a split.
 
   Attributes:
-    eval_step: jit (state, images, labels, mask) -> per-class (correct,
-      total), (C,) each for one run or (K, C) for K (`runs.Runs.eval_step`).
+    eval_step: jit (state, images, labels, mask) -> per-class counts
+      (`metrics.ClassHits`), (C,) each for one run or (K, C) for K
+      (`runs.Runs.eval_step`).
     sharding: the global layout of an eval batch.
     preprocessing: the eval-time resizing of image files.
     batch_size: global eval batch (the last one is padded and masked).
     groups: Many/Medium/Few class ids.
+    top5: report top-5 accuracy too (`LongTailAccuracy.summary`).
   """
 
   eval_step: Callable
@@ -44,6 +46,7 @@ class Evaluator:
   preprocessing: ip.Preprocessing
   batch_size: int
   groups: dict[str, np.ndarray]
+  top5: bool = False
   _latest: dict = dataclasses.field(default_factory=dict, compare=False)
 
   def __call__(
@@ -61,7 +64,7 @@ class Evaluator:
     return self._latest[key]
 
   def _evaluate(self, state, split):
-    correct = total = 0
+    counts = ClassHits(0, 0, 0)  # summed over the batches
     batches = eval_batches(
         split,
         self.preprocessing,
@@ -79,8 +82,7 @@ class Evaluator:
               for k in ('image', 'label', 'mask')
           ),
       )
-      batch_correct, batch_total = jax.device_get(hits)
-      correct, total = correct + batch_correct, total + batch_total
+      counts = ClassHits(*map(np.add, counts, jax.device_get(hits)))
       now = time.perf_counter()
       if now - last_line >= PROGRESS_SECONDS and done < num_batches:
         last_line = now
@@ -93,11 +95,11 @@ class Evaluator:
             reporting.format_duration(seconds_left),
         )
     accuracies = []
-    for run_correct, run_total in zip(
-        np.atleast_2d(correct), np.atleast_2d(total)
-    ):
-      accuracy = LongTailAccuracy.empty(len(run_correct), self.groups)
-      accuracy.update(run_correct, run_total)
+    for run_counts in zip(*map(np.atleast_2d, counts)):
+      accuracy = LongTailAccuracy.empty(
+          len(run_counts[0]), self.groups, self.top5
+      )
+      accuracy.update(*run_counts)
       if accuracy.num_examples != len(split):
         raise RuntimeError(
             f'evaluated {accuracy.num_examples} of {len(split)} examples of '

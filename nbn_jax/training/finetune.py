@@ -29,7 +29,7 @@ import optax
 from flax import traverse_util
 
 from nbn_jax.models import CLASSIFIER, LOGIT_NORM
-from nbn_jax.training import steps, storage
+from nbn_jax.training import records, steps, storage
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import latest_step, latest_variables
 from nbn_jax.training.checkpoints import structure_difference
@@ -199,9 +199,10 @@ def first_stage_results(
   Its folder; the step of its checkpoint this stage started from (`step`;
   None in runs recorded before it was); the file it was converted from and
   how, for a workdir the converter wrote (`CONVERTED_FILE`); its status
-  and 'last' result from its run folder `run_dir` (the workdir itself for a
-  single run) when that result is of the checkpoint this stage started
-  from. A first stage stopped before its end has no results.json.
+  (with where it stopped, for a stopped one) and 'last' result from its run
+  folder `run_dir` (the workdir itself for a single run) when that result
+  is of the checkpoint this stage started from. A first stage killed
+  before its end has no results.json.
   """
   summary = {
       'workdir': storage.resolve(workdir, 'config.finetune_from'),
@@ -221,5 +222,34 @@ def first_stage_results(
     return summary
   if step is None or reported['last']['step'] == step:
     summary['status'] = reported.get('status')
+    for why in ('stopped', 'stopped_early'):  # where its status has them
+      if why in reported:
+        summary[why] = reported[why]
     summary['last'] = reported['last']
   return summary
+
+
+def unfinished_warning(first: dict[str, Any]) -> str | None:
+  """The warning a second stage logs when its first stage is not a
+  finished run, from `first_stage_results`; None for a finished one or a
+  converted checkpoint (weights trained elsewhere)."""
+  if 'converted_from' in first or first.get('status') == records.FINISHED:
+    return None
+  start = f'The first stage {first["workdir"]}'
+  then = (
+      f'this second stage starts from its checkpoint at step {first["step"]},'
+      ' not from a finished run.'
+  )
+  if first.get('status') == records.STOPPED_EARLY:
+    early = first['stopped_early']
+    return (
+        f'{start} stopped early, at step {early["step"]} of the '
+        f'{early["planned_steps"]} planned (config.num_train_steps): {then}'
+    )
+  if first.get('status') == records.STOPPED:
+    stopped = first['stopped']
+    return (
+        f'{start} stopped at step {stopped["step"]} ({stopped["reason"]}): '
+        f'{then}'
+    )
+  return f'{start} has no results of that checkpoint (it ended early): {then}'

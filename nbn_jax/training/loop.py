@@ -33,12 +33,19 @@ from input_pipeline import image_check
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import finetune, metrics, preemption, records
 from nbn_jax.training import reporting, results
+from nbn_jax.training import runs as runs_lib
 from nbn_jax.training import workdir as workdir_lib
 from nbn_jax.training.checkpoints import Checkpoints
 from nbn_jax.training.context import RunContext
 from nbn_jax.training.errors import ConfigError, NonFiniteLossError
 from nbn_jax.training.plan import Plan
 from nbn_jax.training.steps import TrainState, furthest_step
+
+# An NBN alpha (it starts at 1) whose magnitude falls below this has scaled
+# the affine output of every NBN layer reading it to under a thousandth of
+# its unit-norm direction: those layers (a RIDE expert's last stage, say)
+# have all but switched off. The loop warns once per alpha and run.
+COLLAPSED_ALPHA = 1e-3
 
 
 def train_and_evaluate(
@@ -89,7 +96,10 @@ def run(
     if restored is not None:
       state, run_records = restored[0], records.from_checkpoint(restored[1])
       logging.info(
-          'Resuming from the checkpoint at step %d.', furthest_step(state)
+          '%s the checkpoint at step %d of %s.',
+          'Evaluating' if plan.eval_only else 'Resuming from',
+          furthest_step(state),
+          workdir,
       )
     elif plan.eval_only:
       raise ConfigError(
@@ -106,6 +116,7 @@ def run(
         )
         for record in run_records:
           record.first_stage_step = step
+        _warn_if_unfinished(plan, step)
       state = plan.start(state)
     if signals is not None:
       signals.terminate_if_requested()  # all processes, before any write
@@ -148,6 +159,19 @@ def run(
     checkpoints.close()  # once pending writes are confirmed
 
 
+def _warn_if_unfinished(plan: Plan, step: int):
+  """One warning per run whose first stage is not a finished run."""
+  runs = plan.runs
+  for k in range(runs.num_runs):
+    first = finetune.first_stage_results(
+        plan.finetune_from, runs.run_dir(plan.finetune_from, k), step
+    )
+    if warning := finetune.unfinished_warning(first):
+      logging.warning(
+          '%s%s', f'{runs.name(k)}: ' if runs.name(k) else '', warning
+      )
+
+
 def _log_uncounted_classes(plan: Plan):
   """One line if classes lack a training count (eval_only with a partial or
   no train list): they are in no Many/Medium/Few group."""
@@ -188,9 +212,11 @@ def _train(
   batch_size = plan.core.step_config.global_batch_size
   step = furthest_step(state)
   progress = reporting.Progress(
-      length.stop_step, length.steps_per_epoch, batch_size * runs.num_runs
+      length.stop_step, length.steps_per_epoch, batch_size, runs.num_runs
   )
   progress.start(step)
+  switch = plan.loss_switch
+  collapsed = set()  # (run, alpha path) of each alpha warned of
   logging.info(
       'Training %d steps (%.1f steps per epoch, batch %d) of %d run(s) on %d '
       'devices%s.',
@@ -209,6 +235,13 @@ def _train(
   pending = []  # per-step metrics on the devices since the last log
   while step < length.stop_step:
     count = min(length.next_event(step) - step, training_input.steps_per_call)
+    if switch is not None and step < switch.first_step <= step + count:
+      logging.info(
+          'step %d (epoch %.2f): %s.',
+          switch.first_step,
+          (switch.first_step - 1) / length.steps_per_epoch,
+          switch.description,
+      )
     state, chunk = training_input.run(state, step, count)
     pending.append(chunk)
     step += count
@@ -217,7 +250,7 @@ def _train(
     stop = signals.stop_requested()
     # Metrics are checked before every checkpoint: a stop is never missed.
     if step % length.log_every == 0 or checkpoint or stop:
-      _log_training(context, state, step, pending, progress)
+      _log_training(context, state, step, pending, progress, collapsed)
       pending = []
       checkpoints.confirm()  # a failed background write stops the run here
     if step % length.eval_every == 0 or end:
@@ -280,13 +313,16 @@ def _log_training(
     step: int,
     pending: list[dict[str, jax.Array]],
     progress: reporting.Progress,
+    collapsed: set[tuple[int, str]],
 ):
   """Fetches pending metrics, marks stopped runs, logs and writes scalars.
 
   A run found stopped (`runs.Runs.stopped`) is marked in its record; once
   every run has stopped the loop ends, and until then each newly stopped
-  run is reported in one warning. Then the progress line and each run's
-  scalars.
+  run is reported in one warning. Then the progress line (the mean loss
+  and accuracy of the live runs), a warning for each NBN alpha newly below
+  `COLLAPSED_ALPHA` (`collapsed`: the (run, alpha path) already warned
+  of, added to), and each run's scalars.
 
   Raises:
     NonFiniteLossError: every run has stopped.
@@ -320,13 +356,19 @@ def _log_training(
   )
   mean_loss = loss.mean(0)
   line, images_per_second = progress.line(
-      step, mean_loss[live].mean(), accuracy[live].mean(), rate
+      step,
+      mean_loss[live].mean(),
+      accuracy[live].mean(),
+      rate,
+      int(np.sum(live)),
   )
   logging.info('%s', line)
   alphas = jax.device_get({
       path: reporting.at_path(state.params, path)
       for path in core.nbn.alpha_paths
   })
+  for k in range(runs.num_runs):
+    _warn_collapsed_alphas(runs, k, runs.select(alphas, k), step, collapsed)
   for k, writer in enumerate(context.writers):
     scalars = {
         'train/loss': mean_loss[k],
@@ -339,6 +381,30 @@ def _log_training(
     scalars |= reporting.alpha_scalars(runs.select(alphas, k))
     writer.write(step, scalars)
     writer.flush()
+
+
+def _warn_collapsed_alphas(
+    runs: runs_lib.Runs,
+    k: int,
+    alphas: dict[str, float],
+    step: int,
+    collapsed: set[tuple[int, str]],
+):
+  """A warning for each of run k's NBN alphas newly below `COLLAPSED_ALPHA`
+  in magnitude, once per (run, alpha); `collapsed` keeps those warned of."""
+  for path, alpha in alphas.items():
+    if abs(float(alpha)) >= COLLAPSED_ALPHA or (k, path) in collapsed:
+      continue
+    collapsed.add((k, path))
+    logging.warning(
+        '%sNBN alpha %s is %.3g at step %d, below %g (it starts at 1): the '
+        'NBN layers that read it now pass almost nothing on.',
+        f'{runs.name(k)}: ' if runs.name(k) else '',
+        path,
+        float(alpha),
+        step,
+        COLLAPSED_ALPHA,
+    )
 
 
 def _divergence(loss: float | None) -> str:

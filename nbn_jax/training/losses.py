@@ -570,6 +570,25 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+def epoch_switch(
+    name: str, settings: Settings, steps_per_epoch: float | None
+) -> EpochSwitch | None:
+  """The switch of the loss `name` of `LOSSES`, at the epoch its setting
+  `LossSpec.switch_epoch` holds; None for a loss without one.
+
+  Raises:
+    ValueError: a switching loss without `steps_per_epoch`.
+  """
+  spec = LOSSES[name]
+  if spec.switch_epoch is None:
+    return None
+  if steps_per_epoch is None:
+    raise ValueError(
+        f'loss={name!r} switches at {spec.switch_epoch}: give steps_per_epoch.'
+    )
+  return EpochSwitch.at_epoch(settings[spec.switch_epoch], steps_per_epoch)
+
+
 def make_loss(
     name: str,
     train_counts: np.ndarray,
@@ -600,14 +619,7 @@ def make_loss(
     raise ValueError(
         f'loss={name!r} takes the settings {missing}; give them in settings.'
     )
-  switch = None
-  if spec.switch_epoch is not None:
-    if steps_per_epoch is None:
-      raise ValueError(
-          f'loss={name!r} switches at {spec.switch_epoch}: give '
-          'steps_per_epoch.'
-      )
-    switch = EpochSwitch.at_epoch(settings[spec.switch_epoch], steps_per_epoch)
+  switch = epoch_switch(name, settings, steps_per_epoch)
   loss_of_heads = spec.build(
       np.asarray(train_counts),
       {field: settings[field] for field in spec.settings},

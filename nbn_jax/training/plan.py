@@ -276,6 +276,40 @@ def build_step_config(
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSwitch:
+  """Where the training loss switches (`losses.EpochSwitch`: DRW's
+  deferred re-weighting), for the run's log.
+
+  Attributes:
+    first_step: the first training step of the switched loss, counted as
+      the progress lines count steps (from 1): the update from the state
+      at `EpochSwitch.step`.
+    description: what switches, e.g. 'loss ldam_drw switches to its
+      re-weighting from this step on (config.drw_epoch=160.0)'.
+  """
+
+  first_step: int
+  description: str
+
+
+def loss_switch(
+    config: ml_collections.ConfigDict, length: 'RunLength'
+) -> LossSwitch | None:
+  """Where `config.loss` switches, or None for a loss without a switch."""
+  switch = losses.epoch_switch(
+      config.loss, loss_settings(config), length.steps_per_epoch
+  )
+  if switch is None:
+    return None
+  setting = losses.LOSSES[config.loss].switch_epoch
+  return LossSwitch(
+      switch.step + 1,
+      f'loss {config.loss} switches to its re-weighting from this step on '
+      f'(config.{setting}={config[setting]})',
+  )
+
+
 def sampler_spec(config: ml_collections.ConfigDict) -> ip.SamplerSpec:
   return ip.SamplerSpec(
       config.sampler,
@@ -446,7 +480,8 @@ class Plan:
 
   Attributes:
     config: the config as plain data (recorded with the results).
-    label: 'ResNet32 NBN on cifar10-lt-if100', for tables and plots.
+    label: 'ResNet32 NBN, loss ldam_drw, on cifar10-lt-if100:train', for
+      tables and plots.
     eval_only: evaluate the workdir's latest checkpoint, do not train.
     keep_checkpoints: periodic checkpoints kept.
     benchmark: the splits; `val` None where the benchmark has none.
@@ -460,6 +495,7 @@ class Plan:
     eval_batch_size: global eval batch.
     finetune_from: a first stage's workdir to start from, or ''.
     reinit_classifier: with `finetune_from`: a fresh classifier.
+    loss_switch: where the loss switches (DRW), or None.
   """
 
   config: dict[str, Any]
@@ -477,6 +513,7 @@ class Plan:
   eval_batch_size: int
   finetune_from: str = ''
   reinit_classifier: bool = True
+  loss_switch: LossSwitch | None = None
 
   @property
   def runs(self) -> runs.Runs:
@@ -521,6 +558,7 @@ class Plan:
         self.preprocessing,
         self.eval_batch_size,
         self.groups,
+        self.benchmark.spec.reports_top5,
     )
 
 
@@ -552,9 +590,15 @@ def build_plan(
     image_shape = tuple(benchmark.train.images.shape[1:])
   else:
     image_shape = (recipe.image_size, recipe.image_size, 3)
+  core = _build_step_plan(
+      config, layout, spec, step_counts, image_shape, devices
+  )
   return Plan(
       config=config.to_dict(),
-      label=f'{config.model} {config.norm.upper()} on {benchmark.train.name}',
+      label=(
+          f'{config.model} {config.norm.upper()}, loss {config.loss}, on '
+          f'{benchmark.train.name}'
+      ),
       eval_only=config.eval_only,
       keep_checkpoints=config.keep_checkpoints,
       benchmark=benchmark,
@@ -562,9 +606,7 @@ def build_plan(
       groups=metrics.shot_groups(
           train_counts, config.many_threshold, config.few_threshold, counted
       ),
-      core=_build_step_plan(
-          config, layout, spec, step_counts, image_shape, devices
-      ),
+      core=core,
       input_path=config.input_path,
       sampler=sampler_spec(config),
       preprocessing=recipe,
@@ -572,4 +614,5 @@ def build_plan(
       eval_batch_size=config.eval_batch_size,
       finetune_from=config.finetune_from,
       reinit_classifier=config.reinit_classifier,
+      loss_switch=loss_switch(config, core.length),
   )

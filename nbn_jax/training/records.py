@@ -19,8 +19,13 @@ from typing import Any
 
 from nbn_jax.training.metrics import LongTailAccuracy
 
-# A run's status in its results (results.json's 'status').
+# A run's status in its results (results.json's 'status'): it trained every
+# planned step; it stopped on a non-finite loss or parameters (`Stop`); it
+# trained fewer steps than planned (config.num_train_steps, or an evaluation
+# of a checkpoint before the run's end); or its state is a step-0
+# checkpoint, which only the converter writes: weights trained elsewhere.
 FINISHED, STOPPED = 'finished', 'stopped'
+STOPPED_EARLY, CONVERTED = 'stopped_early', 'converted'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +63,18 @@ class RunRecord:
   stop: Stop | None = None
   first_stage_step: int | None = None
 
-  @property
-  def status(self) -> str:
-    """`STOPPED` once it stopped, else `FINISHED` (when training ends)."""
-    return FINISHED if self.stop is None else STOPPED
+  def status(self, step: int, planned_steps: int) -> str:
+    """The run's status with its state at `step` of `planned_steps`.
+
+    `STOPPED` once it stopped; else `FINISHED` at the planned end,
+    `CONVERTED` at step 0 (train.py checkpoints only after its steps) and
+    `STOPPED_EARLY` in between.
+    """
+    if self.stop is not None:
+      return STOPPED
+    if step >= planned_steps:
+      return FINISHED
+    return CONVERTED if step == 0 else STOPPED_EARLY
 
   def add_evaluation(
       self, step: int, epoch: float, split: str, summary: dict[str, float]

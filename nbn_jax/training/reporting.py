@@ -237,12 +237,24 @@ def _finite_or_none(value):
 
 
 class Progress:
-  """Formats 'step / total, epoch, loss, lr, images/s, ETA' lines."""
+  """Formats 'step / total, epoch, loss, accuracy, lr, images/s, ETA' lines.
 
-  def __init__(self, total_steps: int, steps_per_epoch: float, batch_size: int):
+  With several runs the loss and the training accuracy are means over the
+  live runs, and the line says so; images/s counts every run's images
+  (a stopped run's are still computed).
+  """
+
+  def __init__(
+      self,
+      total_steps: int,
+      steps_per_epoch: float,
+      batch_size: int,
+      num_runs: int = 1,
+  ):
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
-    self.batch_size = batch_size
+    self.batch_size = batch_size  # of one run
+    self.num_runs = num_runs
     self._last = None  # (step, time) of the last line
 
   def start(self, step: int):
@@ -250,25 +262,52 @@ class Progress:
     self._last = (step, time.perf_counter())
 
   def line(
-      self, step: int, loss: float, accuracy: float, learning_rate: float
+      self,
+      step: int,
+      loss: float,
+      accuracy: float,
+      learning_rate: float,
+      live_runs: int | None = None,
   ) -> tuple[str, float]:
-    """The progress line at `step` and the images/s since the last one."""
+    """The progress line at `step` and the images/s since the last one.
+
+    Args:
+      step: the steps done.
+      loss, accuracy: the training loss and the fraction of training
+        examples right (means over the live runs).
+      learning_rate: the step's rate.
+      live_runs: how many runs `loss` and `accuracy` are means over
+        (default: all).
+    """
+    live = self.num_runs if live_runs is None else live_runs
     now = time.perf_counter()
     images_per_second = float('nan')
     if step > self._last[0]:
       images_per_second = (
-          (step - self._last[0]) * self.batch_size / (now - self._last[1])
+          (step - self._last[0])
+          * self.batch_size
+          * self.num_runs
+          / (now - self._last[1])
       )
     self._last = (step, now)
     eta = 'ETA --'
     if math.isfinite(images_per_second):
-      seconds = (self.total_steps - step) * self.batch_size / images_per_second
+      seconds = (
+          (self.total_steps - step)
+          * self.batch_size
+          * self.num_runs
+          / images_per_second
+      )
       eta = f'ETA {format_duration(seconds)}'
+    means = ''
+    if self.num_runs > 1:
+      of = f' of {self.num_runs}' if live < self.num_runs else ''
+      means = f' (means over {live}{of} runs)'
     return (
         (
             f'step {step}/{self.total_steps} '
             f'(epoch {step / self.steps_per_epoch:.1f}) loss {loss:.4f} '
-            f'train acc {accuracy:.3f} lr {learning_rate:.4g} '
+            f'train acc {100 * accuracy:.1f}%{means} lr {learning_rate:.4g} '
             f'{images_per_second:,.0f} img/s {eta}'
         ),
         images_per_second,
@@ -306,13 +345,24 @@ def percent(fraction: float | None) -> str:
   return f'{100 * fraction:.2f}'
 
 
+# The accuracies tables show, in this order, where the results have them:
+# top-5 only for the benchmarks that report it (`DatasetSpec.reports_top5`).
+ACCURACY_COLUMNS = ('top1', 'top5', 'many', 'medium', 'few')
+
+
+def columns_of(results: list[dict[str, float]]) -> list[str]:
+  """The `ACCURACY_COLUMNS` any of `results` has."""
+  return [c for c in ACCURACY_COLUMNS if any(c in r for r in results)]
+
+
 def summary_table(rows: dict[str, dict[str, float]]) -> str:
-  """A text table: one row per result, columns top-1 and the shot groups."""
-  columns = ('top1', 'many', 'medium', 'few')
+  """A text table: one row per result, columns top-1 (top-5 where the
+  results have it) and the shot groups; a result without a column: n/a."""
+  columns = columns_of(list(rows.values()))
   width = max(len(name) for name in rows) + 2
   lines = [f'{"":{width}}' + ''.join(f'{c:>9}' for c in columns)]
   for name, metrics in rows.items():
-    cells = ''.join(f'{percent(metrics[c]):>9}' for c in columns)
+    cells = ''.join(f'{percent(metrics.get(c)):>9}' for c in columns)
     lines.append(f'{name:{width}}' + cells)
   return '\n'.join(lines) + '\n(accuracy in %)'
 

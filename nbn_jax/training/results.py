@@ -9,7 +9,12 @@ parameters, where and why. `finish` evaluates the final state and writes,
 per run, results.json,
 the summary table, TensorBoard scalars and the PNG plots (in the run's
 folder, `runs.Runs.run_dir`), and for several runs summary.json over the
-runs that finished.
+runs that did not stop on a non-finite value.
+
+Each result says its status (`records.FINISHED`, `STOPPED`,
+`STOPPED_EARLY`, `CONVERTED`): a run that trained fewer steps than planned
+is never reported as finished. Accuracies in the JSON files are fractions
+of the examples (`ACCURACY_UNIT`); the printed tables show them in percent.
 """
 
 import dataclasses
@@ -21,10 +26,20 @@ import numpy as np
 
 from nbn_jax.training import finetune, reporting, storage
 from nbn_jax.training.context import RunContext
-from nbn_jax.training.records import FINISHED, STOPPED, RunRecord
+from nbn_jax.training.records import CONVERTED, STOPPED, STOPPED_EARLY
+from nbn_jax.training.records import RunRecord
 
 # Version of results.json's layout; bumped when a field changes meaning.
-RESULTS_SCHEMA = 4  # 4: 'status' and, for a stopped run, 'stopped'
+# 4: 'status' and, for a stopped run, 'stopped'. 5: 'status' 'finished'
+# only for a run that trained every planned step ('stopped_early', with
+# the step and the planned steps, or 'converted' otherwise), and
+# 'accuracy_unit'.
+RESULTS_SCHEMA = 5
+# What every accuracy in results.json and summary.json is: correct / total
+# (0.5 is half the examples); the printed tables show percent.
+ACCURACY_UNIT = 'fraction'
+# The accuracies every benchmark's results have (top-5 only some:
+# `reporting.ACCURACY_COLUMNS`), which comparisons of arms read.
 GROUPS = ('top1', 'many', 'medium', 'few')
 # The results `summarize` gathers over runs, where every run has them.
 SUMMARIZED = ('last', 'best_on_val', 'best_test_during_training')
@@ -113,10 +128,12 @@ def finish(
 def _run_results(plan, record: RunRecord, test, val, step):
   """One run's results.json and its rows of the summary table."""
   many, few = plan.shot_thresholds
+  planned_steps = plan.core.length.total_steps
   rows = {f'last (step {step}) test': test.summary()}
   results = {
       'schema': RESULTS_SCHEMA,
-      'status': record.status,
+      'status': record.status(step, planned_steps),
+      'accuracy_unit': ACCURACY_UNIT,
       'config': plan.config,
       'dataset': plan.benchmark.train.name,
       'train_counts': plan.benchmark.train_counts().tolist(),
@@ -132,6 +149,8 @@ def _run_results(plan, record: RunRecord, test, val, step):
   }
   if record.stop is not None:
     results['stopped'] = dataclasses.asdict(record.stop)
+  if results['status'] == STOPPED_EARLY:
+    results['stopped_early'] = {'step': step, 'planned_steps': planned_steps}
   if val is not None:
     results['last']['val'] = val.summary()
     rows[f'last (step {step}) val'] = val.summary()
@@ -152,33 +171,54 @@ def _run_results(plan, record: RunRecord, test, val, step):
 def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
   """Mean, standard deviation (ddof 1) and each run's value, per result.
 
-  Over the runs that finished: a stopped run (`RunRecord.stop`) is listed
-  under 'stopped' with its step and reason, and left out of the statistics.
-  Results: 'last' test and, where the runs have them, 'best_on_val' test
-  and 'best_test_during_training' test; each over top-1 and the groups.
+  Over the runs that did not stop on a non-finite value ('counted_seeds'):
+  a stopped run (`RunRecord.stop`) is listed under 'stopped' with its step
+  and reason, and left out of the statistics. Runs that stopped early
+  (`records.STOPPED_EARLY`) are counted and listed under 'stopped_early'
+  with their step and the planned steps. Results: 'last' test and, where
+  the runs have them, 'best_on_val' test and 'best_test_during_training'
+  test; each over top-1, top-5 where every run has it, and the groups.
   """
-  finished = [r for r in per_run if r.get('status', FINISHED) == FINISHED]
+  counted = [r for r in per_run if r.get('status') != STOPPED]
   summary = {
+      'schema': RESULTS_SCHEMA,
+      'accuracy_unit': ACCURACY_UNIT,
       'seeds': [r['seed'] for r in per_run],
-      'finished_seeds': [r['seed'] for r in finished],
+      'counted_seeds': [r['seed'] for r in counted],
       'stopped': [
           {'run': k, 'seed': r['seed'], **r['stopped']}
           for k, r in enumerate(per_run)
-          if r.get('status', FINISHED) != FINISHED
+          if r.get('status') == STOPPED
+      ],
+      'stopped_early': [
+          {'run': k, 'seed': r['seed'], **r['stopped_early']}
+          for k, r in enumerate(per_run)
+          if r.get('status') == STOPPED_EARLY
       ],
   }
   for name in SUMMARIZED:
-    if not finished or not all(name in r for r in finished):
+    if not counted or not all(name in r for r in counted):
       continue
     summary[name] = {}
-    for group in GROUPS:
-      values = np.array([r[name]['test'][group] for r in finished], float)
+    tests = [r[name]['test'] for r in counted]
+    for group in reporting.ACCURACY_COLUMNS:
+      if not all(group in test for test in tests):
+        continue  # top-5, on benchmarks that do not report it
+      values = np.array([test[group] for test in tests], float)
       summary[name][group] = {
           'mean': float(np.mean(values)),
           'std': float(np.std(values, ddof=1)) if len(values) > 1 else None,
           'runs': values.tolist(),
       }
   return summary
+
+
+def counted_seeds(summary: dict[str, Any]) -> list[int]:
+  """The seeds a summary's statistics are over (summary.json of any
+  version: 'finished_seeds' before schema 5, every seed before that)."""
+  return summary.get(
+      'counted_seeds', summary.get('finished_seeds', summary['seeds'])
+  )
 
 
 def _mean_std(entry: dict[str, Any]) -> str:
@@ -192,17 +232,26 @@ def _mean_std(entry: dict[str, Any]) -> str:
 
 
 def runs_counted(summary: dict[str, Any]) -> str:
-  """Which runs the statistics are over, e.g. '4 of 5 runs; run 2 (seed 2)
-  stopped at step 47: the training loss is nan'."""
-  counted = f'{len(summary["finished_seeds"])} of {len(summary["seeds"])} runs'
-  if not summary['stopped']:
-    return 'over runs'
-  stopped = '; '.join(
+  """Which runs the statistics are over, e.g. 'over 4 of 5 runs; run 2
+  (seed 2) stopped at step 47: the training loss is nan', and where runs
+  stopped early ('stopped early at step 22 of the 19385 planned')."""
+  counted = len(counted_seeds(summary))
+  parts = [
+      f'over {counted} of {len(summary["seeds"])} runs'
+      if summary['stopped']
+      else 'over runs'
+  ]
+  parts += [
       f'run {s["run"]} (seed {s["seed"]}) stopped at step {s["step"]}: '
       f'{s["reason"]}'
       for s in summary['stopped']
-  )
-  return f'over {counted}; {stopped}'
+  ]
+  early = {(s['step'], s['planned_steps']) for s in summary['stopped_early']}
+  parts += [
+      f'stopped early at step {step} of the {planned} planned'
+      for step, planned in sorted(early)
+  ]
+  return '; '.join(parts)
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -211,9 +260,10 @@ def summary_table(summary: dict[str, Any]) -> str:
   lines = []
   if names:
     width = max(len(n) for n in names) + 7
-    lines.append(' ' * width + ''.join(f'{g:>17}' for g in GROUPS))
+    columns = reporting.columns_of([summary[name] for name in names])
+    lines.append(' ' * width + ''.join(f'{g:>17}' for g in columns))
     for name in names:
-      cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in GROUPS)
+      cells = ''.join(f'{_mean_std(summary[name][g]):>17}' for g in columns)
       lines.append(f'{name + " test":{width}}' + cells)
   else:
     lines.append('no run finished')
@@ -252,14 +302,39 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
         curves,
         f'{plan.label}, seed {results["seed"]}\nNBN alpha during training',
     )
-  table = reporting.summary_table(rows)
-  stopped = ''
-  if results['status'] == STOPPED:
-    stopped = (
-        f'\nstopped at step {results["stopped"]["step"]}: '
-        f'{results["stopped"]["reason"]}; "last" is its last finite state'
+  lines = [f'\n{plan.label}, seed {results["seed"]}']
+  lines.append(reporting.summary_table(rows))
+  if status := status_line(results, plan.eval_only):
+    lines.append(status)
+  lines.append(f'results: {out_dir}/results{suffix}.json')
+  print('\n'.join(lines))
+
+
+def status_line(results: dict[str, Any], evaluation: bool) -> str:
+  """What a run's table needs said of its status; '' for a finished run.
+
+  `evaluation`: the results are an evaluation's (eval_only), not the end
+  of a training.
+  """
+  status = results['status']
+  if status == STOPPED:
+    stopped = results['stopped']
+    return (
+        f'stopped at step {stopped["step"]}: {stopped["reason"]}; "last" is '
+        'its last finite state'
     )
-  print(
-      f'\n{plan.label}, seed {results["seed"]}\n{table}{stopped}\nresults: '
-      f'{out_dir}/results{suffix}.json'
-  )
+  if status == STOPPED_EARLY:
+    early = results['stopped_early']
+    line = (
+        f'stopped early at step {early["step"]} of the '
+        f'{early["planned_steps"]} planned: not a finished run'
+    )
+    if evaluation:
+      return f'{line} (the checkpoint evaluated)'
+    return (
+        f'{line} (config.num_train_steps); rerun with a larger '
+        'config.num_train_steps, or -1, to continue it'
+    )
+  if status == CONVERTED:
+    return 'a converted checkpoint (step 0): trained elsewhere, not here'
+  return ''

@@ -189,7 +189,8 @@ class Runs(abc.ABC):
 
   @abc.abstractmethod
   def eval_step(self) -> Callable:
-    """jit (state, images, labels, mask) -> per-class (correct, total).
+    """jit (state, images, labels, mask) -> per-class counts
+    (`metrics.ClassHits`).
 
     (C,) each, or (K, C): every run counts the same shared eval batch.
     """

@@ -198,7 +198,7 @@ def make_train_step(cfg: StepConfig):
 
 
 def make_eval_step(cfg: StepConfig):
-  """jit: (state, images, labels, mask) -> per-class (correct, total)."""
+  """jit: (state, images, labels, mask) -> per-class counts (`ClassHits`)."""
 
   def step(state, images, labels, mask):
     outputs = cfg.model.apply(

@@ -64,6 +64,11 @@ NEUTRAL_FIELDS = frozenset({
     'eval_only',
     'num_train_steps',
 })
+# What an evaluation (eval_only) may set besides: which copy of the dataset
+# it reads (CIFAR-10 from TFDS or its JPEG copy, whose pixels differ a
+# little: the results record the copy, config.data_source). An evaluation
+# never replaces config.json: the workdir keeps the config it trained with.
+EVALUATION_FIELDS = NEUTRAL_FIELDS | {'data_source'}
 
 
 def _as_json(value: Any) -> Any:
@@ -91,14 +96,16 @@ def changed_fields(
   A field present on one side only counts as changed (value None on the
   other side), unless it is new since the run was recorded and has its
   value in `defaults`: a config recorded before a field existed ran as its
-  default says (new fields default to the behaviour before them).
+  default says (new fields default to the behaviour before them). For an
+  evaluation (`config`'s eval_only) the `EVALUATION_FIELDS` may differ.
   """
   old, new = _flatten(recorded), _flatten(config)
   default = _flatten(defaults or {})
+  free = EVALUATION_FIELDS if config.get('eval_only') else NEUTRAL_FIELDS
   return {
       field: (old.get(field), new.get(field))
       for field in sorted(old.keys() | new.keys())
-      if field.split('.')[0] not in NEUTRAL_FIELDS
+      if field.split('.')[0] not in free
       and old.get(field) != new.get(field)
       and not (
           field not in old
@@ -146,6 +153,13 @@ def check_unchanged_config(
     listed = ', '.join(
         f'{field} ({old!r} -> {new!r})' for field, (old, new) in changes.items()
     )
+    if config.get('eval_only'):
+      raise WorkdirError(
+          f'{workdir} was trained with another config; these fields differ: '
+          f'{listed}. To evaluate it as it was trained, leave out --config: '
+          f'python train.py --workdir={workdir} --config.eval_only=True (with '
+          '--config.data_dir=... and the like where its data moved).'
+      )
     raise WorkdirError(
         f'{workdir} was started with another config; these fields differ: '
         f'{listed}. Use a new --workdir, or pass --allow_config_change to '

@@ -147,3 +147,12 @@ def test_class_names_must_name_every_class():
     ip.DatasetSpec(
         10, (0.5,), (0.5,), ip.Preprocessing(), ('digits',), ('a', 'b', 'c')
     )
+
+
+def test_the_imagenet_scale_benchmarks_report_top5():
+  """As their literature does; CIFAR-LT's and the digits' report top-1."""
+  assert {name for name, spec in ip.DATASETS.items() if spec.reports_top5} == {
+      'imagenet_lt',
+      'inat2018',
+      'places_lt',
+  }

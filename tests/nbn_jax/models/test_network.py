@@ -212,7 +212,7 @@ def test_it_trains_and_evaluates_through_the_plans_steps(tiny_network):
     )
     assert np.isfinite(float(metrics['loss']))
   assert int(state.step) == 2
-  correct, total = core.runs.eval_step()(
+  correct, total, _ = core.runs.eval_step()(
       state, images, labels, np.ones(len(labels), bool)
   )
   assert int(total.sum()) == len(labels) and correct.shape == (10,)

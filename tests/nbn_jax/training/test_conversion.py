@@ -1,6 +1,7 @@
 """The converter's command line: a PyTorch checkpoint file -> a workdir."""
 
 import argparse
+import json
 import os
 import pathlib
 import subprocess
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from configs import cifar10_lt
 from input_pipeline.datasets import CIFAR_MEAN, CIFAR_STD
 from nbn_jax import models
 from nbn_jax.convert import CheckpointMismatchError, from_torch_state_dict
-from nbn_jax.training import conversion, loop, trained
+from nbn_jax.training import conversion, trained
 from nbn_jax.training.checkpoints import latest_params
 from nbn_jax.training import WorkdirError
 from nbn_jax.training import workdir as workdir_lib
@@ -172,7 +174,8 @@ def _mock_images(count):
 
 @pytest.mark.slow
 def test_converted_checkpoint_evaluates_with_train_py_eval_only(tmp_path):
-  """torch.save -> convert -> eval_only: PyTorch's test accuracy, our run."""
+  """torch.save -> convert -> train.py --workdir --config.eval_only=True,
+  from the config the converter recorded: PyTorch's test accuracy."""
   torch.manual_seed(0)
   torch_model = torch_models.randomize(torch_resnet32.ResNet32(10, 'nbn'))
   checkpoint = tmp_path / 'resnet32_nbn.pth'
@@ -195,9 +198,17 @@ def test_converted_checkpoint_evaluates_with_train_py_eval_only(tmp_path):
       'train': (np.repeat(np.arange(10), 40), np.arange(400)),
       'test': (test_labels, rng.permutation(40)),
   }
-  config.eval_only = True
   with mock_tfds_cifar(splits):
-    results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    status = train.main([
+        'train.py',
+        f'--workdir={tmp_path / "workdir"}',
+        '--config.eval_only=True',
+        f'--config.data_dir={tmp_path / "tfds"}',  # where its data is now
+    ])
+  assert status == 0
+  results = json.loads((tmp_path / 'workdir' / 'results_eval.json').read_text())
+  assert results['status'] == 'converted'
+  assert results['config']['data_dir'] == str(tmp_path / 'tfds')
 
   restored = latest_params(str(tmp_path / 'workdir'))
   expected = from_torch_state_dict(models.ResNet32(10), state_dict)['params']

@@ -112,6 +112,62 @@ def test_a_second_stage_trains_only_the_classifier_and_the_alphas(
   assert samplers == ['class']  # Decoupling's cRT: class-balanced sampling
 
 
+@pytest.mark.slow
+def test_a_second_stage_from_a_first_stage_stopped_early_says_so(
+    tmp_path, caplog
+):
+  """The first stage stopped by config.num_train_steps at step 1 of 2: a
+  warning, and its status in the second stage's results."""
+  first = tmp_path / 'first'
+  _stage(first, 2, num_train_steps=1)
+  with caplog.at_level('WARNING'):
+    results = _stage(
+        tmp_path / 'second',
+        1,
+        finetune_from=str(first),
+        trainable='classifier',
+    )
+  assert results['first_stage']['status'] == 'stopped_early'
+  assert results['first_stage']['stopped_early'] == {
+      'step': 1,
+      'planned_steps': 2,
+  }
+  assert [r.getMessage() for r in caplog.records] == [
+      f'The first stage {first} stopped early, at step 1 of the 2 planned '
+      '(config.num_train_steps): this second stage starts from its '
+      'checkpoint at step 1, not from a finished run.'
+  ]
+
+
+@pytest.mark.parametrize(
+    'first, warning',
+    [
+        ({'status': 'finished'}, None),
+        ({'converted_from': {'checkpoint': 'x.pth'}}, None),
+        (
+            {'status': 'stopped', 'stopped': {'step': 3, 'reason': 'nan'}},
+            (
+                'The first stage W stopped at step 3 (nan): this second stage '
+                'starts from its checkpoint at step 2, not from a finished run.'
+            ),
+        ),
+        (
+            {},  # killed after its checkpoint: no results of it
+            (
+                'The first stage W has no results of that checkpoint (it ended'
+                ' early): this second stage starts from its checkpoint at step'
+                ' 2, not from a finished run.'
+            ),
+        ),
+    ],
+)
+def test_only_a_finished_or_converted_first_stage_gives_no_warning(
+    first, warning
+):
+  first = {'workdir': 'W', 'step': 2} | first
+  assert finetune.unfinished_warning(first) == warning
+
+
 @pytest.mark.parametrize('reinit', [True, False])
 def test_the_second_stage_starts_from_the_first_stages_variables(
     tmp_path, reinit

@@ -189,6 +189,9 @@ class TestEveryBenchmarkConfig:
       assert 'val' in results['last']
     else:
       assert 'best_on_val' not in results
+    # The ImageNet-scale benchmarks report top-5 too.
+    test = results['last']['test']
+    assert test['top1'] <= test['top5'] <= 1.0
 
 
 @pytest.mark.slow
@@ -202,8 +205,11 @@ class TestEveryBenchmarkConfig:
         (imagenet_lt_ride_nbn_lr, 'RIDEResNet14'),
     ],
 )
-def test_each_method_config_trains_end_to_end(tmp_path, config_module, model):
-  """RIDE (+ NBN) and LDAM-DRW, their losses re-weighting from step 1."""
+def test_each_method_config_trains_end_to_end(
+    tmp_path, caplog, config_module, model
+):
+  """RIDE (+ NBN) and LDAM-DRW, their losses re-weighting from the
+  second step (the update from step 1's state), which the log marks."""
   config = config_module.get_config()
   overrides = dict(model=model, num_epochs=None, drw_epoch=None)
   if config.dataset == 'imagenet_lt':
@@ -217,12 +223,24 @@ def test_each_method_config_trains_end_to_end(tmp_path, config_module, model):
   overrides['num_epochs'] = _epochs_for(2, train_size)
   overrides['drw_epoch'] = _epochs_for(1, train_size)  # from step 1 on
   config = _tiny(config, **overrides)
-  if config.dataset == 'imagenet_lt':
-    results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
-  else:
-    with _mock_cifar(classes, 20, 2):
+  with caplog.at_level('INFO'):
+    if config.dataset == 'imagenet_lt':
       results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    else:
+      with _mock_cifar(classes, 20, 2):
+        results = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   _check_outputs(str(tmp_path / 'workdir'), results, steps=2)
+  switches = [
+      r.getMessage() for r in caplog.records if 'switches' in r.getMessage()
+  ]
+  if config.loss in ('ldam_drw', 'ride'):  # DRW: once, at its step
+    assert switches == [
+        f'step 2 (epoch {1 / (2 / config.num_epochs):.2f}): loss '
+        f'{config.loss} switches to its re-weighting from this step on '
+        f'(config.drw_epoch={config.drw_epoch}).'
+    ]
+  else:
+    assert switches == []
   if model.startswith('RIDE'):  # each expert's NBN reads its own alpha
     alphas = set(results['nbn_site_alphas'].values())
     expected = {f'expert_{e}/nbn_alpha' for e in range(config.num_experts)}
@@ -326,7 +344,9 @@ class TestEvalOnlyNeedsTheTrainListOnlyForTheShotGroups:
         trained_list_workdir, caplog, train_list=str(partial)
     )
     assert results['shot_groups'] == {'many': [0], 'medium': [1], 'few': [2]}
-    assert results['last']['test'] == {
+    test = results['last']['test']
+    assert 0.5 <= test.pop('top5') <= 1.0  # class 0, and others below it
+    assert test == {
         'top1': 0.5,  # over every test image
         'many': 1.0,  # class 0's 20 images
         'medium': 0.0,  # class 1's one
@@ -564,13 +584,24 @@ def test_a_model_with_two_alphas_logs_and_reports_both(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
+def test_a_step_limit_stops_early_and_a_later_run_continues(
+    tmp_path, caplog, capsys
+):
   config = _tiny(
       quickstart.get_config(), num_train_steps=2, num_epochs=_epochs_for(4, 503)
   )
   with caplog.at_level('INFO'):
     first = loop.train_and_evaluate(config, str(tmp_path))
   assert first['last']['step'] == 2
+  # Not finished: in results.json and under its table.
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['status'] == first['status'] == 'stopped_early'
+  assert written['stopped_early'] == {'step': 2, 'planned_steps': 4}
+  assert written['accuracy_unit'] == 'fraction'  # the tables: percent
+  assert (
+      'stopped early at step 2 of the 4 planned: not a finished run'
+      in capsys.readouterr().out
+  )
   # The shot groups are said at the start (the quickstart's thresholds).
   assert any(
       'Many (> 60 train images): 3 classes, Medium (20 to 60): 5, Few (< 20): 2'
@@ -580,6 +611,8 @@ def test_a_step_limit_stops_early_and_a_later_run_continues(tmp_path, caplog):
   config.num_train_steps = -1
   resumed = loop.train_and_evaluate(config, str(tmp_path))
   assert resumed['last']['step'] == 4
+  assert resumed['status'] == 'finished' and 'stopped_early' not in resumed
+  assert 'not a finished run' not in capsys.readouterr().out
   logged = [
       row['step']
       for row in reporting.read_metrics(str(tmp_path))
@@ -613,7 +646,7 @@ def test_a_diverging_run_of_three_is_marked_and_left_out_of_the_summary(
   for k in (0, 2):
     assert results['runs'][k]['status'] == 'finished'
   summary = json.loads((tmp_path / 'summary.json').read_text())
-  assert summary['finished_seeds'] == [0, 2]
+  assert summary['counted_seeds'] == [0, 2]
   assert summary['stopped'] == [
       {'run': 1, 'seed': 1, 'step': 1, 'reason': 'the training loss is nan'}
   ]
@@ -665,6 +698,45 @@ def test_a_ride_ensemble_trains_logs_each_experts_alpha_and_plots_them(
     assert curves[f'nbn/alpha/expert_{e}'][1][-1] == pytest.approx(
         float(params[f'expert_{e}']['nbn_alpha'])
     )
+
+
+@pytest.mark.slow
+def test_each_collapsed_expert_alpha_is_warned_of_once(
+    tmp_path, monkeypatch, caplog
+):
+  """Experts 1 and 2 of RIDE start with alpha 1e-6 (a rate too small to
+  move it): one warning each over two progress lines; expert 0's alpha,
+  at 1, none."""
+  init_state = runs_lib.SingleRun.init_state
+
+  def collapsed(strategy):
+    state = init_state(strategy)
+    params = dict(state.params)
+    for e in (1, 2):
+      params[f'expert_{e}'] = {
+          **params[f'expert_{e}'],
+          'nbn_alpha': jax.numpy.float32(1e-6),
+      }
+    return state.replace(params=params)
+
+  monkeypatch.setattr(runs_lib.SingleRun, 'init_state', collapsed)
+  config = _tiny(
+      quickstart.get_config(),
+      model='RIDEResNet8',
+      learning_rate=1e-9,
+      num_epochs=_epochs_for(2, 503),
+  )
+  with caplog.at_level('WARNING'):
+    loop.train_and_evaluate(config, str(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records]
+  assert [w.split(' is ')[0] for w in warnings] == [
+      'NBN alpha expert_1/nbn_alpha',
+      'NBN alpha expert_2/nbn_alpha',
+  ]
+  assert warnings[0].endswith(
+      'at step 1, below 0.001 (it starts at 1): the NBN layers that read it '
+      'now pass almost nothing on.'
+  )
 
 
 @pytest.mark.slow

@@ -51,9 +51,40 @@ def test_class_hits_ignore_masked_examples():
   logits = jnp.array([[2.0, 0, 0], [0, 3, 0], [0, 0, 1], [5, 0, 0], [0, 9, 0]])
   labels = jnp.array([0, 2, 2, 1, 1])
   mask = jnp.array([True, True, True, True, False])
-  correct, total = metrics.class_hits(logits, labels, mask, 3)
+  correct, total, _ = metrics.class_hits(logits, labels, mask, 3)
   assert correct.tolist() == [1, 0, 1]
   assert total.tolist() == [1, 1, 2]
+
+
+def test_top5_counts_the_examples_whose_class_has_one_of_the_5_top_logits():
+  """7 classes; example 0's class has the 2nd logit, example 1's the 6th,
+  example 2's the 5th (its 5th-highest, a tie below it is not), example 3
+  (masked) the 1st."""
+  logits = jnp.array([
+      [0.0, 9, 8, 7, 6, 5, 4],
+      [6.0, 5, 4, 3, 2, 1, 7],
+      [7.0, 6, 5, 4, 3, 2, 2],
+      [0.0, 0, 0, 0, 0, 0, 9],
+  ])
+  labels = jnp.array([2, 5, 4, 6])
+  mask = jnp.array([True, True, True, False])
+  hits = metrics.class_hits(logits, labels, mask, 7)
+  assert hits.correct_top5.tolist() == [0, 0, 1, 0, 1, 0, 0]
+  assert hits.correct.tolist() == [0] * 7
+  assert hits.total.tolist() == [0, 0, 1, 0, 1, 1, 0]
+
+
+def test_top5_is_reported_where_it_is_counted():
+  groups = {
+      'many': np.array([0]),
+      'medium': np.array([1]),
+      'few': np.array([], int),
+  }
+  accuracy = metrics.LongTailAccuracy.empty(2, groups, top5=True)
+  accuracy.update(np.array([1, 0]), np.array([4, 4]), np.array([3, 2]))
+  assert list(accuracy.summary()) == ['top1', 'top5', 'many', 'medium', 'few']
+  assert accuracy.summary()['top5'] == pytest.approx(5 / 8)
+  assert 'top5' not in metrics.LongTailAccuracy.empty(2, groups).summary()
 
 
 def test_summary_by_hand():

@@ -403,6 +403,29 @@ def test_the_plans_loss_reweights_from_the_schedules_epoch_start():
   assert value(0) == value(5) != value(6)
 
 
+@pytest.mark.parametrize(
+    'loss, switch',
+    [
+        (
+            'ldam_drw',
+            plan.LossSwitch(
+                # The quickstart's 503 digits, batch 64: epoch 2 at step 16.
+                17,
+                'loss ldam_drw switches to its re-weighting from this step '
+                'on (config.drw_epoch=2.0)',
+            ),
+        ),
+        ('cross_entropy', None),
+    ],
+)
+def test_the_plan_names_its_loss_and_where_it_switches(loss, switch):
+  config = quickstart.get_config()
+  config.update(loss=loss, drw_epoch=2.0)
+  built = plan.build_plan(config)
+  assert built.label == f'ResNet8 NBN, loss {loss}, on digits-lt:train'
+  assert built.loss_switch == switch
+
+
 @pytest.mark.parametrize('drw_beta, reweights', [(0.0, False), (0.9999, True)])
 def test_drw_beta_0_is_no_reweighting(drw_beta, reweights):
   """Beta 0 weighs every class 1: from drw_epoch on the loss is LDAM's."""

@@ -51,10 +51,10 @@ def test_a_record_from_before_k_runs_resumes_as_the_single_run():
 
 def test_a_record_marks_where_and_why_a_run_stopped():
   record = records.RunRecord()
-  assert record.status == records.FINISHED
+  assert record.status(100, 100) == records.FINISHED
   assert 'stopped' not in record.to_json()
   record.stop = records.Stop(12, 'the training loss is inf')
-  assert record.status == records.STOPPED
+  assert record.status(11, 100) == records.STOPPED
   assert record.to_json()['stopped'] == {
       'step': 12,
       'reason': 'the training loss is inf',
@@ -82,3 +82,16 @@ def test_the_test_result_at_a_new_best_on_val_joins_it():
   record.add_best_test(test)
   assert record.best['test'] == test.summary()
   assert record.best['test_per_class'] == [0.75, 0.25]
+
+
+@pytest.mark.parametrize(
+    'step, status',
+    [
+        (100, records.FINISHED),  # every planned step
+        (22, records.STOPPED_EARLY),  # config.num_train_steps=22
+        (99, records.STOPPED_EARLY),
+        (0, records.CONVERTED),  # the converter's checkpoint, never trained
+    ],
+)
+def test_only_a_run_at_its_planned_end_is_finished(step, status):
+  assert records.RunRecord().status(step, planned_steps=100) == status

@@ -36,11 +36,47 @@ def test_summary_table_in_percent():
   assert unit == '(accuracy in %)'
 
 
+def test_top5_is_a_column_where_results_have_it():
+  """An ImageNet-LT run's results, under a first stage's row without top-5
+  (its results.json from before top-5 was counted, say)."""
+  table = reporting.summary_table({
+      'first stage test': {'top1': 0.5, 'many': 0.5, 'medium': 0, 'few': 0},
+      'last test': {
+          'top1': 0.5,
+          'top5': 0.875,
+          'many': 0.75,
+          'medium': 0.5,
+          'few': 0.125,
+      },
+  })
+  header, first, last, _ = table.splitlines()
+  assert header.split() == ['top1', 'top5', 'many', 'medium', 'few']
+  assert first.split()[-5:] == ['50.00', 'n/a', '50.00', '0.00', '0.00']
+  assert last.split()[-5:] == ['50.00', '87.50', '75.00', '50.00', '12.50']
+
+
 def test_an_empty_shot_group_is_not_available_rather_than_nan():
   table = reporting.summary_table({
       'last test': {'top1': 0.5, 'many': 0.75, 'medium': 0.5, 'few': np.nan},
   })
   assert table.splitlines()[1].split()[-1] == 'n/a'
+
+
+@pytest.mark.parametrize(
+    'num_runs, live_runs, says',
+    [
+        (1, None, 'train acc 25.0% lr'),  # one run: its own loss
+        (3, None, 'train acc 25.0% (means over 3 runs) lr'),
+        (3, 2, 'train acc 25.0% (means over 2 of 3 runs) lr'),  # one stopped
+    ],
+)
+def test_the_progress_line_says_when_it_shows_means_over_runs(
+    num_runs, live_runs, says
+):
+  progress = reporting.Progress(100, 10.0, batch_size=32, num_runs=num_runs)
+  progress.start(0)
+  line, _ = progress.line(5, 2.5, 0.25, 0.1, live_runs)
+  assert line.startswith(f'step 5/100 (epoch 0.5) loss 2.5000 {says} 0.1 ')
 
 
 def _block(scale, bias, alpha=None):

@@ -278,11 +278,11 @@ def test_eval_step_counts_each_runs_hits():
   batch = next(_host_stream(0))
   batch['mask'] = np.arange(BATCH) < 11
   names = ('image', 'label', 'mask')
-  correct, total = stacked.eval_step()(
+  correct, total, correct_top5 = stacked.eval_step()(
       states,
       *(jax.device_put(batch[k], topology.batch_sharding) for k in names),
   )
-  assert correct.shape == total.shape == (2, 5)
+  assert correct.shape == total.shape == correct_top5.shape == (2, 5)
   single = make_topology('global')
   single_step = steps.make_eval_step(_step_config(single))
   for k in range(2):
@@ -290,8 +290,9 @@ def test_eval_step_counts_each_runs_hits():
         jax.device_put(select_run(states, k), single.replicated),
         *(jax.device_put(batch[n], single.batch_sharding) for n in names),
     )
-    np.testing.assert_array_equal(correct[k], expected[0])
-    np.testing.assert_array_equal(total[k], expected[1])
+    np.testing.assert_array_equal(correct[k], expected.correct)
+    np.testing.assert_array_equal(total[k], expected.total)
+    np.testing.assert_array_equal(correct_top5[k], expected.correct_top5)
 
 
 def test_k_runs_start_from_their_seeds_single_run_parameters():

@@ -39,7 +39,7 @@ def test_a_trained_workdir_gives_the_trainers_own_evaluation(tmp_path):
       train=False,
   )
   np.testing.assert_allclose(logits, ours, rtol=1e-5, atol=1e-6)
-  correct, total = metrics.class_hits(
+  correct, total, _ = metrics.class_hits(
       logits, test.labels, np.ones(len(test), bool), 10
   )
   np.testing.assert_allclose(

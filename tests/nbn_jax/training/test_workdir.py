@@ -72,6 +72,20 @@ class TestConfigCheck:
         wd.check_unchanged_config(str(tmp_path), config | {field: value}) == {}
     )
 
+  def test_an_evaluation_may_read_another_copy_of_the_data(
+      self, tmp_path, config
+  ):
+    """CIFAR-10 trained from TFDS, evaluated on its JPEG copy: allowed to
+    an evaluation alone (the results record the copy)."""
+    wd.record_config(str(tmp_path), config | {'data_source': 'tfds'})
+    jpeg = config | {'data_source': 'jpeg'}
+    evaluation = jpeg | {'eval_only': True}
+    assert wd.check_unchanged_config(str(tmp_path), evaluation) == {}
+    with pytest.raises(
+        wd.WorkdirError, match="data_source \\('tfds' -> 'jpeg'"
+    ):
+      wd.check_unchanged_config(str(tmp_path), jpeg)
+
   def test_eval_every_changes_the_best_on_val_selection(self, tmp_path, config):
     wd.record_config(str(tmp_path), config)
     with pytest.raises(wd.WorkdirError, match='eval_every_epochs'):
