@@ -16,7 +16,6 @@ import subprocess
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,8 +27,6 @@ ROOT = pathlib.Path(__file__).parents[1]
 README = ROOT / 'README.md'
 DOCS = ROOT / 'docs'
 PAGES = [README, *sorted(DOCS.glob('*.md'))]
-# Pages the README links that another branch adds: once it is merged, the
-# link test fails until the page is taken off this list.
 QUICKSTART_WORKDIR = '/tmp/quickstart'  # what the blocks load
 
 
