@@ -22,6 +22,7 @@ import pytest
 import train
 from configs import quickstart
 from nbn_jax.training import checks, conversion, loop
+from nbn_jax.training import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).parents[1]
 README = ROOT / 'README.md'
@@ -258,12 +259,22 @@ def _every_page(program: str) -> list[tuple[str, list[str]]]:
   ]
 
 
-def test_the_train_commands_are_valid_command_lines():
+def test_the_train_commands_are_valid_command_lines(tmp_path):
   """Each train.py command parses and passes the config checks on 8
-  devices (its data is not here)."""
+  devices (its data is not here). One without --config evaluates the
+  WORKDIR it names from the config recorded there: here, the quickstart's."""
+  recorded = tmp_path / 'workdir'
+  recorded.mkdir()
+  workdir_lib.record_config(str(recorded), quickstart.get_config().to_dict())
   commands = _every_page('python train.py')
   assert len({page for page, _ in commands}) >= 6
+  assert any(
+      not any(arg.startswith('--config=') for arg in argv)
+      for _, argv in commands
+  )
   for page, argv in commands:
+    if not any(arg.startswith('--config=') for arg in argv):
+      argv = [arg.replace('WORKDIR', str(recorded)) for arg in argv]
     values = train.parse_flags(argv)
     checks.check_config(values.config, device_count=8, process_count=1)
 
