@@ -876,4 +876,5 @@ def test_a_sigterm_while_starting_is_one_line_and_leaves_nothing(
       r'stopped on SIGTERM (while loading|outside the training steps)', last
   ), stderr[-3000:]
   assert 'Rerun the same command' in last
-  assert not workdir.exists()  # its lock released, its folder removed
+  # Its lock released, its folder removed.
+  assert not workdir.exists(), sorted(map(str, workdir.rglob('*')))

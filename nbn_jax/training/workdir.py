@@ -266,7 +266,11 @@ class _Lock:
   def acquire(self):
     for _ in range(3):  # a stale lock is removed, then taken
       if self._create():
-        self._heartbeat.start()
+        try:
+          self._heartbeat.start()
+        except BaseException:  # a signal while it starts: no lock is left
+          self._remove()
+          raise
         return
       found = self._read()
       if found is None:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -145,14 +146,21 @@ class TestClaim:
         pytest.fail('entered')
     assert os.listdir(tmp_path) == []
 
+  @pytest.mark.parametrize(
+      'moment',
+      [
+          (os, 'fdopen'),  # the lock file, created, gets its contents
+          (threading.Thread, 'start'),  # its heartbeat starts
+      ],
+      ids=['writing', 'heartbeat'],
+  )
   def test_a_signal_while_taking_the_lock_leaves_no_lock(
-      self, tmp_path, config, monkeypatch
+      self, tmp_path, config, monkeypatch, moment
   ):
     def signalled(*args, **kwargs):
       raise KeyboardInterrupt
 
-    # While the lock file, created, gets its contents.
-    monkeypatch.setattr(os, 'fdopen', signalled)
+    monkeypatch.setattr(*moment, signalled)
     with pytest.raises(KeyboardInterrupt):
       with wd.claim(str(tmp_path / 'run'), config):
         pytest.fail('entered')
