@@ -122,14 +122,17 @@ def test_every_model_builds_for_every_dataset_config(config_module, model_name):
   config.model = model_name
   checks.check_config(config, device_count=8, process_count=1)
   shape = (32, 32, 3) if config.dataset != 'digits' else (8, 8, 3)
-  model, sites = _sites(config, shape)
+  core = tiny_step_plan(config, image_shape=shape)
+  sites = core.nbn.paths
   assert sites and len(sites) == len(set(sites))
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
+      lambda: core.model.init(
+          jax.random.key(0), jnp.zeros((1, *shape)), train=False
+      )
   )
-  alpha_paths = plan.nbn_sites(model, shape).alpha_paths
-  assert alpha_paths  # the model's own placement reads at least one alpha
-  for path in alpha_paths:
+  # The model's own placement reads at least one alpha.
+  assert core.nbn.alpha_paths
+  for path in core.nbn.alpha_paths:
     leaf = variables['params']
     for name in path.split('/'):
       leaf = leaf[name]
