@@ -29,7 +29,7 @@ quickstart: $(VENV)/.installed
 	python train.py --config=configs/quickstart.py --workdir=$(QUICKSTART_WORKDIR)
 
 test: $(VENV)/.installed-test
-	lint-imports && python -m pytest -n 2 $(PYTEST_FLAGS)
+	lint-imports && python -m pytest -n 2 --dist loadgroup $(PYTEST_FLAGS)
 
 $(VENV)/bin/python:
 	python=$$(bash tools/find_python.sh) && "$$python" -m venv $(VENV)

@@ -706,6 +706,7 @@ def test_nan_loss_before_the_first_checkpoint_says_there_is_none(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('stop_and_resume')  # one `uninterrupted` run
 class TestStopAndResume:
   """A signal, or a corrupt checkpoint, and the run still ends identical.
 

@@ -86,6 +86,7 @@ def uninterrupted(cloud_storage, tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('quickstart_in_a_bucket')  # one `uninterrupted`
 class TestQuickstartInABucket:
 
   def test_every_output_is_an_object_in_the_bucket(self, uninterrupted):
@@ -397,6 +398,7 @@ def two_processes(cloud_storage, tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('two_processes')  # one `two_processes` run
 class TestTwoProcesses:
 
   def test_they_equal_one_process_of_eight_devices(

@@ -10,6 +10,9 @@ from nbn_jax.analysis import features
 from nbn_jax.training import loop, plan, trained
 from tests.nbn_jax.training.builders import quickstart_steps
 
+# The two workdirs are trained once, on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group('features_workdirs')
+
 
 @pytest.fixture(scope='module')
 def workdirs(tmp_path_factory):

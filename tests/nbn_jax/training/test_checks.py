@@ -237,19 +237,25 @@ def test_an_unknown_loss_is_refused_naming_the_registered_ones():
     [
         (
             losses.LossSpec(lambda *_: None, settings=('focal_gamma',)),
-            "config.loss='focal' takes the setting 'focal_gamma', which the "
-            'config lacks; add config.focal_gamma to configs/default.py.',
+            (
+                "config.loss='focal' takes the setting 'focal_gamma', which the"
+                ' config lacks; add config.focal_gamma to configs/default.py.'
+            ),
         ),
         (
             losses.LossSpec(lambda *_: None, switch_epoch='focal_epoch'),
-            "config.loss='focal' takes the setting 'focal_epoch', which the "
-            'config lacks; add config.focal_epoch to configs/default.py.',
+            (
+                "config.loss='focal' takes the setting 'focal_epoch', which the"
+                ' config lacks; add config.focal_epoch to configs/default.py.'
+            ),
         ),
         (
             lambda outputs, labels, progress: None,
-            "config.loss='focal' is registered as a function, not a "
-            'losses.LossSpec; register LossSpec(its function, reads=..., '
-            'settings=...).',
+            (
+                "config.loss='focal' is registered as a function, not a "
+                'losses.LossSpec; register LossSpec(its function, reads=..., '
+                'settings=...).'
+            ),
         ),
     ],
 )

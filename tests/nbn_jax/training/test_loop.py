@@ -312,6 +312,7 @@ def _evaluate_only(trained, caplog, **overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('trained_list_workdir')  # trained once
 class TestEvalOnlyNeedsTheTrainListOnlyForTheShotGroups:
   """ImageNet-LT-style evaluation of a checkpoint (a converted one, say)."""
 
