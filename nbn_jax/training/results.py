@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from nbn_jax.training import finetune, reporting, storage
+from nbn_jax.training import finetune, plots, reporting, storage
 from nbn_jax.training.context import RunContext
 from nbn_jax.training.records import CONVERTED, STOPPED, STOPPED_EARLY
 from nbn_jax.training.records import RunRecord
@@ -276,7 +276,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
   suffix = '_eval' if plan.eval_only else ''
   reporting.write_json(storage.join(out_dir, f'results{suffix}.json'), results)
-  reporting.plot_per_class_accuracy(
+  plots.plot_per_class_accuracy(
       storage.join(out_dir, f'per_class_accuracy{suffix}.png'),
       test.per_class(),
       plan.benchmark.train_counts(),
@@ -284,7 +284,7 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
       plan.benchmark.spec.class_names,
   )
   if scales:
-    reporting.plot_scale_spread(
+    plots.plot_scale_spread(
         storage.join(out_dir, f'scale_spread{suffix}.png'),
         scales,
         f'{plan.label}\neffective BN scales at the NBN sites',
@@ -295,9 +295,9 @@ def _write_outputs(plan, out_dir, writer, results, rows, test, scales, step):
       | {f'scale_spread/{k}': v for k, v in results['scale_spread'].items()},
       suffix,
   )
-  curves = reporting.alpha_curves(reporting.read_metrics(out_dir))
+  curves = plots.alpha_curves(reporting.read_metrics(out_dir))
   if curves:
-    reporting.plot_alphas(
+    plots.plot_alphas(
         storage.join(out_dir, f'alpha{suffix}.png'),
         curves,
         f'{plan.label}, seed {results["seed"]}\nNBN alpha during training',

@@ -22,7 +22,7 @@ from configs import cifar100_lt, cifar100_lt_ldam_drw, cifar100_lt_ride
 from configs import imagenet_lt, imagenet_lt_ride, imagenet_lt_ride_nbn_lr
 from configs import inat2018, quickstart
 from nbn_jax.training import CheckpointError, ConfigError, NonFiniteLossError
-from nbn_jax.training import loop, preemption, reporting
+from nbn_jax.training import loop, plots, preemption, reporting
 from nbn_jax.training import plan as plan_lib
 from nbn_jax.training import runs as runs_lib
 from nbn_jax.training.checkpoints import latest_params
@@ -690,7 +690,7 @@ def test_a_ride_ensemble_trains_logs_each_experts_alpha_and_plots_them(
   assert set(results['scale_spread']) == set(results['nbn_sites'])
   assert RIDE_ALPHAS <= _tensorboard_scalars(tmp_path)
   assert 'nbn/alpha' not in _tensorboard_scalars(tmp_path)
-  curves = reporting.alpha_curves(reporting.read_metrics(str(tmp_path)))
+  curves = plots.alpha_curves(reporting.read_metrics(str(tmp_path)))
   assert set(curves) == RIDE_ALPHAS
   assert all(len(epochs) == 2 for epochs, _ in curves.values())  # 2 steps
   assert os.path.getsize(tmp_path / 'alpha.png') > 0
@@ -752,7 +752,7 @@ def test_a_stopped_ride_run_continues_then_evaluates_its_checkpoint(tmp_path):
   config.num_train_steps = -1
   results = loop.train_and_evaluate(config, str(tmp_path))
   _check_outputs(str(tmp_path), results, steps=2)
-  curves = reporting.alpha_curves(reporting.read_metrics(str(tmp_path)))
+  curves = plots.alpha_curves(reporting.read_metrics(str(tmp_path)))
   assert [len(epochs) for epochs, _ in curves.values()] == [2, 2, 2]
   config.eval_only = True
   evaluated = loop.train_and_evaluate(config, str(tmp_path))
@@ -778,14 +778,14 @@ def test_ride_runs_side_by_side_through_tf_data_in_bf16(tmp_path):
   for k, run in enumerate(results['runs']):
     run_dir = tmp_path / f'run_{k}'
     _check_outputs(str(run_dir), run, steps=2, checkpoints=False)
-    curves = reporting.alpha_curves(reporting.read_metrics(str(run_dir)))
+    curves = plots.alpha_curves(reporting.read_metrics(str(run_dir)))
     assert set(curves) == RIDE_ALPHAS
     assert os.path.getsize(run_dir / 'alpha.png') > 0
   # The runs differ (their own seeds), also in the experts' alphas.
   first, second = (
-      reporting.alpha_curves(
-          reporting.read_metrics(str(tmp_path / f'run_{k}'))
-      )['nbn/alpha/expert_0'][1]
+      plots.alpha_curves(reporting.read_metrics(str(tmp_path / f'run_{k}')))[
+          'nbn/alpha/expert_0'
+      ][1]
       for k in range(2)
   )
   assert not np.allclose(first, second)
