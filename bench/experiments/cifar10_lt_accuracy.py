@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from nbn_jax.training import reporting
+from nbn_jax.training import plots, reporting
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,17 +168,8 @@ def _per_seed(runs):
   return '\n'.join(lines)
 
 
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
 def _plot_per_class(runs, path):
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   arms = list(runs)
   width = 0.8 / len(arms)
@@ -204,8 +195,7 @@ def _plot_per_class(runs, path):
       'CIFAR-10-LT (IF 100), ResNet-32: per-class accuracy, last epoch'
   )
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def _final_scales(workdir, result):
@@ -218,7 +208,7 @@ def _final_scales(workdir, result):
 
 
 def _plot_scale_spread(runs, path):
-  plt = _pyplot()
+  plt = plots.pyplot()
   arms = [a for a in ('bn', 'nbn') if a in runs]
   fig, axes = plt.subplots(
       1, len(arms), figsize=(5 * len(arms), 4), sharey=True
@@ -238,13 +228,12 @@ def _plot_scale_spread(runs, path):
   np.atleast_1d(axes)[0].set_ylabel('|effective scale| / layer mean')
   fig.suptitle('Last-stage BN scales (layer3 bn2) after CIFAR-10-LT training')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def _plot_curves(runs, path):
   """Training loss, test top-1 and the shared NBN alpha against epochs."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, (loss_ax, acc_ax, alpha_ax) = plt.subplots(1, 3, figsize=(15, 4))
   colours = dict(zip(ARMS, ('tab:blue', 'tab:red', 'tab:green')))
   for arm, arm_runs in runs.items():
@@ -272,8 +261,7 @@ def _plot_curves(runs, path):
   for ax in (loss_ax, acc_ax, alpha_ax):
     ax.set_xlabel('epoch')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def report(args):

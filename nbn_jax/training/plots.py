@@ -25,15 +25,16 @@ FEW_POINTS = 20  # a line of at most this many points gets a marker on each
 _EXPERT = re.compile(r'^(expert_\d+)(?:/|$)')
 
 
-def _save(fig, path: str):
+def save(fig, path: str):
   """Writes a figure as a PNG (120 dpi) to `path`, local or on a bucket."""
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=120)
-  _pyplot().close(fig)
+  pyplot().close(fig)
   storage.write_bytes(path, png.getvalue())
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no screen needed)."""
   import matplotlib
 
   matplotlib.use('Agg')
@@ -100,7 +101,7 @@ def per_class_accuracy_figure(
     title: the figure's title.
     class_names: C names in class-id order, or () to show ids.
   """
-  plt = _pyplot()
+  plt = pyplot()
   order = np.argsort(-train_counts, kind='stable')
   num_classes = len(order)
   positions = np.arange(num_classes)
@@ -158,7 +159,7 @@ def plot_per_class_accuracy(
     class_names: tuple[str, ...] = (),
 ):
   """Writes `per_class_accuracy_figure` as a PNG to `path`."""
-  _save(
+  save(
       per_class_accuracy_figure(accuracy, train_counts, title, class_names),
       path,
   )
@@ -196,7 +197,7 @@ def _draw_lines(ax, lines: Mapping[str, tuple[np.ndarray, np.ndarray]]):
   Up to `MAX_LEGEND_LINES`: each line in its own colour, labelled. More:
   each thin and grey, and their median over a common x, labelled together.
   """
-  plt = _pyplot()
+  plt = pyplot()
   if len(lines) <= MAX_LEGEND_LINES:
     colours = plt.get_cmap('tab10').colors
     for (label, (x, y)), colour in zip(lines.items(), colours):
@@ -221,7 +222,7 @@ def _panel_figure(
 ):
   """One panel per entry of `panel_lines` ({panel title: lines}), in rows
   of up to three sharing the y axis (labelled in the first column)."""
-  plt = _pyplot()
+  plt = pyplot()
   columns = min(3, len(panel_lines))
   rows = math.ceil(len(panel_lines) / columns)
   fig, axes = plt.subplots(
@@ -279,7 +280,7 @@ def scale_spread_figure(scales: Mapping[str, np.ndarray], title: str):
 
 def plot_scale_spread(path: str, scales: dict[str, np.ndarray], title: str):
   """Writes `scale_spread_figure` as a PNG to `path`."""
-  _save(scale_spread_figure(scales, title), path)
+  save(scale_spread_figure(scales, title), path)
 
 
 def alpha_curves(
@@ -330,4 +331,4 @@ def plot_alphas(
     path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str
 ):
   """Writes `alpha_figure` as a PNG to `path`."""
-  _save(alpha_figure(curves, title), path)
+  save(alpha_figure(curves, title), path)

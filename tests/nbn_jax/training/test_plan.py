@@ -390,19 +390,25 @@ def test_the_losses_constants_are_config_fields():
     }
 
 
-def test_the_plans_loss_reweights_from_the_schedules_epoch_start():
-  # 100 images, batch 16: epoch 1 starts at step round(6.25) = 6.
+def _ldam_drw_loss_by_step(**overrides):
+  """step -> the plan's mean LDAM-DRW loss on fixed logits, drw_epoch 1.
+
+  100 images, batch 16: epoch 1 starts at step round(6.25) = 6.
+  """
   counts = np.array([40, 20, 10, 10, 5, 5, 4, 3, 2, 1])
-  core = tiny_step_plan(
-      tiny_config(loss='ldam_drw', drw_epoch=1.0), train_counts=counts
-  )
+  config = tiny_config(loss='ldam_drw', drw_epoch=1.0, **overrides)
+  core = tiny_step_plan(config, train_counts=counts)
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(16, 10)))
   labels = jnp.arange(16) % 10
-  value = lambda step: float(
+  return lambda step: float(
       core.step_config.loss_fn(
           logits, labels, steps.progress(core.step_config, jnp.int32(step))
       ).mean()
   )
+
+
+def test_the_plans_loss_reweights_from_the_schedules_epoch_start():
+  value = _ldam_drw_loss_by_step()
   assert value(0) == value(5) != value(6)
 
 
@@ -432,16 +438,7 @@ def test_the_plan_names_its_loss_and_where_it_switches(loss, switch):
 @pytest.mark.parametrize('drw_beta, reweights', [(0.0, False), (0.9999, True)])
 def test_drw_beta_0_is_no_reweighting(drw_beta, reweights):
   """Beta 0 weighs every class 1: from drw_epoch on the loss is LDAM's."""
-  counts = np.array([40, 20, 10, 10, 5, 5, 4, 3, 2, 1])
-  config = tiny_config(loss='ldam_drw', drw_epoch=1.0, drw_beta=drw_beta)
-  core = tiny_step_plan(config, train_counts=counts)  # epoch 1: step 6
-  logits = jnp.asarray(np.random.default_rng(0).normal(size=(16, 10)))
-  labels = jnp.arange(16) % 10
-  value = lambda step: float(
-      core.step_config.loss_fn(
-          logits, labels, steps.progress(core.step_config, jnp.int32(step))
-      ).mean()
-  )
+  value = _ldam_drw_loss_by_step(drw_beta=drw_beta)
   assert (value(6) != value(0)) == reweights
 
 

@@ -317,7 +317,7 @@ def test_the_plots_of_a_5_step_ride_run_are_readable(tmp_path, monkeypatch):
   figures = {}
   monkeypatch.setattr(
       plots,
-      '_save',
+      'save',
       lambda fig, path: figures.setdefault(os.path.basename(path), fig),
   )
   config = quickstart.get_config()
