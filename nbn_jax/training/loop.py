@@ -90,34 +90,7 @@ def run(
       [runs.run_dir(workdir, k) for k in range(runs.num_runs)],
   )
   try:
-    state = runs.init_state()
-    run_records = [records.RunRecord() for _ in range(runs.num_runs)]
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-      state, run_records = restored[0], records.from_checkpoint(restored[1])
-      logging.info(
-          '%s the checkpoint at step %d of %s.',
-          'Evaluating' if plan.eval_only else 'Resuming from',
-          furthest_step(state),
-          workdir,
-      )
-    elif plan.eval_only:
-      raise ConfigError(
-          f'config.eval_only=True but {workdir}/checkpoints holds no '
-          'checkpoint to evaluate.'
-      )
-    else:
-      if plan.finetune_from:  # a second stage: from which checkpoint
-        step = finetune.first_stage_step(plan.finetune_from)
-        logging.info(
-            'Second stage: starting from %s, its checkpoint at step %d.',
-            plan.finetune_from,
-            step,
-        )
-        for record in run_records:
-          record.first_stage_step = step
-        _warn_if_unfinished(plan, step)
-      state = plan.start(state)
+    state, run_records = _starting_state(plan, workdir, checkpoints)
     if signals is not None:
       signals.terminate_if_requested()  # all processes, before any write
     # The config the workdir trained with stays recorded: an evaluation
@@ -157,6 +130,42 @@ def run(
         writer.close()
   finally:
     checkpoints.close()  # once pending writes are confirmed
+
+
+def _starting_state(
+    plan: Plan, workdir: str, checkpoints: Checkpoints
+) -> tuple[TrainState, list[records.RunRecord]]:
+  """The state and run records the run starts from: its latest checkpoint,
+  else (training only) a fresh start or a second stage's first one."""
+  runs = plan.runs
+  state = runs.init_state()
+  run_records = [records.RunRecord() for _ in range(runs.num_runs)]
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, run_records = restored[0], records.from_checkpoint(restored[1])
+    logging.info(
+        '%s the checkpoint at step %d of %s.',
+        'Evaluating' if plan.eval_only else 'Resuming from',
+        furthest_step(state),
+        workdir,
+    )
+    return state, run_records
+  if plan.eval_only:
+    raise ConfigError(
+        f'config.eval_only=True but {workdir}/checkpoints holds no '
+        'checkpoint to evaluate.'
+    )
+  if plan.finetune_from:  # a second stage: from which checkpoint
+    step = finetune.first_stage_step(plan.finetune_from)
+    logging.info(
+        'Second stage: starting from %s, its checkpoint at step %d.',
+        plan.finetune_from,
+        step,
+    )
+    for record in run_records:
+      record.first_stage_step = step
+    _warn_if_unfinished(plan, step)
+  return plan.start(state), run_records
 
 
 def _warn_if_unfinished(plan: Plan, step: int):
