@@ -150,14 +150,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _override_fields(argv: list[str]) -> list[str]:
+  """The fields argv's --config.<field>[=value] flags set, in order."""
+  return [
+      arg[len('--config.') :].split('=', 1)[0]
+      for arg in argv
+      if arg.startswith('--config.')
+  ]
+
+
 def check_override_names(argv: list[str], config: ml_collections.ConfigDict):
   """UsageError for a --config.<field> that the config does not have."""
   known = fields(config)
-  for arg in argv:
-    if arg.startswith('--config.'):
-      field = arg[len('--config.') :].split('=', 1)[0]
-      if field not in known:
-        raise UsageError(_unknown(field, known))
+  for field in _override_fields(argv):
+    if field not in known:
+      raise UsageError(_unknown(field, known))
 
 
 def asks_to_evaluate(argv: list[str]) -> bool:
@@ -220,16 +227,14 @@ def check_evaluation_overrides(argv: list[str]):
   config does not take (`workdir.EVALUATION_FIELDS`)."""
   check_override_names(argv, default.get_config())
   allowed = sorted(workdir_lib.EVALUATION_FIELDS)
-  for arg in argv:
-    if arg.startswith('--config.'):
-      field = arg[len('--config.') :].split('=', 1)[0]
-      if field not in allowed:
-        raise UsageError(
-            f'--config.{field}: an evaluation from the config the --workdir '
-            f'recorded takes only {", ".join(allowed)}; to evaluate with '
-            'another value of a field that changes the results, give --config '
-            '(and --allow_config_change).'
-        )
+  for field in _override_fields(argv):
+    if field not in allowed:
+      raise UsageError(
+          f'--config.{field}: an evaluation from the config the --workdir '
+          f'recorded takes only {", ".join(allowed)}; to evaluate with '
+          'another value of a field that changes the results, give --config '
+          '(and --allow_config_change).'
+      )
 
 
 # What TensorFlow's C++ libraries print on stderr while `import tensorflow`

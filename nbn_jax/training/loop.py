@@ -176,9 +176,7 @@ def _warn_if_unfinished(plan: Plan, step: int):
         plan.finetune_from, runs.run_dir(plan.finetune_from, k), step
     )
     if warning := finetune.unfinished_warning(first):
-      logging.warning(
-          '%s%s', f'{runs.name(k)}: ' if runs.name(k) else '', warning
-      )
+      logging.warning('%s%s', runs.log_prefix(k), warning)
 
 
 def _log_uncounted_classes(plan: Plan):
@@ -408,7 +406,7 @@ def _warn_collapsed_alphas(
     logging.warning(
         '%sNBN alpha %s is %.3g at step %d, below %g (it starts at 1): the '
         'NBN layers that read it now pass almost nothing on.',
-        f'{runs.name(k)}: ' if runs.name(k) else '',
+        runs.log_prefix(k),
         path,
         float(alpha),
         step,
@@ -434,8 +432,7 @@ def _all_stopped(context: RunContext) -> str:
       else 'no checkpoint had been written yet'
   )
   where = '; '.join(
-      f'{runs.name(k) + ": " if runs.name(k) else ""}'
-      f'{record.stop.reason} at step {record.stop.step}'
+      f'{runs.log_prefix(k)}{record.stop.reason} at step {record.stop.step}'
       for k, record in enumerate(context.records)
   )
   return (

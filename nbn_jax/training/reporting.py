@@ -254,8 +254,8 @@ class Progress:
   ):
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
-    self.batch_size = batch_size  # of one run
     self.num_runs = num_runs
+    self.images_per_step = batch_size * num_runs  # every run's batch
     self._last = None  # (step, time) of the last line
 
   def start(self, step: int):
@@ -282,23 +282,14 @@ class Progress:
     """
     live = self.num_runs if live_runs is None else live_runs
     now = time.perf_counter()
-    images_per_second = float('nan')
+    steps_per_second = float('nan')
     if step > self._last[0]:
-      images_per_second = (
-          (step - self._last[0])
-          * self.batch_size
-          * self.num_runs
-          / (now - self._last[1])
-      )
+      steps_per_second = (step - self._last[0]) / (now - self._last[1])
     self._last = (step, now)
+    images_per_second = steps_per_second * self.images_per_step
     eta = 'ETA --'
-    if math.isfinite(images_per_second):
-      seconds = (
-          (self.total_steps - step)
-          * self.batch_size
-          * self.num_runs
-          / images_per_second
-      )
+    if math.isfinite(steps_per_second):
+      seconds = (self.total_steps - step) / steps_per_second
       eta = f'ETA {format_duration(seconds)}'
     means = ''
     if self.num_runs > 1:

@@ -217,6 +217,12 @@ class Runs(abc.ABC):
   def name(self, k: int) -> str:
     """Run k in log lines: '' for a single run, 'run k' of several."""
 
+  def log_prefix(self, k: int) -> str:
+    """What a log line about run k starts with: 'run k: ', or '' for a
+    single run."""
+    name = self.name(k)
+    return f'{name}: ' if name else ''
+
   @property
   @abc.abstractmethod
   def summarizes(self) -> bool:

@@ -64,6 +64,18 @@ def test_the_progress_line_says_when_it_shows_means_over_runs(
   assert line.startswith(f'step 5/100 (epoch 0.5) loss 2.5000 {says} 0.1 ')
 
 
+def test_the_progress_line_counts_every_runs_images_and_the_steps_left(
+    monkeypatch,
+):
+  clock = iter([100.0, 102.0])  # 10 steps in 2 s
+  monkeypatch.setattr(reporting.time, 'perf_counter', lambda: next(clock))
+  progress = reporting.Progress(100, 10.0, batch_size=32, num_runs=3)
+  progress.start(0)
+  line, images_per_second = progress.line(10, 2.5, 0.25, 0.1)
+  assert images_per_second == 10 / 2 * 32 * 3
+  assert line.endswith(' 480 img/s ETA 0:00:18')  # 90 steps at 5 a second
+
+
 def _block(scale, bias, alpha=None):
   layer = {
       'scale': np.asarray(scale, np.float32),
